@@ -1,0 +1,622 @@
+//! BiGS masked language model ("Pretraining Without Attention", Wang et al. 2022), as the
+//! authors' PyTorch port `modeling_bigs.py` computes it. Variable names equal the HF PyTorch
+//! state-dict names, so released `pytorch_model.bin` / `model.safetensors` files load as they are.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{D, DType, Device, IndexOp, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::conv::{ConvPath, causal_conv_blc};
+use super::error::{EngineError, Result};
+use super::init::{AInit, a_init_full, dropout_mask, normal, tensor_f64, uniform};
+use super::nn::{Embedding, Gelu, LayerNorm, Linear, Module, embedding, linear};
+use super::s4d::bigs_kernel;
+use super::weights::{LoadReport, load_varmap, read_checkpoint};
+
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+
+/// The HF BiGS `config.json` fields, plus ssmlab's own choices (GELU variant, initialisation,
+/// convolution path). Unknown keys are ignored, as the released configs carry many.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BigsConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    /// State size N of each SSM (all N modes are kept).
+    pub num_ssm: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Dropout after the embedding LayerNorm (the only dropout in the MLM).
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default = "default_true")]
+    pub pre_norm: bool,
+    /// Kept for the HF file; the GELU inside layers is `layer_gelu`.
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// GELU inside BiGS layers: `exact` (PyTorch port, default for loaded checkpoints) or
+    /// `tanh` (what the Flax code trained the released weights with). The head is always exact.
+    #[serde(default)]
+    pub layer_gelu: Gelu,
+    /// Initialisation of A when training from scratch.
+    #[serde(default)]
+    pub ssm_init: AInit,
+    /// Convolution algorithm of the SSMs.
+    #[serde(default)]
+    pub conv: ConvPath,
+}
+
+const REQUIRED: &[&str] = &[
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_ssm",
+    "max_position_embeddings",
+];
+
+impl BigsConfig {
+    /// Reads and validates a HF-style `config.json`.
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_json_str(&text).map_err(|e| match e {
+            EngineError::ConfigField { field, msg } => EngineError::Config {
+                path: path.into(),
+                msg: format!("field `{field}` {msg}"),
+            },
+            EngineError::Input(msg) => EngineError::Config {
+                path: path.into(),
+                msg,
+            },
+            e => e,
+        })
+    }
+
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| EngineError::Input(format!("not valid JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| EngineError::Input("expected a JSON object".into()))?;
+        for &f in REQUIRED {
+            match obj.get(f) {
+                None => {
+                    return Err(EngineError::ConfigField {
+                        field: f,
+                        msg: "is missing; a BiGS config needs vocab_size, hidden_size, \
+                              intermediate_size, num_hidden_layers, num_ssm and \
+                              max_position_embeddings"
+                            .into(),
+                    });
+                }
+                Some(x) if x.as_u64().is_none_or(|n| n == 0) => {
+                    return Err(EngineError::ConfigField {
+                        field: f,
+                        msg: format!("is {x}; it must be a positive integer"),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let cfg: Self =
+            serde_json::from_value(v).map_err(|e| EngineError::Input(format!("{e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every field a model would trip over.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_ssm", self.num_ssm),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(EngineError::ConfigField {
+                    field,
+                    msg: "is 0; it must be a positive integer".into(),
+                });
+            }
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return Err(EngineError::ConfigField {
+                field: "layer_norm_eps",
+                msg: format!(
+                    "is {}; it must be a small positive number",
+                    self.layer_norm_eps
+                ),
+            });
+        }
+        if !(0.0..1.0).contains(&self.hidden_dropout_prob) {
+            return Err(EngineError::ConfigField {
+                field: "hidden_dropout_prob",
+                msg: format!("is {}; it must be in [0, 1)", self.hidden_dropout_prob),
+            });
+        }
+        if self.pad_token_id >= self.vocab_size {
+            return Err(EngineError::ConfigField {
+                field: "pad_token_id",
+                msg: format!(
+                    "is {} but vocab_size is {}",
+                    self.pad_token_id, self.vocab_size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The HF `config.json` text of this configuration.
+    pub fn to_json(&self) -> String {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        v["model_type"] = "bigs".into();
+        v["architectures"] = serde_json::json!(["BiGSForMaskedLM"]);
+        serde_json::to_string_pretty(&v).expect("json")
+    }
+
+    /// Number of trainable parameters (decoder tied to the word embeddings).
+    pub fn num_parameters(&self) -> usize {
+        let (v, h, i, n) = (
+            self.vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_ssm,
+        );
+        let emb = (v + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
+        let ssm = 4 * n + 2; // A_re (N), A_im (N), C (N, 2), D, log_step
+        let layer = 2 * h // LayerNorm
+            + 2 * (h * i + i) // dv, dol
+            + 4 * (h * h + h) // du_forward, du_backward, duc_forward, duc_backward
+            + (i * h + h) // do
+            + 2 * ssm;
+        let head = h * h + h + 2 * h + v;
+        emb + self.num_hidden_layers * layer + head
+    }
+}
+
+/// One S4D SSM of BiGS (`fs4` or `bs4`): a single kernel shared by all channels plus a skip D.
+#[derive(Debug, Clone)]
+pub struct BigsSsm {
+    pub a_re: Tensor,
+    pub a_im: Tensor,
+    pub c: Tensor,
+    pub log_step: Tensor,
+    pub d: Tensor,
+    conv: ConvPath,
+}
+
+impl BigsSsm {
+    pub fn new(n: usize, conv: ConvPath, vb: VarBuilder) -> Result<Self> {
+        let k = vb.pp("kernel");
+        Ok(Self {
+            a_re: k.get(n, "A_re")?,
+            a_im: k.get(n, "A_im")?,
+            c: k.get((n, 2), "C")?,
+            log_step: k.get(1, "log_step")?,
+            d: vb.get(1, "D")?,
+            conv,
+        })
+    }
+
+    /// The convolution kernel of length `l`, (L).
+    pub fn kernel(&self, l: usize) -> Result<Tensor> {
+        bigs_kernel(&self.a_re, &self.a_im, &self.c, &self.log_step, l)
+    }
+
+    /// `y[t] = Σ_{j≤t} K[j] u[t−j] + D u[t]` along dim 1 of `u` (B, L, H).
+    pub fn forward(&self, u: &Tensor) -> Result<Tensor> {
+        let l = u.dim(1)?;
+        let k = self.kernel(l)?.unsqueeze(0)?;
+        let y = causal_conv_blc(u, &k, self.conv)?;
+        Ok((y + u.broadcast_mul(&self.d)?)?)
+    }
+}
+
+/// One pre-norm BiGS layer.
+#[derive(Debug, Clone)]
+pub struct BigsLayer {
+    ln: LayerNorm,
+    dv: Linear,
+    du_forward: Linear,
+    du_backward: Linear,
+    duc_forward: Linear,
+    duc_backward: Linear,
+    dol: Linear,
+    do_: Linear,
+    pub fs4: BigsSsm,
+    pub bs4: BigsSsm,
+    act: Gelu,
+    pre_norm: bool,
+}
+
+impl BigsLayer {
+    pub fn new(cfg: &BigsConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            ln: LayerNorm::new(h, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            dv: linear(h, i, vb.pp("dv"))?,
+            du_forward: linear(h, h, vb.pp("du_forward"))?,
+            du_backward: linear(h, h, vb.pp("du_backward"))?,
+            duc_forward: linear(h, h, vb.pp("duc_forward"))?,
+            duc_backward: linear(h, h, vb.pp("duc_backward"))?,
+            dol: linear(h, i, vb.pp("dol"))?,
+            do_: linear(i, h, vb.pp("do"))?,
+            fs4: BigsSsm::new(cfg.num_ssm, cfg.conv, vb.pp("fs4"))?,
+            bs4: BigsSsm::new(cfg.num_ssm, cfg.conv, vb.pp("bs4"))?,
+            act: cfg.layer_gelu,
+            pre_norm: cfg.pre_norm,
+        })
+    }
+
+    /// x (B, L, H) → x (B, L, H).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let act = |t: Tensor| self.act.apply(&t);
+        let h = if self.pre_norm {
+            self.ln.forward(x)?
+        } else {
+            x.clone()
+        };
+        let v = act(self.dv.forward(&h)?)?;
+        let uf = act(self.du_forward.forward(&h)?)?;
+        let ub = act(self.du_backward.forward(&h.flip(&[1])?)?)?;
+        let sf = self.fs4.forward(&uf)?;
+        let sb = self.bs4.forward(&ub)?;
+        let gf = self.duc_forward.forward(&sf)?;
+        let gb = self.duc_backward.forward(&sb)?.flip(&[1])?;
+        let z = act(self.dol.forward(&(gf * gb)?)?)?;
+        let out = self.do_.forward(&(z * v)?)?;
+        let y = (x + out)?;
+        if self.pre_norm {
+            Ok(y)
+        } else {
+            self.ln.forward(&y)
+        }
+    }
+}
+
+/// Word + position + token-type embeddings, LayerNorm, dropout.
+#[derive(Debug, Clone)]
+pub struct BigsEmbeddings {
+    pub word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    ln: LayerNorm,
+}
+
+impl BigsEmbeddings {
+    pub fn new(cfg: &BigsConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            word: embedding(cfg.vocab_size, h, vb.pp("word_embeddings"))?,
+            position: embedding(cfg.max_position_embeddings, h, vb.pp("position_embeddings"))?,
+            token_type: embedding(cfg.type_vocab_size, h, vb.pp("token_type_embeddings"))?,
+            ln: LayerNorm::new(h, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+        })
+    }
+}
+
+/// `dense → GELU(exact) → LayerNorm → · E_wordᵀ + bias`.
+#[derive(Debug, Clone)]
+pub struct MlmHead {
+    dense: Linear,
+    ln: LayerNorm,
+    bias: Tensor,
+}
+
+/// How a forward pass runs: evaluation, or training with seeded dropout.
+pub enum Mode<'a> {
+    Eval,
+    Train(&'a mut ChaCha8Rng),
+}
+
+/// BiGS for masked language modelling.
+#[derive(Debug, Clone)]
+pub struct BigsForMaskedLm {
+    pub config: BigsConfig,
+    pub embeddings: BigsEmbeddings,
+    pub layers: Vec<BigsLayer>,
+    pub head: MlmHead,
+}
+
+/// What [`BigsForMaskedLm::mlm_loss`] returns.
+pub struct MlmOutput {
+    /// Mean cross-entropy over the predicted positions (scalar).
+    pub loss: Tensor,
+    /// Logits at the predicted positions, (P, V).
+    pub logits: Tensor,
+    /// The target ids at those positions, (P).
+    pub targets: Tensor,
+}
+
+impl BigsForMaskedLm {
+    /// Builds the model's variables under HF names (`bigs.…`, `cls.predictions.…`).
+    pub fn new(cfg: &BigsConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let b = vb.pp("bigs");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| BigsLayer::new(cfg, b.pp("encoder").pp("layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let p = vb.pp("cls").pp("predictions");
+        let h = cfg.hidden_size;
+        Ok(Self {
+            config: cfg.clone(),
+            embeddings: BigsEmbeddings::new(cfg, b.pp("embeddings"))?,
+            layers,
+            head: MlmHead {
+                dense: linear(h, h, p.pp("transform").pp("dense"))?,
+                ln: LayerNorm::new(h, cfg.layer_norm_eps, p.pp("transform").pp("LayerNorm"))?,
+                bias: p.get_with_hints(cfg.vocab_size, "bias", candle_nn::Init::Const(0.0))?,
+            },
+        })
+    }
+
+    /// Encoder output (B, L, H) for `input_ids` (B, L) (no final LayerNorm, as the reference).
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (_, l) = input_ids.dims2().map_err(|_| {
+            EngineError::Input(format!(
+                "input_ids must be (batch, length), got shape {:?}",
+                input_ids.dims()
+            ))
+        })?;
+        let max = self.config.max_position_embeddings;
+        if l > max {
+            return Err(EngineError::SequenceTooLong { len: l, max });
+        }
+        self.check_ids(input_ids, self.config.vocab_size, "input_ids")?;
+        let dev = input_ids.device();
+        let pos = Tensor::arange(0u32, l as u32, dev)?;
+        let e = self.embeddings.word.forward(input_ids)?;
+        let e = e.broadcast_add(&self.embeddings.position.forward(&pos)?)?;
+        let e = match token_type_ids {
+            Some(tt) => {
+                self.check_ids(tt, self.config.type_vocab_size, "token_type_ids")?;
+                (e + self.embeddings.token_type.forward(tt)?)?
+            }
+            None => {
+                e.broadcast_add(&self.embeddings.token_type.embeddings().i(0)?.unsqueeze(0)?)?
+            }
+        };
+        let mut x = self.embeddings.ln.forward(&e)?;
+        if let Mode::Train(rng) = mode
+            && self.config.hidden_dropout_prob > 0.0
+        {
+            let m = dropout_mask(
+                rng,
+                x.shape().clone(),
+                self.config.hidden_dropout_prob,
+                x.dtype(),
+                x.device(),
+            )?;
+            x = (x * m)?;
+        }
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        Ok(x)
+    }
+
+    fn check_ids(&self, ids: &Tensor, bound: usize, what: &str) -> Result<()> {
+        let max = ids
+            .flatten_all()?
+            .to_dtype(DType::I64)?
+            .max(0)?
+            .to_scalar::<i64>()?;
+        let min = ids
+            .flatten_all()?
+            .to_dtype(DType::I64)?
+            .min(0)?
+            .to_scalar::<i64>()?;
+        if min < 0 || max as usize >= bound {
+            return Err(EngineError::Input(format!(
+                "{what} must lie in [0, {bound}), found values in [{min}, {max}]"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Head transform `LN(gelu(dense x))` of hidden states of any leading shape.
+    pub fn head_transform(&self, hidden: &Tensor) -> Result<Tensor> {
+        let t = self.head.dense.forward(hidden)?.gelu_erf()?;
+        self.head.ln.forward(&t)
+    }
+
+    /// MLM logits of hidden states (…, H) → (…, V); the decoder is tied to the word embeddings.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let t = self.head_transform(hidden)?;
+        let w = self.embeddings.word.embeddings();
+        Ok(t.broadcast_matmul(&w.t()?)?
+            .broadcast_add(&self.head.bias)?)
+    }
+
+    /// Logits only at `positions` (flat indices into B·L), (P, V): the head costs nothing at
+    /// positions the loss does not read.
+    pub fn logits_at(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let (b, l, h) = hidden.dims3()?;
+        let sel = hidden.reshape((b * l, h))?.index_select(positions, 0)?;
+        self.logits(&sel)
+    }
+
+    /// Masked-LM loss: mean cross-entropy over positions whose label is not −100.
+    pub fn mlm_loss(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        labels: &Tensor,
+        mode: Mode,
+    ) -> Result<MlmOutput> {
+        if labels.dims() != input_ids.dims() {
+            return Err(EngineError::Input(format!(
+                "labels {:?} must have the shape of input_ids {:?}",
+                labels.dims(),
+                input_ids.dims()
+            )));
+        }
+        let lab: Vec<i64> = labels.flatten_all()?.to_dtype(DType::I64)?.to_vec1()?;
+        let (pos, tgt): (Vec<u32>, Vec<u32>) = lab
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != -100)
+            .map(|(i, v)| (i as u32, *v as u32))
+            .unzip();
+        if pos.is_empty() {
+            return Err(EngineError::Input(
+                "no position to predict: every label is −100".into(),
+            ));
+        }
+        if let Some(bad) = lab
+            .iter()
+            .find(|v| **v != -100 && (**v < 0 || **v as usize >= self.config.vocab_size))
+        {
+            return Err(EngineError::Input(format!(
+                "label {bad} is outside the vocabulary [0, {})",
+                self.config.vocab_size
+            )));
+        }
+        let dev = input_ids.device();
+        let positions = Tensor::new(pos.as_slice(), dev)?;
+        let targets = Tensor::new(tgt.as_slice(), dev)?;
+        let hidden = self.hidden_states(input_ids, token_type_ids, mode)?;
+        let logits = self.logits_at(&hidden, &positions)?;
+        let loss = cross_entropy(&logits, &targets)?;
+        Ok(MlmOutput {
+            loss,
+            logits,
+            targets,
+        })
+    }
+}
+
+/// Mean cross-entropy of logits (P, V) against targets (P), from differentiable ops.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = lsm.gather(&targets.unsqueeze(1)?, 1)?;
+    Ok(picked.mean_all()?.neg()?)
+}
+
+/// Re-draws every variable of a BiGS VarMap from a seeded generator, following the reference
+/// initialisation (spec §1(b)). Variables are visited in name order, so a seed fixes the model.
+pub fn init_weights(varmap: &VarMap, cfg: &BigsConfig, rng: &mut ChaCha8Rng) -> Result<()> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let vars: BTreeMap<&String, _> = data.iter().collect();
+    let (a_re, a_im) = a_init_full(cfg.ssm_init, cfg.num_ssm);
+    for (name, var) in vars {
+        let (dt, dev, shape) = (var.dtype(), var.device().clone(), var.shape().clone());
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        let t = if name.contains("LayerNorm") {
+            let v = if leaf == "weight" { 1.0 } else { 0.0 };
+            Tensor::full(v, shape, &dev)?.to_dtype(dt)?
+        } else if name.contains(".kernel.") || leaf == "D" {
+            match leaf {
+                "A_re" => tensor_f64(a_re.clone(), shape, dt, &dev)?,
+                "A_im" => tensor_f64(a_im.clone(), shape, dt, &dev)?,
+                "C" => normal(rng, shape, 0.0, 0.5f64.sqrt(), dt, &dev)?,
+                "log_step" => uniform(rng, shape, 0.01f64.ln(), 1.0f64.ln(), dt, &dev)?,
+                _ => Tensor::ones(shape, dt, &dev)?, // D = 1 (Flax)
+            }
+        } else if leaf == "bias" {
+            Tensor::zeros(shape, dt, &dev)?
+        } else if name.starts_with("cls.predictions.transform.dense") {
+            // Flax default lecun-normal
+            normal(
+                rng,
+                shape,
+                0.0,
+                (1.0 / cfg.hidden_size as f64).sqrt(),
+                dt,
+                &dev,
+            )?
+        } else {
+            normal(rng, shape, 0.0, 0.02, dt, &dev)?
+        };
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// A model together with the variables that hold its weights.
+pub struct LoadedBigs {
+    pub model: BigsForMaskedLm,
+    pub varmap: VarMap,
+    pub report: LoadReport,
+    pub weights_path: PathBuf,
+}
+
+/// Builds a fresh model (seeded initialisation) with its VarMap.
+pub fn build_bigs(
+    cfg: &BigsConfig,
+    dtype: DType,
+    dev: &Device,
+    rng: &mut ChaCha8Rng,
+) -> Result<(BigsForMaskedLm, VarMap)> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, dtype, dev);
+    let model = BigsForMaskedLm::new(cfg, vb)?;
+    init_weights(&varmap, cfg, rng)?;
+    Ok((model, varmap))
+}
+
+/// Loads a model from a checkpoint file (`.safetensors` or PyTorch `.bin`) for a given config.
+/// The tied decoder entries may be present or absent.
+pub fn load_bigs(
+    cfg: &BigsConfig,
+    weights: &Path,
+    dtype: DType,
+    dev: &Device,
+) -> Result<LoadedBigs> {
+    let tensors = read_checkpoint(weights, dev)?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, dtype, dev);
+    let model = BigsForMaskedLm::new(cfg, vb)?;
+    let mut report = load_varmap(&varmap, &tensors, weights)?;
+    // Tied (decoder) and non-MLM entries are expected extras, not surprises.
+    report.unused.retain(|n| {
+        !matches!(
+            n.as_str(),
+            "cls.predictions.decoder.weight"
+                | "cls.predictions.decoder.bias"
+                | "bigs.embeddings.position_ids"
+        )
+    });
+    Ok(LoadedBigs {
+        model,
+        varmap,
+        report,
+        weights_path: weights.into(),
+    })
+}

@@ -1,0 +1,12 @@
+//! The tensor engine: S4D kernels, long convolution, layers and models. No UI, no files beyond
+//! checkpoints and configs.
+
+pub mod bigs;
+pub mod conv;
+pub mod error;
+pub mod init;
+pub mod nn;
+pub mod s4d;
+pub mod weights;
+
+pub use error::{EngineError, Result};

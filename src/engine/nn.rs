@@ -1,0 +1,57 @@
+//! Layers written from differentiable ops. candle-nn's fused LayerNorm/RmsNorm/softmax have no
+//! backward (see `candle-notes.md`): everything here passes gradients to every parameter.
+
+use candle_core::{D, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use super::error::Result;
+
+pub use candle_nn::{Embedding, Linear, Module, embedding, linear};
+
+/// LayerNorm over the last axis, `(x − mean)/sqrt(var + eps)·weight + bias`, from plain ops.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Variables `weight` and `bias` of size `dim` (HF PyTorch names).
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// Which GELU: exact (erf) or the tanh approximation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gelu {
+    /// `x·Φ(x)`; what the PyTorch port (and the parity vectors) use.
+    #[default]
+    Exact,
+    /// `0.5x(1 + tanh(√(2/π)(x + 0.044715x³)))`; what the Flax code trained the released weights with.
+    Tanh,
+}
+
+impl Gelu {
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Gelu::Exact => x.gelu_erf()?,
+            Gelu::Tanh => x.gelu()?,
+        })
+    }
+}
