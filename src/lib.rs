@@ -1,1 +1,10 @@
+//! ssmlab: a terminal lab for attention-free deep learning.
+//!
+//! - [`engine`]: tensors only — S4D kernels, long convolution, layers, models.
+//! - [`cli`]: the `ssmlab` command line.
+//! - [`bench`]: benchmarks that print JSON.
+
+pub mod bench;
+pub mod cli;
+pub mod data;
 pub mod engine;

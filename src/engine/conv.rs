@@ -14,7 +14,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use realfft::num_complex::Complex;
 use realfft::{ComplexToReal, FftNum, RealFftPlanner, RealToComplex};
@@ -49,9 +49,9 @@ impl std::str::FromStr for ConvPath {
 
 /// Longest sequence for which the dense path beats FFT with one kernel shared by all channels
 /// (forward + backward, measured with `ssmlab bench conv` on 2 cores at B=8, C=256).
-pub const SHARED_DENSE_MAX_L: usize = 256;
+pub const SHARED_DENSE_MAX_L: usize = 128;
 /// The same crossover for per-channel kernels, where dense is a batch of matrix-vector products.
-pub const PER_CHANNEL_DENSE_MAX_L: usize = 32;
+pub const PER_CHANNEL_DENSE_MAX_L: usize = 8;
 
 /// The path `Auto` resolves to for `u` of shape (B, C, L) and a kernel with `kernel_rows` rows.
 pub fn resolve_path(path: ConvPath, u: &Tensor, kernel_rows: usize, l: usize) -> ConvPath {
@@ -292,15 +292,13 @@ impl<T: FftFloat> Plans<T> {
         out
     }
 
-    /// For each row r of `x` (rows × L): out_r = IFFT(FFT(x_r) · f(spec_{r's kernel row})), where f
-    /// is identity (convolution) or conjugation (correlation).
+    /// For each row r of `x` (rows × L): out_r = IFFT(FFT(x_r) · spec_{r's kernel row}).
     fn filter_rows(
         &self,
         x: &[T],
         spec: &[Complex<T>],
         channels: usize,
         kernel_rows: usize,
-        conj: bool,
     ) -> Vec<T> {
         let (l, nf) = (self.l, self.bins());
         let mut out = vec![T::zero(); x.len()];
@@ -314,7 +312,7 @@ impl<T: FftFloat> Plans<T> {
                     let ks = &spec[kr * nf..(kr + 1) * nf];
                     self.forward(row, s);
                     for (f, kv) in s.freq.iter_mut().zip(ks) {
-                        *f = *f * if conj { kv.conj() } else { *kv };
+                        *f = *f * *kv;
                     }
                     self.inverse_into(s, o);
                 },
@@ -333,58 +331,79 @@ struct Scratch<T> {
 fn conv_fwd<T: FftFloat>(u: &[T], k: &[T], c: usize, ck: usize, l: usize) -> Vec<T> {
     let plans = Plans::<T>::new(l);
     let kspec = plans.spectra(k);
-    plans.filter_rows(u, &kspec, c, ck, false)
+    plans.filter_rows(u, &kspec, c, ck)
 }
 
-/// du[b,c,s] = Σ_{t≥s} k[c,t−s]·dy[b,c,t]
-fn conv_grad_input<T: FftFloat>(dy: &[T], k: &[T], c: usize, ck: usize, l: usize) -> Vec<T> {
-    let plans = Plans::<T>::new(l);
-    let kspec = plans.spectra(k);
-    plans.filter_rows(dy, &kspec, c, ck, true)
-}
-
-/// dk[c,j] = Σ_b Σ_{t≥j} u[b,c,t−j]·dy[b,c,t]  (summed over channels too for a shared kernel)
-fn conv_grad_kernel<T: FftFloat>(u: &[T], dy: &[T], c: usize, ck: usize, l: usize) -> Vec<T> {
+/// Both gradients in one pass, sharing each row's spectra:
+/// du[b,c,s] = Σ_{t≥s} k[c,t−s]·dy[b,c,t] and dk[c,j] = Σ_b Σ_{t≥j} u[b,c,t−j]·dy[b,c,t]
+/// (summed over channels too for a shared kernel). Returns `du` followed by `dk`, flat.
+/// Every sum runs in a fixed order, so results are bitwise reproducible across runs.
+fn conv_grad<T: FftFloat>(u: &[T], k: &[T], dy: &[T], c: usize, ck: usize, l: usize) -> Vec<T> {
     let plans = Plans::<T>::new(l);
     let nf = plans.bins();
     let zero = Complex::new(T::zero(), T::zero());
+    let kspec = plans.spectra(k);
     let rows = u.len() / l;
-    // Per-thread spectral accumulators, one spectrum per kernel row.
-    let acc = (0..rows)
-        .into_par_iter()
-        .with_min_len((rows / (4 * rayon::current_num_threads().max(1))).max(1))
-        .fold(
-            || (vec![zero; ck * nf], plans.scratch(), vec![zero; nf]),
-            |(mut acc, mut s, mut us), r| {
-                plans.forward(&u[r * l..(r + 1) * l], &mut s);
-                us.copy_from_slice(&s.freq);
+    // Rows are processed in groups whose kernel-gradient spectra are summed in row order: one
+    // group per channel for per-channel kernels, fixed-size row blocks for a shared kernel. The
+    // grouping does not depend on the thread count, so sums are bitwise reproducible.
+    let groups: Vec<Vec<usize>> = if ck == 1 {
+        let per = rows.div_ceil(64).max(1);
+        (0..rows).collect::<Vec<_>>().chunks(per).map(|g| g.to_vec()).collect()
+    } else {
+        (0..c).map(|ch| (ch..rows).step_by(c).collect()).collect()
+    };
+    let partial: Vec<(Vec<T>, Vec<Complex<T>>)> = groups
+        .par_iter()
+        .map(|g| {
+            let mut s = plans.scratch();
+            let mut dys = vec![zero; nf];
+            let mut acc = vec![zero; nf];
+            let mut du = vec![T::zero(); g.len() * l];
+            for (&r, du_r) in g.iter().zip(du.chunks_mut(l)) {
                 plans.forward(&dy[r * l..(r + 1) * l], &mut s);
-                let kr = if ck == 1 { 0 } else { r % c };
-                for ((a, uf), df) in acc[kr * nf..(kr + 1) * nf].iter_mut().zip(&us).zip(&s.freq) {
+                dys.copy_from_slice(&s.freq);
+                plans.forward(&u[r * l..(r + 1) * l], &mut s);
+                for ((a, uf), df) in acc.iter_mut().zip(&s.freq).zip(&dys) {
                     *a = *a + uf.conj() * *df;
                 }
-                (acc, s, us)
-            },
-        )
-        .map(|(acc, _, _)| acc)
-        .reduce(
-            || vec![zero; ck * nf],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    *x = *x + *y;
+                let kr = if ck == 1 { 0 } else { r % c };
+                for (f, (kv, df)) in s.freq.iter_mut().zip(kspec[kr * nf..].iter().zip(&dys)) {
+                    *f = kv.conj() * *df;
                 }
-                a
+                plans.inverse_into(&mut s, du_r);
+            }
+            (du, acc)
+        })
+        .collect();
+    let mut out = vec![T::zero(); rows * l + ck * l];
+    let (du, dk) = out.split_at_mut(rows * l);
+    for (g, (gdu, _)) in groups.iter().zip(&partial) {
+        for (&r, src) in g.iter().zip(gdu.chunks(l)) {
+            du[r * l..(r + 1) * l].copy_from_slice(src);
+        }
+    }
+    let spectra: Vec<Vec<Complex<T>>> = if ck == 1 {
+        let mut total = vec![zero; nf];
+        for (_, acc) in &partial {
+            for (t, a) in total.iter_mut().zip(acc) {
+                *t = *t + *a;
+            }
+        }
+        vec![total]
+    } else {
+        partial.into_iter().map(|(_, acc)| acc).collect()
+    };
+    dk.par_chunks_mut(l)
+        .zip(spectra.par_iter())
+        .for_each_init(
+            || plans.scratch(),
+            |s, (o, a)| {
+                s.freq.copy_from_slice(a);
+                plans.inverse_into(s, o);
             },
         );
-    let mut dk = vec![T::zero(); ck * l];
-    dk.par_chunks_mut(l).zip(acc.par_chunks(nf)).for_each_init(
-        || plans.scratch(),
-        |s, (o, a)| {
-            s.freq.copy_from_slice(a);
-            plans.inverse_into(s, o);
-        },
-    );
-    dk
+    out
 }
 
 fn slice<'a, T: candle_core::WithDType>(
@@ -470,24 +489,20 @@ impl CustomOp2 for CausalConvFft {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let du = dy.apply_op2_no_bwd(k, &ConvGradInput)?;
-        let dk = u.apply_op2_no_bwd(
-            &dy,
-            &ConvGradKernel {
-                kernel_rows: k.dim(0)?,
-            },
-        )?;
+        let g = u.apply_op3_no_bwd(k, &dy.contiguous()?, &ConvGrad)?;
+        let n = u.elem_count();
+        let du = g.narrow(0, 0, n)?.reshape(u.shape())?;
+        let dk = g.narrow(0, n, k.elem_count())?.reshape(k.shape())?;
         Ok((Some(du), Some(dk)))
     }
 }
 
-/// (dy (B,C,L), k (Ck,L)) → du (B,C,L).
-struct ConvGradInput;
+/// (u (B,C,L), k (Ck,L), dy (B,C,L)) → [du, dk] flattened.
+struct ConvGrad;
 
-impl CustomOp2 for ConvGradInput {
+impl CustomOp3 for ConvGrad {
     fn name(&self) -> &'static str {
-        "causal-conv-fft-grad-input"
+        "causal-conv-fft-grad"
     }
 
     fn cpu_fwd(
@@ -496,52 +511,37 @@ impl CustomOp2 for ConvGradInput {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, c, l, ck) = conv_dims(l1, l2)?;
-        let out = dispatch(
-            self.name(),
-            s1,
-            l1,
-            s2,
-            l2,
-            |dy, k| conv_grad_input(dy, k, c, ck, l),
-            |dy, k| conv_grad_input(dy, k, c, ck, l),
-        )?;
-        Ok((out, l1.shape().clone()))
-    }
-}
-
-/// (u (B,C,L), dy (B,C,L)) → dk (Ck,L).
-struct ConvGradKernel {
-    kernel_rows: usize,
-}
-
-impl CustomOp2 for ConvGradKernel {
-    fn name(&self) -> &'static str {
-        "causal-conv-fft-grad-kernel"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, c, l) = l1.shape().dims3()?;
-        if l2.shape() != l1.shape() {
-            candle_core::bail!("{}: u {:?} vs dy {:?}", self.name(), l1.shape(), l2.shape())
+        if l3.shape() != l1.shape() {
+            candle_core::bail!("{}: u {:?} vs dy {:?}", self.name(), l1.shape(), l3.shape())
         }
-        let ck = self.kernel_rows;
-        let out = dispatch(
-            self.name(),
-            s1,
-            l1,
-            s2,
-            l2,
-            |u, dy| conv_grad_kernel(u, dy, c, ck, l),
-            |u, dy| conv_grad_kernel(u, dy, c, ck, l),
-        )?;
-        Ok((out, Shape::from((ck, l))))
+        let n = l1.shape().elem_count() + ck * l;
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(u), CpuStorage::F32(k), CpuStorage::F32(dy)) => {
+                CpuStorage::F32(conv_grad(
+                    slice(u, l1, self.name())?,
+                    slice(k, l2, self.name())?,
+                    slice(dy, l3, self.name())?,
+                    c,
+                    ck,
+                    l,
+                ))
+            }
+            (CpuStorage::F64(u), CpuStorage::F64(k), CpuStorage::F64(dy)) => {
+                CpuStorage::F64(conv_grad(
+                    slice(u, l1, self.name())?,
+                    slice(k, l2, self.name())?,
+                    slice(dy, l3, self.name())?,
+                    c,
+                    ck,
+                    l,
+                ))
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 operands of one dtype", self.name()),
+        };
+        Ok((out, Shape::from(n)))
     }
 }

@@ -1,0 +1,95 @@
+//! Benchmarks printed as JSON (`ssmlab bench …`): numbers for speed live here, not in tests.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use serde::Serialize;
+
+use crate::engine::Result;
+use crate::engine::conv::{ConvPath, causal_conv};
+
+/// One measured convolution case.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConvCase {
+    pub bench: &'static str,
+    pub path: &'static str,
+    /// `per-channel` (kernel (C, L)) or `shared` (kernel (1, L), as BiGS).
+    pub kernel: &'static str,
+    pub b: usize,
+    pub c: usize,
+    pub l: usize,
+    /// Median seconds of forward + backward (gradients of input and kernel).
+    pub median_s: Option<f64>,
+    pub reps: usize,
+    /// Why a case was not run.
+    pub skipped: Option<String>,
+}
+
+/// Median of forward+backward times over `reps` runs, after one warm-up.
+fn time_fwd_bwd(u: &Var, k: &Var, w: &Tensor, path: ConvPath, reps: usize) -> Result<f64> {
+    let run = || -> Result<f64> {
+        let t0 = Instant::now();
+        let y = causal_conv(u.as_tensor(), k.as_tensor(), path)?;
+        let g = (y * w)?.sum_all()?.backward()?;
+        // make sure both gradients are materialised
+        let _ = (g.get(u.as_tensor()).is_some(), g.get(k.as_tensor()).is_some());
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    run()?;
+    let mut ts = (0..reps).map(|_| run()).collect::<Result<Vec<_>>>()?;
+    ts.sort_by(f64::total_cmp);
+    Ok(ts[ts.len() / 2])
+}
+
+/// Dense per-channel Toeplitz matrices above this many bytes are not built (they would need
+/// several such buffers at once: matrix, gathered copy, gradients).
+const DENSE_BYTES_LIMIT: usize = 1 << 30;
+
+/// Convolution forward+backward, FFT vs dense, over `lengths`, for per-channel and shared
+/// kernels. `on_case` sees each case as it finishes (for streaming output).
+pub fn bench_conv(
+    b: usize,
+    c: usize,
+    lengths: &[usize],
+    reps: usize,
+    mut on_case: impl FnMut(&ConvCase),
+) -> Result<Vec<ConvCase>> {
+    let dev = Device::Cpu;
+    let mut out = Vec::new();
+    for &l in lengths {
+        let u = Var::from_tensor(&Tensor::randn(0f32, 1., (b, c, l), &dev)?)?;
+        let w = Tensor::randn(0f32, 1., (b, c, l), &dev)?;
+        for (kernel, rows) in [("per-channel", c), ("shared", 1)] {
+            let k = Var::from_tensor(&Tensor::randn(0f32, 1., (rows, l), &dev)?)?;
+            for (name, path) in [("fft", ConvPath::Fft), ("dense", ConvPath::Dense)] {
+                let bytes = rows * l * l * DType::F32.size_in_bytes();
+                let (median_s, skipped) = if path == ConvPath::Dense && bytes > DENSE_BYTES_LIMIT {
+                    (
+                        None,
+                        Some(format!(
+                            "the Toeplitz matrices would take {:.1} GiB",
+                            bytes as f64 / (1u64 << 30) as f64
+                        )),
+                    )
+                } else {
+                    let r = if l >= 4096 && path == ConvPath::Dense { 1 } else { reps };
+                    (Some(time_fwd_bwd(&u, &k, &w, path, r)?), None)
+                };
+                let case = ConvCase {
+                    bench: "conv",
+                    path: name,
+                    kernel,
+                    b,
+                    c,
+                    l,
+                    median_s,
+                    reps,
+                    skipped,
+                };
+                on_case(&case);
+                out.push(case);
+            }
+        }
+    }
+    Ok(out)
+}

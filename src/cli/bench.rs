@@ -1,0 +1,76 @@
+//! `ssmlab bench …`
+
+use clap::{Args, Subcommand};
+
+use crate::bench::{ConvCase, bench_conv};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchWhat {
+    /// Causal convolution forward+backward, FFT vs dense, per-channel and shared kernels.
+    Conv {
+        /// Batch size.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Channels.
+        #[arg(long, default_value_t = 256)]
+        channels: usize,
+        /// Sequence lengths, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [128, 256, 512, 1024, 2048, 4096, 8192])]
+        lengths: Vec<usize>,
+        /// Timed repetitions per case (median reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.what {
+        BenchWhat::Conv {
+            batch,
+            channels,
+            lengths,
+            reps,
+        } => {
+            anyhow::ensure!(reps > 0, "--reps must be at least 1");
+            let cases = bench_conv(batch, channels, &lengths, reps, |c| {
+                println!("{}", serde_json::to_string(c).expect("json"));
+            })?;
+            eprintln!("{}", conv_table(&cases));
+            Ok(())
+        }
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |s| format!("{:.2}", s * 1e3))
+}
+
+/// Human table: per length and kernel kind, FFT ms, dense ms, dense/FFT ratio.
+fn conv_table(cases: &[ConvCase]) -> String {
+    let mut s = String::from("kernel       L      fft ms    dense ms   dense/fft\n");
+    for c in cases.iter().filter(|c| c.path == "fft") {
+        let d = cases
+            .iter()
+            .find(|d| d.path == "dense" && d.l == c.l && d.kernel == c.kernel)
+            .and_then(|d| d.median_s);
+        let ratio = match (c.median_s, d) {
+            (Some(f), Some(d)) => format!("{:.1}x", d / f),
+            _ => "-".into(),
+        };
+        s += &format!(
+            "{:<11} {:>5} {:>10} {:>11} {:>11}\n",
+            c.kernel,
+            c.l,
+            ms(c.median_s),
+            ms(d),
+            ratio
+        );
+    }
+    s
+}
