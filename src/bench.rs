@@ -32,7 +32,10 @@ fn time_fwd_bwd(u: &Var, k: &Var, w: &Tensor, path: ConvPath, reps: usize) -> Re
         let y = causal_conv(u.as_tensor(), k.as_tensor(), path)?;
         let g = (y * w)?.sum_all()?.backward()?;
         // make sure both gradients are materialised
-        let _ = (g.get(u.as_tensor()).is_some(), g.get(k.as_tensor()).is_some());
+        let _ = (
+            g.get(u.as_tensor()).is_some(),
+            g.get(k.as_tensor()).is_some(),
+        );
         Ok(t0.elapsed().as_secs_f64())
     };
     run()?;
@@ -72,7 +75,11 @@ pub fn bench_conv(
                         )),
                     )
                 } else {
-                    let r = if l >= 4096 && path == ConvPath::Dense { 1 } else { reps };
+                    let r = if l >= 4096 && path == ConvPath::Dense {
+                        1
+                    } else {
+                        reps
+                    };
                     (Some(time_fwd_bwd(&u, &k, &w, path, r)?), None)
                 };
                 let case = ConvCase {

@@ -8,3 +8,5 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod runs;
+pub mod train;

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod train;
 
 /// A terminal lab for attention-free deep learning (BiGS, DiffuSSM, S4D).
 #[derive(Debug, Parser)]
@@ -17,6 +18,11 @@ pub struct Cli {
 pub enum Command {
     /// Benchmarks, printed as JSON lines (one object per case) plus a table on stderr.
     Bench(bench::BenchArgs),
+    /// Train a model into a run directory (headless; the TUI attaches to it).
+    Train(train::TrainArgs),
+    /// Tokenizer tools.
+    #[command(subcommand)]
+    Tokenizer(train::TokenizerCmd),
 }
 
 /// Parses the command line and runs it.
@@ -24,6 +30,8 @@ pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Train(args)) => train::run(args),
+        Some(Command::Tokenizer(cmd)) => train::tokenizer(cmd),
         None => {
             anyhow::bail!("no subcommand given; see `ssmlab --help`")
         }

@@ -71,7 +71,14 @@ pub fn mask_batch(
     rng: &mut ChaCha8Rng,
 ) -> (Vec<u32>, Vec<i64>) {
     let is_special = |t: u32| {
-        [specials.pad, specials.unk, specials.cls, specials.sep, specials.mask].contains(&t)
+        [
+            specials.pad,
+            specials.unk,
+            specials.cls,
+            specials.sep,
+            specials.mask,
+        ]
+        .contains(&t)
     };
     let mut ids = Vec::new();
     let mut labels = Vec::new();

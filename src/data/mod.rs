@@ -18,7 +18,9 @@ pub enum DataError {
     },
     #[error("{path} is empty: it holds no text to train on")]
     Empty { path: PathBuf },
-    #[error("{path} is not text ({why}); give a UTF-8 .txt file, a folder of them, or a .jsonl file")]
+    #[error(
+        "{path} is not text ({why}); give a UTF-8 .txt file, a folder of them, or a .jsonl file"
+    )]
     Binary { path: PathBuf, why: String },
     #[error("{path}:{line}: {msg}")]
     Jsonl {

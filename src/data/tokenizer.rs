@@ -60,7 +60,10 @@ impl TextTokenizer {
                     return Self::load(&p);
                 }
             }
-            return Err(tok_err(path, "folder has neither tokenizer.json nor vocab.txt"));
+            return Err(tok_err(
+                path,
+                "folder has neither tokenizer.json nor vocab.txt",
+            ));
         }
         if !path.exists() {
             return Err(tok_err(path, "no such file"));

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{D, DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -452,7 +452,7 @@ impl BigsForMaskedLm {
 
     /// Head transform `LN(gelu(dense x))` of hidden states of any leading shape.
     pub fn head_transform(&self, hidden: &Tensor) -> Result<Tensor> {
-        let t = self.head.dense.forward(hidden)?.gelu_erf()?;
+        let t = Gelu::Exact.apply(&self.head.dense.forward(hidden)?)?;
         self.head.ln.forward(&t)
     }
 
@@ -522,12 +522,8 @@ impl BigsForMaskedLm {
     }
 }
 
-/// Mean cross-entropy of logits (P, V) against targets (P), from differentiable ops.
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let picked = lsm.gather(&targets.unsqueeze(1)?, 1)?;
-    Ok(picked.mean_all()?.neg()?)
-}
+/// Mean cross-entropy of logits (P, V) against targets (P).
+pub use super::fused::cross_entropy;
 
 /// Re-draws every variable of a BiGS VarMap from a seeded generator, following the reference
 /// initialisation (spec §1(b)). Variables are visited in name order, so a seed fixes the model.

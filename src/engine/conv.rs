@@ -349,7 +349,11 @@ fn conv_grad<T: FftFloat>(u: &[T], k: &[T], dy: &[T], c: usize, ck: usize, l: us
     // grouping does not depend on the thread count, so sums are bitwise reproducible.
     let groups: Vec<Vec<usize>> = if ck == 1 {
         let per = rows.div_ceil(64).max(1);
-        (0..rows).collect::<Vec<_>>().chunks(per).map(|g| g.to_vec()).collect()
+        (0..rows)
+            .collect::<Vec<_>>()
+            .chunks(per)
+            .map(|g| g.to_vec())
+            .collect()
     } else {
         (0..c).map(|ch| (ch..rows).step_by(c).collect()).collect()
     };
@@ -394,15 +398,13 @@ fn conv_grad<T: FftFloat>(u: &[T], k: &[T], dy: &[T], c: usize, ck: usize, l: us
     } else {
         partial.into_iter().map(|(_, acc)| acc).collect()
     };
-    dk.par_chunks_mut(l)
-        .zip(spectra.par_iter())
-        .for_each_init(
-            || plans.scratch(),
-            |s, (o, a)| {
-                s.freq.copy_from_slice(a);
-                plans.inverse_into(s, o);
-            },
-        );
+    dk.par_chunks_mut(l).zip(spectra.par_iter()).for_each_init(
+        || plans.scratch(),
+        |s, (o, a)| {
+            s.freq.copy_from_slice(a);
+            plans.inverse_into(s, o);
+        },
+    );
     out
 }
 

@@ -4,6 +4,7 @@
 pub mod bigs;
 pub mod conv;
 pub mod error;
+pub mod fused;
 pub mod init;
 pub mod nn;
 pub mod s4d;

@@ -7,7 +7,43 @@ use serde::{Deserialize, Serialize};
 
 use super::error::Result;
 
-pub use candle_nn::{Embedding, Linear, Module, embedding, linear};
+pub use candle_nn::{Embedding, Module, embedding};
+
+/// Linear layer `y = x Wᵀ + b` over the last axis. Leading axes are flattened into one matmul
+/// (candle-nn's `Linear` broadcasts the weight into a batch of small matmuls, whose backward is
+/// several times slower).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+/// A linear layer with variables `weight` (out, in) and `bias` (out), HF PyTorch names.
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let l = candle_nn::linear(in_dim, out_dim, vb)?;
+    Ok(Linear {
+        weight: l.weight().clone(),
+        bias: l.bias().cloned(),
+    })
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (last, lead) = dims
+            .split_last()
+            .ok_or_else(|| super::EngineError::Input("linear layer applied to a scalar".into()))?;
+        let rows: usize = lead.iter().product();
+        let y = x.reshape((rows, *last))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = lead.to_vec();
+        out.push(self.weight.dim(0)?);
+        Ok(y.reshape(out)?)
+    }
+}
 
 /// LayerNorm over the last axis, `(x − mean)/sqrt(var + eps)·weight + bias`, from plain ops.
 #[derive(Debug, Clone)]
@@ -48,10 +84,8 @@ pub enum Gelu {
 }
 
 impl Gelu {
+    /// Applies this GELU (fused forward/backward on the CPU, see [`super::fused`]).
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Gelu::Exact => x.gelu_erf()?,
-            Gelu::Tanh => x.gelu()?,
-        })
+        super::fused::gelu(x, self)
     }
 }

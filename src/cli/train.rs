@@ -1,0 +1,217 @@
+//! `ssmlab train` and `ssmlab tokenizer`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::data::corpus::load_corpus;
+use crate::data::tokenizer::train_wordpiece;
+use crate::runs::RunDir;
+use crate::train::presets::{PRESETS, preset};
+use crate::train::trainer::plain_line;
+use crate::train::{Event, Outcome, RunConfig, Trainer};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Start from a preset (see --list-presets).
+    #[arg(long, conflicts_with_all = ["config", "resume"])]
+    pub preset: Option<String>,
+    /// Start from a run configuration file (TOML, as a run's config.toml).
+    #[arg(long, conflicts_with = "resume")]
+    pub config: Option<PathBuf>,
+    /// Continue a run from its latest checkpoint: a run id under --runs-dir, or a path.
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Name of the run directory (default: the preset or config's run.name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where run directories live.
+    #[arg(long, default_value = "checkpoints")]
+    pub runs_dir: PathBuf,
+    /// Seed of every random draw (overrides run.seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override a configuration key, e.g. --set optim.lr=3e-4 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Checkpoint and stop (state `stopped`) after this step.
+    #[arg(long)]
+    pub stop_at: Option<u64>,
+    /// List the presets and exit.
+    #[arg(long)]
+    pub list_presets: bool,
+    /// Print the resolved configuration and exit without training.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenizerCmd {
+    /// Train a WordPiece tokenizer (BERT special tokens) on a corpus and save tokenizer.json.
+    Train {
+        /// A .txt file, a folder of .txt/.jsonl files, or a .jsonl file.
+        #[arg(long)]
+        corpus: PathBuf,
+        #[arg(long, default_value_t = 8000)]
+        vocab_size: usize,
+        #[arg(long, default_value = "tokenizer.json")]
+        out: PathBuf,
+    },
+}
+
+fn resolve_run(arg: &str, runs_dir: &Path) -> anyhow::Result<RunDir> {
+    let direct = PathBuf::from(arg);
+    let p = if direct.join("config.toml").is_file() {
+        direct
+    } else {
+        runs_dir.join(arg)
+    };
+    RunDir::open(&p).with_context(|| {
+        format!(
+            "--resume {arg}: no run of that id under {} nor at that path",
+            runs_dir.display()
+        )
+    })
+}
+
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    if a.list_presets {
+        for (name, desc) in PRESETS {
+            println!("{name:<16} {desc}");
+        }
+        return Ok(());
+    }
+    let mut sets = a.sets.clone();
+    if let Some(s) = a.seed {
+        sets.push(format!("run.seed={s}"));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut trainer = if let Some(r) = &a.resume {
+        if a.name.is_some() {
+            bail!("--name cannot rename a run that is resumed");
+        }
+        let run = resolve_run(r, &a.runs_dir)?;
+        Trainer::resume(run, &sets)?
+    } else {
+        let base = match (&a.preset, &a.config) {
+            (Some(p), _) => preset(p)?,
+            (None, Some(c)) => RunConfig::from_toml_file(c)?,
+            (None, None) => {
+                bail!("give --preset NAME, --config FILE or --resume RUN (see --list-presets)")
+            }
+        };
+        if let Some(n) = &a.name {
+            sets.push(format!("run.name={n}"));
+        }
+        let cfg = base.with_overrides(&sets)?;
+        cfg.validate()?;
+        if a.dry_run {
+            print!("{}", cfg.to_toml());
+            return Ok(());
+        }
+        Trainer::create(cfg, &a.runs_dir)?
+    };
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C/SIGTERM handler")?;
+    }
+    let tty = std::io::stderr().is_terminal();
+    let total = trainer.cfg.train.steps;
+    let bar = tty.then(|| {
+        let b = ProgressBar::new(total);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ETA {eta} {msg}",
+            )
+            .expect("template"),
+        );
+        b
+    });
+    let mut on_event = |e: Event| match e {
+        Event::Started {
+            run,
+            start_step,
+            total_steps,
+            train_sequences,
+            val_sequences,
+            parameters,
+        } => {
+            let line = format!(
+                "run {} — step {start_step}/{total_steps}, {parameters} parameters, {train_sequences} train / {val_sequences} val sequences",
+                run.path.display()
+            );
+            match &bar {
+                Some(b) => {
+                    b.set_position(start_step);
+                    b.println(line);
+                }
+                None => println!("{line}"),
+            }
+        }
+        Event::Step(m) => match &bar {
+            Some(b) => {
+                b.set_position(m.step);
+                b.set_message(format!(
+                    "loss {:.3} {:.0} tok/s",
+                    m.loss.unwrap_or(f64::NAN),
+                    m.tokens_per_s.unwrap_or(0.0)
+                ));
+                if m.eval_loss.is_some() {
+                    b.println(plain_line(m, total));
+                }
+            }
+            None => println!("{}", plain_line(m, total)),
+        },
+        Event::Checkpoint(s) => {
+            if let Some(b) = &bar {
+                b.set_position(s);
+            }
+        }
+        Event::Message(msg) => match &bar {
+            Some(b) => b.println(msg),
+            None => println!("{msg}"),
+        },
+    };
+    let outcome = trainer.run(&stop, a.stop_at, &mut on_event)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let id = trainer.run.path.display();
+    match outcome {
+        Outcome::Finished => println!("finished: {id}"),
+        Outcome::Stopped => println!(
+            "stopped: {id} (continue with: ssmlab train --resume {})",
+            trainer.run.id()
+        ),
+        Outcome::Diverged => bail!("run {id} diverged (see its log.txt)"),
+    }
+    Ok(())
+}
+
+pub fn tokenizer(cmd: TokenizerCmd) -> anyhow::Result<()> {
+    match cmd {
+        TokenizerCmd::Train {
+            corpus,
+            vocab_size,
+            out,
+        } => {
+            let docs = load_corpus(&corpus)?;
+            let tok = train_wordpiece(&docs, vocab_size, &corpus)?;
+            tok.save(&out)?;
+            println!(
+                "saved {} ({} tokens, trained on {} documents of {})",
+                out.display(),
+                tok.vocab_size(),
+                docs.len(),
+                corpus.display()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Run directories: the contract between training and every viewer.
+//!
+//! ```text
+//! checkpoints/<run-id>/
+//!   config.toml      fully resolved run configuration
+//!   tokenizer.json   the run's tokenizer (the run is self-contained)
+//!   metrics.jsonl    one JSON object per line (see [`Metric`])
+//!   status.json      pid, state, heartbeat, step, checkpoints (see [`Status`])
+//!   log.txt          human-readable log
+//!   control.json     written by other processes to ask for stop / checkpoint (see [`Control`])
+//!   step-N/          model.safetensors (HF names), optimizer.safetensors, state.json, config.json
+//! ```
+//! Every file except the append-only `metrics.jsonl` and `log.txt` is replaced atomically
+//! (written to a temporary name, then renamed); checkpoints are written to `step-N.tmp/` and
+//! renamed when complete. A reader treats only newline-terminated lines of `metrics.jsonl` as data.
+
+mod metrics;
+mod status;
+
+pub use metrics::{Metric, MetricsTail, read_metrics};
+pub use status::{Control, HEARTBEAT_STALE_S, RunState, Status, pid_alive, unix_now};
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Errors about run directories; messages name the path.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+}
+
+pub type Result<T> = std::result::Result<T, RunError>;
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map_err(io_err(path))
+}
+
+/// A run's directory on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// Opens an existing run directory (it must hold `config.toml`).
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.join("config.toml").is_file() {
+            return Err(RunError::Invalid {
+                path: path.into(),
+                msg: "not a run directory (no config.toml)".into(),
+            });
+        }
+        Ok(Self { path: path.into() })
+    }
+
+    /// Creates `runs_dir/<name>`, or `<name>-2`, `<name>-3`… if taken.
+    pub fn create(runs_dir: &Path, name: &str) -> Result<Self> {
+        std::fs::create_dir_all(runs_dir).map_err(io_err(runs_dir))?;
+        for i in 1.. {
+            let id = if i == 1 {
+                name.to_string()
+            } else {
+                format!("{name}-{i}")
+            };
+            let p = runs_dir.join(&id);
+            match std::fs::create_dir(&p) {
+                Ok(()) => return Ok(Self { path: p }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err(&p)(e)),
+            }
+        }
+        unreachable!()
+    }
+
+    pub fn id(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into())
+            .unwrap_or_default()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path.join("config.toml")
+    }
+    pub fn metrics_path(&self) -> PathBuf {
+        self.path.join("metrics.jsonl")
+    }
+    pub fn status_path(&self) -> PathBuf {
+        self.path.join("status.json")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.path.join("log.txt")
+    }
+    pub fn control_path(&self) -> PathBuf {
+        self.path.join("control.json")
+    }
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.path.join("tokenizer.json")
+    }
+    pub fn checkpoint_path(&self, step: u64) -> PathBuf {
+        self.path.join(format!("step-{step}"))
+    }
+
+    /// Appends one metrics record as a single newline-terminated write.
+    pub fn append_metric(&self, m: &Metric) -> Result<()> {
+        let mut line = serde_json::to_string(m).expect("metric serialises");
+        line.push('\n');
+        self.append(&self.metrics_path(), &line)
+    }
+
+    /// Appends a line to `log.txt`.
+    pub fn log(&self, line: &str) -> Result<()> {
+        self.append(&self.log_path(), &format!("{line}\n"))
+    }
+
+    fn append(&self, path: &Path, text: &str) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        f.write_all(text.as_bytes()).map_err(io_err(path))
+    }
+
+    /// Keeps only the metrics records with `step <= last_step` (used when a run resumes from a
+    /// checkpoint older than its last logged step).
+    pub fn truncate_metrics(&self, last_step: u64) -> Result<()> {
+        let p = self.metrics_path();
+        if !p.exists() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+        let kept: String = text
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .filter(|l| {
+                serde_json::from_str::<Metric>(l.trim_end()).is_ok_and(|m| m.step <= last_step)
+            })
+            .collect();
+        write_atomic(&p, kept.as_bytes())
+    }
+
+    pub fn write_status(&self, s: &Status) -> Result<()> {
+        write_atomic(
+            &self.status_path(),
+            serde_json::to_string_pretty(s).expect("status").as_bytes(),
+        )
+    }
+
+    pub fn read_status(&self) -> Result<Status> {
+        let p = self.status_path();
+        let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+        serde_json::from_str(&text).map_err(|e| RunError::Invalid {
+            path: p,
+            msg: e.to_string(),
+        })
+    }
+
+    /// Complete checkpoints (`step-N/` with a `model.safetensors`), ascending by step.
+    pub fn checkpoints(&self) -> Vec<(u64, PathBuf)> {
+        let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+                let p = e.path();
+                p.join("model.safetensors").is_file().then_some((step, p))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn latest_checkpoint(&self) -> Option<(u64, PathBuf)> {
+        self.checkpoints().pop()
+    }
+
+    /// Asks the training process to act (written atomically; the trainer deletes it).
+    pub fn request(&self, c: Control) -> Result<()> {
+        write_atomic(
+            &self.control_path(),
+            serde_json::to_string(&c).expect("control").as_bytes(),
+        )
+    }
+
+    /// Takes a pending request, if any (the trainer's side).
+    pub fn take_request(&self) -> Option<Control> {
+        let p = self.control_path();
+        let text = std::fs::read_to_string(&p).ok()?;
+        let _ = std::fs::remove_file(&p);
+        serde_json::from_str(&text).ok()
+    }
+}

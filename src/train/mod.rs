@@ -1,0 +1,10 @@
+//! Training: run configuration and presets, the optimiser, and the loop that fills a run
+//! directory.
+
+pub mod config;
+pub mod optim;
+pub mod presets;
+pub mod trainer;
+
+pub use config::RunConfig;
+pub use trainer::{Event, Outcome, TrainError, Trainer};

@@ -1,0 +1,154 @@
+//! AdamW with parameter groups and state that can be saved and restored exactly (candle-nn's
+//! AdamW keeps its moments private), the learning-rate schedule, and gradient clipping.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Tensor, Var};
+
+use crate::engine::{EngineError, Result};
+
+/// One parameter and how it is optimised.
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub name: String,
+    pub var: Var,
+    pub weight_decay: f64,
+    pub lr_scale: f64,
+}
+
+/// AdamW (decoupled weight decay, as optax/PyTorch): per parameter
+/// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`, `p ← p − lr·(m̂/(√v̂ + ε) + wd·p)`.
+pub struct AdamW {
+    pub params: Vec<Param>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Steps taken so far.
+    pub t: u64,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+impl AdamW {
+    pub fn new(params: Vec<Param>, beta1: f64, beta2: f64, eps: f64) -> Result<Self> {
+        let m = params
+            .iter()
+            .map(|p| p.var.as_tensor().zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let v = m.clone();
+        Ok(Self {
+            params,
+            beta1,
+            beta2,
+            eps,
+            t: 0,
+            m,
+            v,
+        })
+    }
+
+    /// One update with gradients `grads[i]` of `params[i]` at learning rate `lr`.
+    pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+        self.t += 1;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let c1 = 1.0 - b1.powi(self.t as i32);
+        let c2 = 1.0 - b2.powi(self.t as i32);
+        for (i, (p, g)) in self.params.iter().zip(grads).enumerate() {
+            let m = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
+            let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let lr_p = lr * p.lr_scale;
+            let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.eps)?)?;
+            let w = p.var.as_tensor();
+            let decayed = if p.weight_decay > 0.0 {
+                (w * (1.0 - lr_p * p.weight_decay))?
+            } else {
+                w.clone()
+            };
+            p.var.set(&(decayed - (update * lr_p)?)?)?;
+            self.m[i] = m;
+            self.v[i] = v;
+        }
+        Ok(())
+    }
+
+    /// Moments as `m.<name>` / `v.<name>` tensors (the step count travels in the run state).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut map = HashMap::new();
+        for (i, p) in self.params.iter().enumerate() {
+            map.insert(format!("m.{}", p.name), self.m[i].clone());
+            map.insert(format!("v.{}", p.name), self.v[i].clone());
+        }
+        candle_core::safetensors::save(&map, path)?;
+        Ok(())
+    }
+
+    /// Restores moments saved by [`AdamW::save`] and the step count `t`.
+    pub fn load(&mut self, path: &Path, t: u64) -> Result<()> {
+        let dev = self.params.first().map(|p| p.var.device().clone());
+        let Some(dev) = dev else { return Ok(()) };
+        let map =
+            candle_core::safetensors::load(path, &dev).map_err(|e| EngineError::Checkpoint {
+                path: path.into(),
+                msg: e.to_string(),
+            })?;
+        for (i, p) in self.params.iter().enumerate() {
+            for (prefix, slot) in [("m", &mut self.m), ("v", &mut self.v)] {
+                let key = format!("{prefix}.{}", p.name);
+                let t = map.get(&key).ok_or_else(|| EngineError::MissingTensor {
+                    path: path.into(),
+                    name: key.clone(),
+                    expected: p.var.dims().to_vec(),
+                })?;
+                if t.dims() != p.var.dims() {
+                    return Err(EngineError::ShapeMismatch {
+                        path: path.into(),
+                        name: key,
+                        expected: p.var.dims().to_vec(),
+                        found: t.dims().to_vec(),
+                    });
+                }
+                slot[i] = t.to_dtype(p.var.dtype())?;
+            }
+        }
+        self.t = t;
+        Ok(())
+    }
+}
+
+/// Linear warm-up to `peak` over `warmup` steps, then cosine decay to `min_ratio·peak` at `total`.
+/// `step` counts from 1.
+pub fn lr_at(step: u64, peak: f64, warmup: u64, total: u64, min_ratio: f64) -> f64 {
+    if warmup > 0 && step <= warmup {
+        return peak * step as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1) as f64;
+    let progress = ((step - warmup.min(step)) as f64 / span).clamp(0.0, 1.0);
+    let cos = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    peak * (min_ratio + (1.0 - min_ratio) * cos)
+}
+
+/// Global L2 norm of a set of gradients (in f64).
+pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
+    let mut sq = 0.0;
+    for g in grads {
+        sq += g
+            .to_dtype(DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+    }
+    Ok(sq.sqrt())
+}
+
+/// Scales gradients so their global norm is at most `max_norm`; returns the norm before.
+pub fn clip_grads(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
+    let norm = global_norm(grads)?;
+    if max_norm > 0.0 && norm > max_norm {
+        let s = max_norm / (norm + 1e-6);
+        for g in grads.iter_mut() {
+            *g = (&*g * s)?;
+        }
+    }
+    Ok(norm)
+}

@@ -1,0 +1,120 @@
+//! The presets, all in one place (`ssmlab train --list-presets`).
+
+use std::path::PathBuf;
+
+use super::config::{ConfigError, DataSection, OptimSection, RunConfig, RunSection, TrainSection};
+use crate::data::mlm::MaskingConfig;
+use crate::engine::bigs::BigsConfig;
+use crate::engine::conv::ConvPath;
+use crate::engine::init::AInit;
+use crate::engine::nn::Gelu;
+
+/// (name, one-line description)
+pub const PRESETS: &[(&str, &str)] = &[
+    (
+        "bigs-tiny",
+        "BiGS 4×128 on Moby-Dick, BERT vocab, L=128: minutes on 2 CPU cores",
+    ),
+    (
+        "bigs-mobydick",
+        "BiGS 4×192 on Moby-Dick, BERT vocab, L=128: the shipped checkpoint's recipe (~1 h on 2 cores)",
+    ),
+    (
+        "bigs-smoke",
+        "BiGS 2×32 on Moby-Dick, L=32: seconds, for tests and trying the tool",
+    ),
+];
+
+fn bigs(hidden: usize, inter: usize, layers: usize, n: usize, max_pos: usize) -> BigsConfig {
+    BigsConfig {
+        vocab_size: 30522,
+        hidden_size: hidden,
+        intermediate_size: inter,
+        num_hidden_layers: layers,
+        num_ssm: n,
+        max_position_embeddings: max_pos,
+        type_vocab_size: 2,
+        layer_norm_eps: 1e-12,
+        hidden_dropout_prob: 0.0,
+        pad_token_id: 0,
+        pre_norm: true,
+        hidden_act: "gelu".into(),
+        layer_gelu: Gelu::Tanh,
+        ssm_init: AInit::Hippo,
+        conv: ConvPath::Auto,
+    }
+}
+
+fn moby(seq_len: usize) -> DataSection {
+    DataSection {
+        corpus: PathBuf::from("datasets/moby-dick.txt"),
+        tokenizer: PathBuf::from("datasets/bert-base-uncased-vocab.txt"),
+        seq_len,
+        val_fraction: 0.05,
+        masking: MaskingConfig::default(),
+    }
+}
+
+fn optim(lr: f64, warmup: u64) -> OptimSection {
+    OptimSection {
+        lr,
+        beta1: 0.9,
+        beta2: 0.98,
+        eps: 1e-6,
+        weight_decay: 0.01,
+        warmup_steps: warmup,
+        min_lr_ratio: 0.1,
+        grad_clip: 1.0,
+        ssm_lr_scale: 1.0,
+        ssm_weight_decay: false,
+    }
+}
+
+/// The configuration of a preset.
+pub fn preset(name: &str) -> Result<RunConfig, ConfigError> {
+    let run = |seed| RunSection {
+        name: name.into(),
+        seed,
+        preset: name.into(),
+        model: "bigs".into(),
+    };
+    let train = |steps, batch, eval_every| TrainSection {
+        steps,
+        batch_size: batch,
+        grad_accum: 1,
+        log_every: 10,
+        eval_every,
+        eval_batches: 8,
+        checkpoint_every: eval_every,
+        keep_checkpoints: 2,
+    };
+    Ok(match name {
+        "bigs-tiny" => RunConfig {
+            run: run(0),
+            model: bigs(128, 256, 4, 32, 128),
+            data: moby(128),
+            optim: optim(2e-3, 100),
+            train: train(1500, 32, 250),
+        },
+        "bigs-mobydick" => RunConfig {
+            run: run(0),
+            model: bigs(192, 384, 4, 64, 128),
+            data: moby(128),
+            optim: optim(1.5e-3, 300),
+            train: train(8000, 32, 500),
+        },
+        "bigs-smoke" => {
+            let mut c = RunConfig {
+                run: run(0),
+                model: bigs(32, 48, 2, 8, 32),
+                data: moby(32),
+                optim: optim(3e-3, 5),
+                train: train(40, 8, 20),
+            };
+            c.train.log_every = 5;
+            c.train.eval_batches = 2;
+            c
+        }
+        _ => return Err(ConfigError::UnknownPreset(name.into())),
+    })
+}
