@@ -100,3 +100,62 @@ pub fn bench_conv(
     }
     Ok(out)
 }
+
+/// One full frame of the curves view at `w`×`h` with `runs` runs of `points` metrics each:
+/// (median, p90) seconds over `reps` draws into a headless buffer.
+pub fn bench_tui_frame(w: u16, h: u16, runs: usize, points: usize, reps: usize) -> (f64, f64) {
+    use crate::runs::Metric;
+    use crate::runs::index::RunSummary;
+    use crate::tui::app::{App, View};
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    use std::sync::Arc;
+
+    let (keymap, _) = crate::tui::keymap::Keymap::new(&Default::default());
+    let theme = crate::tui::theme::Theme::builtin("dark").expect("theme");
+    let mut app = App::new("checkpoints".into(), keymap, theme);
+    let summaries = (0..runs)
+        .map(|r| {
+            let metrics: Vec<Metric> = (1..=points as u64)
+                .map(|s| Metric {
+                    step: s,
+                    tokens: s * 4096,
+                    wall_s: s as f64,
+                    loss: Some(
+                        3.0 + 6.0 / (1.0 + s as f64 / 500.0)
+                            + 0.2 * ((s * (r as u64 + 3)) as f64).sin(),
+                    ),
+                    ..Default::default()
+                })
+                .collect();
+            RunSummary {
+                id: format!("run-{r}"),
+                path: format!("checkpoints/run-{r}").into(),
+                status: None,
+                state: None,
+                lost: false,
+                config_text: String::new(),
+                model: "bigs".into(),
+                checkpoints: vec![],
+                metrics: Arc::new(metrics),
+                bad_lines: vec![],
+                age_s: None,
+            }
+        })
+        .collect();
+    app.set_runs(summaries);
+    app.marked = (0..runs).map(|r| format!("run-{r}")).collect();
+    app.view = View::Curves;
+    let mut term = Terminal::new(TestBackend::new(w, h)).expect("test backend");
+    let mut ts: Vec<f64> = (0..reps + 1)
+        .map(|_| {
+            let t0 = Instant::now();
+            term.draw(|f| crate::tui::views::draw(f, &app))
+                .expect("draw");
+            t0.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect();
+    ts.sort_by(f64::total_cmp);
+    (ts[ts.len() / 2], ts[ts.len() * 9 / 10])
+}

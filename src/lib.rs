@@ -10,3 +10,4 @@ pub mod data;
 pub mod engine;
 pub mod runs;
 pub mod train;
+pub mod tui;

@@ -27,6 +27,13 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// One full TUI frame (curves view) at 200×60 with 3 runs × 100k points each.
+    Tui {
+        #[arg(long, default_value_t = 100_000)]
+        points: usize,
+        #[arg(long, default_value_t = 50)]
+        reps: usize,
+    },
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -42,6 +49,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(c).expect("json"));
             })?;
             eprintln!("{}", conv_table(&cases));
+            Ok(())
+        }
+        BenchWhat::Tui { points, reps } => {
+            anyhow::ensure!(reps > 0, "--reps must be at least 1");
+            let (median, p90) = crate::bench::bench_tui_frame(200, 60, 3, points, reps);
+            println!(
+                "{}",
+                serde_json::json!({"bench": "tui-frame", "width": 200, "height": 60, "runs": 3,
+                    "points_per_run": points, "reps": reps, "median_ms": median * 1e3, "p90_ms": p90 * 1e3})
+            );
             Ok(())
         }
     }

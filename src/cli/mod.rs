@@ -12,6 +12,15 @@ mod train;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Runs folder the TUI watches (default: settings file, else `checkpoints`).
+    #[arg(long)]
+    pub runs_dir: Option<std::path::PathBuf>,
+    /// Colour theme: dark, light, hc16, or a theme file.
+    #[arg(long)]
+    pub theme: Option<String>,
+    /// ASCII chart markers instead of braille.
+    #[arg(long)]
+    pub ascii: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -20,6 +29,14 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Train a model into a run directory (headless; the TUI attaches to it).
     Train(train::TrainArgs),
+    /// List runs as a table (or JSON) and exit.
+    Runs {
+        #[arg(long, default_value = "checkpoints")]
+        runs_dir: std::path::PathBuf,
+        /// One JSON object per run.
+        #[arg(long)]
+        json: bool,
+    },
     /// Tokenizer tools.
     #[command(subcommand)]
     Tokenizer(train::TokenizerCmd),
@@ -32,8 +49,39 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Train(args)) => train::run(args),
         Some(Command::Tokenizer(cmd)) => train::tokenizer(cmd),
+        Some(Command::Runs { runs_dir, json }) => print_runs(&runs_dir, json),
         None => {
-            anyhow::bail!("no subcommand given; see `ssmlab --help`")
+            use std::io::IsTerminal;
+            let opts = crate::tui::TuiOptions {
+                runs_dir: cli.runs_dir,
+                theme: cli.theme,
+                ascii: cli.ascii,
+            };
+            if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+                crate::tui::run(opts)
+            } else {
+                // No terminal (pipe, CI, cron): the runs table instead of a TUI.
+                let dir = crate::tui::build_app(&opts).runs_dir;
+                print_runs(&dir, false)
+            }
         }
     }
+}
+
+fn print_runs(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let runs = crate::runs::index::RunsIndex::new().scan(dir);
+    if json {
+        for r in &runs {
+            let mut v = serde_json::to_value(r)?;
+            v["state"] = r.state_label().into();
+            v["step"] = r.step().into();
+            v["last_loss"] = r.last_loss().into();
+            v["last_eval_loss"] = r.last_eval().map(|e| e.0).into();
+            v["last_eval_acc"] = r.last_eval().and_then(|e| e.1).into();
+            println!("{}", serde_json::to_string(&v)?);
+        }
+    } else {
+        print!("{}", crate::runs::index::runs_table(&runs, dir));
+    }
+    Ok(())
 }

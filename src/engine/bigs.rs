@@ -68,6 +68,28 @@ pub struct BigsConfig {
     /// Convolution algorithm of the SSMs.
     #[serde(default)]
     pub conv: ConvPath,
+    /// Std of the Normal initialisation of embeddings (and of dense layers when
+    /// `dense_init = "normal"`), as HF's `initializer_range`.
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
+    /// Dense kernels inside layers: `normal` (N(0, initializer_range), the reference) or
+    /// `lecun` (N(0, 1/fan_in), unit-scale activations: the multiplicative gates then pass
+    /// gradient from step 0, which short CPU runs need).
+    #[serde(default)]
+    pub dense_init: DenseInit,
+}
+
+fn default_init_range() -> f64 {
+    0.02
+}
+
+/// Initialisation of the dense layers inside BiGS layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DenseInit {
+    #[default]
+    Normal,
+    Lecun,
 }
 
 const REQUIRED: &[&str] = &[
@@ -547,18 +569,14 @@ pub fn init_weights(varmap: &VarMap, cfg: &BigsConfig, rng: &mut ChaCha8Rng) -> 
             }
         } else if leaf == "bias" {
             Tensor::zeros(shape, dt, &dev)?
-        } else if name.starts_with("cls.predictions.transform.dense") {
-            // Flax default lecun-normal
-            normal(
-                rng,
-                shape,
-                0.0,
-                (1.0 / cfg.hidden_size as f64).sqrt(),
-                dt,
-                &dev,
-            )?
+        } else if name.starts_with("cls.predictions.transform.dense")
+            || (cfg.dense_init == DenseInit::Lecun && name.contains(".encoder."))
+        {
+            // lecun-normal (Flax's default; the reference uses it for the head transform)
+            let fan_in = shape.dims()[1] as f64;
+            normal(rng, shape, 0.0, (1.0 / fan_in).sqrt(), dt, &dev)?
         } else {
-            normal(rng, shape, 0.0, 0.02, dt, &dev)?
+            normal(rng, shape, 0.0, cfg.initializer_range, dt, &dev)?
         };
         var.set(&t)?;
     }

@@ -312,7 +312,7 @@ impl<T: FftFloat> Plans<T> {
                     let ks = &spec[kr * nf..(kr + 1) * nf];
                     self.forward(row, s);
                     for (f, kv) in s.freq.iter_mut().zip(ks) {
-                        *f = *f * *kv;
+                        *f *= *kv;
                     }
                     self.inverse_into(s, o);
                 },
@@ -369,7 +369,7 @@ fn conv_grad<T: FftFloat>(u: &[T], k: &[T], dy: &[T], c: usize, ck: usize, l: us
                 dys.copy_from_slice(&s.freq);
                 plans.forward(&u[r * l..(r + 1) * l], &mut s);
                 for ((a, uf), df) in acc.iter_mut().zip(&s.freq).zip(&dys) {
-                    *a = *a + uf.conj() * *df;
+                    *a += uf.conj() * *df;
                 }
                 let kr = if ck == 1 { 0 } else { r % c };
                 for (f, (kv, df)) in s.freq.iter_mut().zip(kspec[kr * nf..].iter().zip(&dys)) {
@@ -391,7 +391,7 @@ fn conv_grad<T: FftFloat>(u: &[T], k: &[T], dy: &[T], c: usize, ck: usize, l: us
         let mut total = vec![zero; nf];
         for (_, acc) in &partial {
             for (t, a) in total.iter_mut().zip(acc) {
-                *t = *t + *a;
+                *t += *a;
             }
         }
         vec![total]

@@ -14,6 +14,7 @@
 //! (written to a temporary name, then renamed); checkpoints are written to `step-N.tmp/` and
 //! renamed when complete. A reader treats only newline-terminated lines of `metrics.jsonl` as data.
 
+pub mod index;
 mod metrics;
 mod status;
 

@@ -585,8 +585,8 @@ impl Trainer {
                 on_event(Event::Message(&msg));
                 return Ok(Outcome::Diverged);
             }
-            let is_eval = step % self.cfg.train.eval_every == 0 || step == total;
-            let is_log = step % self.cfg.train.log_every == 0 || is_eval;
+            let is_eval = step.is_multiple_of(self.cfg.train.eval_every) || step == total;
+            let is_log = step.is_multiple_of(self.cfg.train.log_every) || is_eval;
             if is_log {
                 let dt = window_t.elapsed().as_secs_f64().max(1e-9);
                 let mut m = Metric {
@@ -618,7 +618,8 @@ impl Trainer {
                 window_t = Instant::now();
                 window_tokens = self.state.tokens;
             }
-            let mut checkpoint = step % self.cfg.train.checkpoint_every == 0 || step == total;
+            let mut checkpoint =
+                step.is_multiple_of(self.cfg.train.checkpoint_every) || step == total;
             let mut stopping = stop.load(Ordering::SeqCst) || stop_at == Some(step);
             match self.run.take_request() {
                 Some(Control::Stop) => stopping = true,

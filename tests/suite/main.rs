@@ -1,6 +1,9 @@
 //! The test suite: one binary, one module per area.
 
 mod common;
+mod data;
 mod engine_bigs;
 mod engine_conv;
 mod engine_kernels;
+mod train;
+mod tui;

@@ -1,0 +1,163 @@
+//! The runs under a folder, as viewers see them (`ssmlab runs`, the TUI's runs view).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::{Metric, MetricsTail, RunDir, RunState, Status, unix_now};
+
+/// What a viewer knows about one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub path: PathBuf,
+    /// `status.json`, if readable.
+    pub status: Option<Status>,
+    /// The state to show: a `running` run whose process died or whose heartbeat is stale shows
+    /// as `failed`, with `lost = true`.
+    pub state: Option<RunState>,
+    pub lost: bool,
+    /// `config.toml` as text.
+    #[serde(skip)]
+    pub config_text: String,
+    pub model: String,
+    pub checkpoints: Vec<u64>,
+    #[serde(skip)]
+    pub metrics: Arc<Vec<Metric>>,
+    /// Lines of `metrics.jsonl` that did not parse.
+    pub bad_lines: Vec<usize>,
+    /// Seconds since the last heartbeat (or since the status was written).
+    pub age_s: Option<f64>,
+}
+
+impl RunSummary {
+    pub fn step(&self) -> u64 {
+        self.metrics
+            .last()
+            .map(|m| m.step)
+            .or(self.status.as_ref().map(|s| s.step))
+            .unwrap_or(0)
+    }
+    pub fn total_steps(&self) -> u64 {
+        self.status.as_ref().map(|s| s.total_steps).unwrap_or(0)
+    }
+    pub fn last_loss(&self) -> Option<f64> {
+        self.metrics.iter().rev().find_map(|m| m.loss)
+    }
+    pub fn last_eval(&self) -> Option<(f64, Option<f64>)> {
+        self.metrics
+            .iter()
+            .rev()
+            .find_map(|m| m.eval_loss.map(|l| (l, m.eval_acc)))
+    }
+    pub fn tokens_per_s(&self) -> Option<f64> {
+        self.metrics.iter().rev().find_map(|m| m.tokens_per_s)
+    }
+    pub fn state_label(&self) -> String {
+        match (self.state, self.lost) {
+            (Some(_), true) => "lost".into(),
+            (Some(s), false) => s.as_str().into(),
+            (None, _) => "unknown".into(),
+        }
+    }
+}
+
+/// Incremental scanner: keeps a metrics tail per run, so repeated scans read only new bytes.
+#[derive(Default)]
+pub struct RunsIndex {
+    tails: HashMap<PathBuf, MetricsTail>,
+    cache: HashMap<PathBuf, Arc<Vec<Metric>>>,
+}
+
+impl RunsIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every run directory under `dir` (sorted by id). A missing folder gives no runs.
+    pub fn scan(&mut self, dir: &Path) -> Vec<RunSummary> {
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return out;
+        };
+        let mut paths: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("config.toml").is_file())
+            .collect();
+        paths.sort();
+        let now = unix_now();
+        for path in paths {
+            let run = RunDir { path: path.clone() };
+            let status = run.read_status().ok();
+            let (state, lost) = match &status {
+                Some(s) => {
+                    let (st, lost) = s.effective_state(now);
+                    (Some(st), lost)
+                }
+                None => (None, false),
+            };
+            let tail = self
+                .tails
+                .entry(path.clone())
+                .or_insert_with(|| MetricsTail::new(&run.metrics_path()));
+            let changed = tail.poll().unwrap_or(0) > 0 || !self.cache.contains_key(&path);
+            if changed || tail.records.len() != self.cache[&path].len() {
+                self.cache
+                    .insert(path.clone(), Arc::new(tail.records.clone()));
+            }
+            let config_text = std::fs::read_to_string(run.config_path()).unwrap_or_default();
+            let model = status
+                .as_ref()
+                .map(|s| s.model.clone())
+                .unwrap_or_else(|| "?".into());
+            out.push(RunSummary {
+                id: run.id(),
+                checkpoints: run.checkpoints().into_iter().map(|c| c.0).collect(),
+                metrics: self.cache[&path].clone(),
+                bad_lines: tail.bad_lines.clone(),
+                age_s: status.as_ref().map(|s| (now - s.heartbeat).max(0.0)),
+                path,
+                status,
+                state,
+                lost,
+                config_text,
+                model,
+            });
+        }
+        out
+    }
+}
+
+/// Plain-text runs table (for `ssmlab runs` and `ssmlab` without a terminal).
+pub fn runs_table(runs: &[RunSummary], dir: &Path) -> String {
+    if runs.is_empty() {
+        return format!(
+            "no runs under {} (start one with: ssmlab train --preset bigs-tiny)\n",
+            dir.display()
+        );
+    }
+    let mut s = format!(
+        "{:<24} {:<9} {:<6} {:>13} {:>9} {:>9} {:>8} {:>9}\n",
+        "RUN", "STATE", "MODEL", "STEP", "LOSS", "EVAL", "ACC", "TOK/S"
+    );
+    let f = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
+    for r in runs {
+        let eval = r.last_eval();
+        s += &format!(
+            "{:<24} {:<9} {:<6} {:>13} {:>9} {:>9} {:>8} {:>9}\n",
+            r.id,
+            r.state_label(),
+            r.model,
+            format!("{}/{}", r.step(), r.total_steps()),
+            f(r.last_loss(), 4),
+            f(eval.map(|e| e.0), 4),
+            eval.and_then(|e| e.1)
+                .map_or("-".into(), |a| format!("{:.1}%", a * 100.0)),
+            f(r.tokens_per_s(), 0),
+        );
+    }
+    s
+}

@@ -1,0 +1,384 @@
+//! TUI state and input handling. Drawing lives in `views/`; disk work in `worker.rs`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use crossterm::event::{KeyCode, KeyEvent, MouseEvent, MouseEventKind};
+
+use super::keymap::{Action, Keymap, Scope, key_name};
+use super::theme::Theme;
+use super::views::form::LaunchForm;
+use crate::runs::index::RunSummary;
+use crate::runs::{Control, RunDir};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Runs,
+    Curves,
+    Probe,
+    Samples,
+    Kernels,
+}
+
+impl View {
+    pub const ALL: [View; 5] = [
+        View::Runs,
+        View::Curves,
+        View::Probe,
+        View::Samples,
+        View::Kernels,
+    ];
+    pub fn title(self) -> &'static str {
+        match self {
+            View::Runs => "Runs",
+            View::Curves => "Curves",
+            View::Probe => "Probe",
+            View::Samples => "Samples",
+            View::Kernels => "Kernels",
+        }
+    }
+    fn scope(self) -> Scope {
+        match self {
+            View::Curves => Scope::Curves,
+            _ => Scope::Runs,
+        }
+    }
+}
+
+/// Which series the curves view plots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Loss,
+    EvalLoss,
+    EvalAcc,
+    Lr,
+    GradNorm,
+    TokensPerS,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 6] = [
+        Metric::Loss,
+        Metric::EvalLoss,
+        Metric::EvalAcc,
+        Metric::Lr,
+        Metric::GradNorm,
+        Metric::TokensPerS,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::Loss => "train loss",
+            Metric::EvalLoss => "eval loss",
+            Metric::EvalAcc => "eval accuracy",
+            Metric::Lr => "learning rate",
+            Metric::GradNorm => "grad norm",
+            Metric::TokensPerS => "tokens/s",
+        }
+    }
+    pub fn get(self, m: &crate::runs::Metric) -> Option<f64> {
+        match self {
+            Metric::Loss => m.loss,
+            Metric::EvalLoss => m.eval_loss,
+            Metric::EvalAcc => m.eval_acc,
+            Metric::Lr => m.lr,
+            Metric::GradNorm => m.grad_norm,
+            Metric::TokensPerS => m.tokens_per_s,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XAxis {
+    Step,
+    Tokens,
+    Wall,
+}
+
+impl XAxis {
+    pub fn label(self) -> &'static str {
+        match self {
+            XAxis::Step => "step",
+            XAxis::Tokens => "tokens",
+            XAxis::Wall => "wall time (s)",
+        }
+    }
+    pub fn get(self, m: &crate::runs::Metric) -> f64 {
+        match self {
+            XAxis::Step => m.step as f64,
+            XAxis::Tokens => m.tokens as f64,
+            XAxis::Wall => m.wall_s,
+        }
+    }
+}
+
+/// Curves view settings.
+#[derive(Debug, Clone)]
+pub struct CurvesState {
+    pub metric: Metric,
+    pub x: XAxis,
+    pub log_y: bool,
+    /// EMA weight in [0, 0.99].
+    pub smoothing: f64,
+    pub zoom_recent: bool,
+    /// Cursor position as a fraction of the x range (None: hidden).
+    pub cursor: Option<f64>,
+}
+
+impl Default for CurvesState {
+    fn default() -> Self {
+        Self {
+            metric: Metric::Loss,
+            x: XAxis::Step,
+            log_y: false,
+            smoothing: 0.6,
+            zoom_recent: false,
+            cursor: None,
+        }
+    }
+}
+
+/// A modal on top of the view.
+pub enum Popup {
+    Help,
+    Confirm { action: Control, run: String },
+    Launch(Box<LaunchForm>),
+    Diff,
+    Message(String),
+}
+
+/// What the event loop should do after an input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Effect {
+    None,
+    Quit,
+}
+
+pub struct App {
+    pub view: View,
+    pub runs: Vec<RunSummary>,
+    pub runs_dir: PathBuf,
+    pub selected: usize,
+    pub marked: BTreeSet<String>,
+    pub curves: CurvesState,
+    pub popup: Option<Popup>,
+    pub keymap: Keymap,
+    pub theme: Theme,
+    /// Notices shown in the status line (ignored config lines, launch results…).
+    pub notices: Vec<String>,
+    pub ascii: bool,
+    /// Path of the binary launched for new runs.
+    pub exe: PathBuf,
+}
+
+impl App {
+    pub fn new(runs_dir: PathBuf, keymap: Keymap, theme: Theme) -> Self {
+        Self {
+            view: View::Runs,
+            runs: Vec::new(),
+            runs_dir,
+            selected: 0,
+            marked: BTreeSet::new(),
+            curves: CurvesState::default(),
+            popup: None,
+            keymap,
+            theme,
+            notices: Vec::new(),
+            ascii: false,
+            exe: std::env::current_exe().unwrap_or_else(|_| "ssmlab".into()),
+        }
+    }
+
+    pub fn selected_run(&self) -> Option<&RunSummary> {
+        self.runs.get(self.selected)
+    }
+
+    /// New scan results from the worker; keeps the selection on the same run.
+    pub fn set_runs(&mut self, runs: Vec<RunSummary>) {
+        let keep = self.selected_run().map(|r| r.id.clone());
+        self.runs = runs;
+        if let Some(id) = keep
+            && let Some(i) = self.runs.iter().position(|r| r.id == id)
+        {
+            self.selected = i;
+        }
+        self.selected = self.selected.min(self.runs.len().saturating_sub(1));
+    }
+
+    /// Runs drawn in the curves view: the marked ones, else the selected one.
+    pub fn plotted(&self) -> Vec<&RunSummary> {
+        let marked: Vec<&RunSummary> = self
+            .runs
+            .iter()
+            .filter(|r| self.marked.contains(&r.id))
+            .collect();
+        if marked.is_empty() {
+            self.selected_run().into_iter().collect()
+        } else {
+            marked
+        }
+    }
+
+    pub fn scope(&self) -> Scope {
+        self.view.scope()
+    }
+
+    pub fn on_mouse(&mut self, m: MouseEvent) {
+        match m.kind {
+            MouseEventKind::ScrollDown => self.move_sel(1),
+            MouseEventKind::ScrollUp => self.move_sel(-1),
+            MouseEventKind::Down(_) if self.view == View::Runs && self.popup.is_none() => {
+                // rows start below the tab bar (1), the table border (1) and its header (1)
+                let row = m.row as usize;
+                if row >= 3 && row - 3 < self.runs.len() {
+                    self.selected = row - 3;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn move_sel(&mut self, d: i64) {
+        if self.runs.is_empty() {
+            return;
+        }
+        let n = self.runs.len() as i64;
+        self.selected = (self.selected as i64 + d).clamp(0, n - 1) as usize;
+    }
+
+    pub fn on_key(&mut self, k: KeyEvent) -> Effect {
+        if let Some(p) = self.popup.take() {
+            return self.on_popup_key(p, k);
+        }
+        let name = key_name(&k);
+        let Some(action) = self.keymap.lookup(self.scope(), &name) else {
+            return Effect::None;
+        };
+        match action {
+            Action::Quit => return Effect::Quit,
+            Action::Help => self.popup = Some(Popup::Help),
+            Action::ViewRuns => self.view = View::Runs,
+            Action::ViewCurves => self.view = View::Curves,
+            Action::ViewProbe => self.view = View::Probe,
+            Action::ViewSamples => self.view = View::Samples,
+            Action::ViewKernels => self.view = View::Kernels,
+            Action::FocusNext => {
+                let i = View::ALL.iter().position(|v| *v == self.view).unwrap_or(0);
+                self.view = View::ALL[(i + 1) % View::ALL.len()];
+            }
+            Action::Up => self.move_sel(-1),
+            Action::Down => self.move_sel(1),
+            Action::Mark => {
+                if let Some(id) = self.selected_run().map(|r| r.id.clone())
+                    && !self.marked.remove(&id)
+                {
+                    self.marked.insert(id);
+                }
+            }
+            Action::Launch => {
+                self.popup = Some(Popup::Launch(Box::new(LaunchForm::new(
+                    self.runs_dir.clone(),
+                ))))
+            }
+            Action::Stop | Action::CheckpointNow => {
+                if let Some(r) = self.selected_run() {
+                    let running = r.state_label() == "running";
+                    if running {
+                        let action = if action == Action::Stop {
+                            Control::Stop
+                        } else {
+                            Control::Checkpoint
+                        };
+                        self.popup = Some(Popup::Confirm {
+                            action,
+                            run: r.id.clone(),
+                        });
+                    } else {
+                        self.notices
+                            .push(format!("{} is {}, not running", r.id, r.state_label()));
+                    }
+                }
+            }
+            Action::Diff => {
+                if self.marked.len() == 2 {
+                    self.popup = Some(Popup::Diff);
+                } else {
+                    self.popup = Some(Popup::Message(
+                        "mark two runs with space, then press d to diff their configs".into(),
+                    ));
+                }
+            }
+            Action::NextMetric => {
+                let i = Metric::ALL
+                    .iter()
+                    .position(|m| *m == self.curves.metric)
+                    .unwrap_or(0);
+                self.curves.metric = Metric::ALL[(i + 1) % Metric::ALL.len()];
+            }
+            Action::XAxis => {
+                self.curves.x = match self.curves.x {
+                    XAxis::Step => XAxis::Tokens,
+                    XAxis::Tokens => XAxis::Wall,
+                    XAxis::Wall => XAxis::Step,
+                }
+            }
+            Action::LogScale => self.curves.log_y = !self.curves.log_y,
+            Action::SmoothMore => self.curves.smoothing = (self.curves.smoothing + 0.1).min(0.99),
+            Action::SmoothLess => self.curves.smoothing = (self.curves.smoothing - 0.1).max(0.0),
+            Action::ZoomRecent => self.curves.zoom_recent = !self.curves.zoom_recent,
+            Action::CursorLeft | Action::CursorRight => {
+                let d = if action == Action::CursorLeft {
+                    -0.02
+                } else {
+                    0.02
+                };
+                self.curves.cursor = Some((self.curves.cursor.unwrap_or(1.0) + d).clamp(0.0, 1.0));
+            }
+        }
+        Effect::None
+    }
+
+    fn on_popup_key(&mut self, p: Popup, k: KeyEvent) -> Effect {
+        if k.code == KeyCode::Char('c')
+            && k.modifiers
+                .contains(crossterm::event::KeyModifiers::CONTROL)
+        {
+            return Effect::Quit;
+        }
+        match p {
+            Popup::Confirm { action, run } => match k.code {
+                KeyCode::Char('y') | KeyCode::Enter => {
+                    let dir = RunDir {
+                        path: self.runs_dir.join(&run),
+                    };
+                    let what = match action {
+                        Control::Stop => "stop",
+                        Control::Checkpoint => "checkpoint",
+                    };
+                    match dir.request(action) {
+                        Ok(()) => self.notices.push(format!("asked {run} to {what}")),
+                        Err(e) => self
+                            .notices
+                            .push(format!("cannot ask {run} to {what}: {e}")),
+                    }
+                }
+                _ => self.notices.push("cancelled".into()),
+            },
+            Popup::Launch(mut form) => match k.code {
+                KeyCode::Esc => {}
+                KeyCode::Enter => match form.launch(&self.exe) {
+                    Ok(msg) => self.notices.push(msg),
+                    Err(e) => {
+                        form.error = Some(e);
+                        self.popup = Some(Popup::Launch(form));
+                    }
+                },
+                _ => {
+                    form.on_key(k);
+                    self.popup = Some(Popup::Launch(form));
+                }
+            },
+            Popup::Help | Popup::Diff | Popup::Message(_) => {}
+        }
+        Effect::None
+    }
+}

@@ -1,0 +1,103 @@
+//! Pure helpers behind the curves view: smoothing, downsampling, log-scale ticks.
+
+/// TensorBoard-style smoothing: an exponential moving average debiased for its zero start,
+/// `m_i = w·m_{i−1} + (1−w)·y_i`, `s_i = m_i / (1 − w^{i+1})`. Computed on the full series,
+/// before any downsampling. Non-finite values are skipped (they keep the previous value).
+pub fn ema_debiased(ys: &[f64], weight: f64) -> Vec<f64> {
+    let w = weight.clamp(0.0, 0.999);
+    let mut m = 0.0;
+    let mut n = 0i32;
+    let mut last = f64::NAN;
+    ys.iter()
+        .map(|&y| {
+            if y.is_finite() {
+                m = w * m + (1.0 - w) * y;
+                n += 1;
+                last = m / (1.0 - w.powi(n));
+            }
+            last
+        })
+        .collect()
+}
+
+/// Downsamples points (sorted by x) to at most `2·buckets` points: each bucket of equal x
+/// width keeps its minimum and its maximum (in x order), so spikes survive.
+pub fn minmax_downsample(pts: &[(f64, f64)], buckets: usize) -> Vec<(f64, f64)> {
+    if pts.len() <= 2 * buckets || buckets == 0 {
+        return pts.to_vec();
+    }
+    let (x0, x1) = (pts[0].0, pts[pts.len() - 1].0);
+    let width = (x1 - x0) / buckets as f64;
+    let mut out = Vec::with_capacity(2 * buckets);
+    let mut i = 0;
+    for b in 0..buckets {
+        let end = if b + 1 == buckets {
+            f64::INFINITY
+        } else {
+            x0 + width * (b + 1) as f64
+        };
+        let start = i;
+        while i < pts.len() && pts[i].0 < end {
+            i += 1;
+        }
+        let bucket = &pts[start..i];
+        if bucket.is_empty() {
+            continue;
+        }
+        let (mut lo, mut hi) = (0, 0);
+        for (j, p) in bucket.iter().enumerate() {
+            if p.1 < bucket[lo].1 {
+                lo = j;
+            }
+            if p.1 > bucket[hi].1 {
+                hi = j;
+            }
+        }
+        let (a, b) = if lo <= hi { (lo, hi) } else { (hi, lo) };
+        out.push(bucket[a]);
+        if b != a {
+            out.push(bucket[b]);
+        }
+    }
+    out
+}
+
+/// Tick values for a log-scale axis over [lo, hi] (lo > 0): powers of ten, with 2× and 5×
+/// steps added when the range spans at most three decades.
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    if !(lo > 0.0 && hi > lo) {
+        return vec![];
+    }
+    let (a, b) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let mults: &[f64] = if b - a <= 3 { &[1.0, 2.0, 5.0] } else { &[1.0] };
+    let mut v = Vec::new();
+    for e in a..=b {
+        for m in mults {
+            let t = m * 10f64.powi(e);
+            if t >= lo * (1.0 - 1e-9) && t <= hi * (1.0 + 1e-9) {
+                v.push(t);
+            }
+        }
+    }
+    v
+}
+
+/// Short label for a number (axis ticks, readouts).
+pub fn fmt_num(v: f64) -> String {
+    let a = v.abs();
+    if v == 0.0 {
+        "0".into()
+    } else if a >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.0}k", v / 1e3)
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else if a >= 1e-3 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.1e}")
+    }
+}

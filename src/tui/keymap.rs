@@ -1,0 +1,303 @@
+//! One keymap table: it drives key handling, the `?` help overlay and the key bar.
+
+use std::collections::HashMap;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+/// Where a binding applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Global,
+    Runs,
+    Curves,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Quit,
+    Help,
+    ViewRuns,
+    ViewCurves,
+    ViewProbe,
+    ViewSamples,
+    ViewKernels,
+    FocusNext,
+    Up,
+    Down,
+    Launch,
+    Stop,
+    CheckpointNow,
+    Mark,
+    Diff,
+    XAxis,
+    NextMetric,
+    LogScale,
+    SmoothMore,
+    SmoothLess,
+    ZoomRecent,
+    CursorLeft,
+    CursorRight,
+}
+
+pub struct Binding {
+    pub action: Action,
+    pub name: &'static str,
+    pub keys: &'static [&'static str],
+    pub scope: Scope,
+    pub help: &'static str,
+    /// Shown in the key bar.
+    pub bar: bool,
+}
+
+const fn b(
+    action: Action,
+    name: &'static str,
+    keys: &'static [&'static str],
+    scope: Scope,
+    help: &'static str,
+    bar: bool,
+) -> Binding {
+    Binding {
+        action,
+        name,
+        keys,
+        scope,
+        help,
+        bar,
+    }
+}
+
+use Action::*;
+use Scope::*;
+
+/// The table. `name` is what a user's config remaps (`[keys] stop = "x"`).
+pub const BINDINGS: &[Binding] = &[
+    b(Quit, "quit", &["q", "ctrl-c"], Global, "quit", true),
+    b(Help, "help", &["?"], Global, "help", true),
+    b(ViewRuns, "view_runs", &["1"], Global, "Runs view", false),
+    b(
+        ViewCurves,
+        "view_curves",
+        &["2"],
+        Global,
+        "Curves view",
+        false,
+    ),
+    b(ViewProbe, "view_probe", &["3"], Global, "Probe view", false),
+    b(
+        ViewSamples,
+        "view_samples",
+        &["4"],
+        Global,
+        "Samples view",
+        false,
+    ),
+    b(
+        ViewKernels,
+        "view_kernels",
+        &["5"],
+        Global,
+        "Kernels view",
+        false,
+    ),
+    b(FocusNext, "focus", &["tab"], Global, "next view", false),
+    b(Up, "up", &["up", "k"], Global, "select previous run", false),
+    b(
+        Down,
+        "down",
+        &["down", "j"],
+        Global,
+        "select next run",
+        false,
+    ),
+    b(
+        Launch,
+        "launch",
+        &["n"],
+        Runs,
+        "new run (launch form)",
+        true,
+    ),
+    b(
+        Stop,
+        "stop",
+        &["s"],
+        Runs,
+        "stop run (checkpoint, then stop)",
+        true,
+    ),
+    b(
+        CheckpointNow,
+        "checkpoint",
+        &["c"],
+        Runs,
+        "checkpoint now",
+        true,
+    ),
+    b(
+        Mark,
+        "mark",
+        &["space"],
+        Global,
+        "mark run (overlay / diff)",
+        true,
+    ),
+    b(
+        Diff,
+        "diff",
+        &["d"],
+        Runs,
+        "diff configs of marked runs",
+        true,
+    ),
+    b(NextMetric, "metric", &["m"], Curves, "next metric", true),
+    b(
+        XAxis,
+        "x_axis",
+        &["x"],
+        Curves,
+        "x axis: step / tokens / time",
+        true,
+    ),
+    b(LogScale, "log_scale", &["l"], Curves, "log y axis", true),
+    b(
+        SmoothMore,
+        "smooth_more",
+        &["+", "="],
+        Curves,
+        "more smoothing",
+        true,
+    ),
+    b(
+        SmoothLess,
+        "smooth_less",
+        &["-"],
+        Curves,
+        "less smoothing",
+        false,
+    ),
+    b(
+        ZoomRecent,
+        "zoom",
+        &["z"],
+        Curves,
+        "zoom to recent window",
+        true,
+    ),
+    b(
+        CursorLeft,
+        "cursor_left",
+        &["left", "h"],
+        Curves,
+        "cursor left",
+        false,
+    ),
+    b(
+        CursorRight,
+        "cursor_right",
+        &["right"],
+        Curves,
+        "cursor right",
+        false,
+    ),
+];
+
+/// Name of a key event as the table writes it ("q", "ctrl-c", "enter", "space", "f1"…).
+pub fn key_name(k: &KeyEvent) -> String {
+    let base = match k.code {
+        KeyCode::Char(' ') => "space".to_string(),
+        KeyCode::Char(c) => c.to_lowercase().to_string(),
+        KeyCode::Tab => "tab".into(),
+        KeyCode::BackTab => "backtab".into(),
+        KeyCode::Enter => "enter".into(),
+        KeyCode::Esc => "esc".into(),
+        KeyCode::Up => "up".into(),
+        KeyCode::Down => "down".into(),
+        KeyCode::Left => "left".into(),
+        KeyCode::Right => "right".into(),
+        KeyCode::PageUp => "pgup".into(),
+        KeyCode::PageDown => "pgdn".into(),
+        KeyCode::Home => "home".into(),
+        KeyCode::End => "end".into(),
+        KeyCode::Backspace => "backspace".into(),
+        KeyCode::Delete => "delete".into(),
+        KeyCode::F(n) => format!("f{n}"),
+        _ => "?unknown".into(),
+    };
+    if k.modifiers.contains(KeyModifiers::CONTROL) {
+        format!("ctrl-{base}")
+    } else {
+        base
+    }
+}
+
+/// The effective keymap: the table with a user's remaps applied.
+pub struct Keymap {
+    keys: HashMap<Action, Vec<String>>,
+}
+
+impl Keymap {
+    /// `overrides` maps binding names to key names; unknown names are reported.
+    pub fn new(overrides: &HashMap<String, String>) -> (Keymap, Vec<String>) {
+        let mut keys: HashMap<Action, Vec<String>> = BINDINGS
+            .iter()
+            .map(|b| (b.action, b.keys.iter().map(|k| k.to_string()).collect()))
+            .collect();
+        let mut errors = Vec::new();
+        let mut names: Vec<_> = overrides.iter().collect();
+        names.sort();
+        for (name, key) in names {
+            match BINDINGS.iter().find(|b| b.name == name) {
+                Some(b) => {
+                    keys.insert(b.action, vec![key.to_lowercase()]);
+                }
+                None => errors.push(format!(
+                    "[keys] `{name}` is not an action (known: {})",
+                    BINDINGS
+                        .iter()
+                        .map(|b| b.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        }
+        (Keymap { keys }, errors)
+    }
+
+    /// The action of a key in a scope (scope bindings win over global ones).
+    pub fn lookup(&self, scope: Scope, key: &str) -> Option<Action> {
+        let find = |s: Scope| {
+            BINDINGS
+                .iter()
+                .filter(|b| b.scope == s)
+                .find(|b| self.keys[&b.action].iter().any(|k| k == key))
+                .map(|b| b.action)
+        };
+        find(scope).or_else(|| find(Global))
+    }
+
+    pub fn keys(&self, a: Action) -> &[String] {
+        &self.keys[&a]
+    }
+
+    /// (keys, help) of every binding visible in a scope, for the help overlay.
+    pub fn help(&self, scope: Scope) -> Vec<(String, &'static str)> {
+        BINDINGS
+            .iter()
+            .filter(|b| b.scope == scope || b.scope == Global)
+            .map(|b| (self.keys[&b.action].join("/"), b.help))
+            .collect()
+    }
+
+    /// Short (key, label) pairs for the key bar of a scope.
+    pub fn bar(&self, scope: Scope) -> Vec<(String, &'static str)> {
+        BINDINGS
+            .iter()
+            .filter(|b| b.bar && (b.scope == scope || b.scope == Global))
+            .map(|b| {
+                let label = b.help.split(['(', ':']).next().unwrap_or(b.help).trim();
+                (self.keys[&b.action][0].clone(), label)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,184 @@
+//! The lab TUI (ratatui + crossterm). The UI thread only draws and handles input: scanning run
+//! directories and tailing metrics happen on a worker thread that sends snapshots through a
+//! channel. Frames are redrawn on change, at most ~20 per second, inside synchronized updates.
+
+pub mod app;
+pub mod chart;
+pub mod keymap;
+pub mod settings;
+pub mod theme;
+pub mod views;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{self, Event, KeyEventKind};
+use crossterm::execute;
+use crossterm::terminal::{BeginSynchronizedUpdate, EndSynchronizedUpdate};
+
+use crate::runs::index::{RunSummary, RunsIndex};
+use app::{App, Effect};
+use keymap::Keymap;
+use theme::Theme;
+
+/// Options from the command line (they win over the settings file).
+#[derive(Debug, Clone, Default)]
+pub struct TuiOptions {
+    pub runs_dir: Option<PathBuf>,
+    pub theme: Option<String>,
+    pub ascii: bool,
+}
+
+enum Msg {
+    Input(Event),
+    Runs(Vec<RunSummary>),
+}
+
+/// Builds the app state from options and the user's settings (problems become notices).
+pub fn build_app(opts: &TuiOptions) -> App {
+    let (settings, mut notices): (settings::Settings, Vec<String>) = {
+        let (s, n) = settings::load();
+        (s, n.into_iter().collect())
+    };
+    let (keymap, key_errors) = Keymap::new(&settings.keys);
+    notices.extend(key_errors);
+    let theme_name = opts
+        .theme
+        .clone()
+        .or(settings.theme.clone())
+        .unwrap_or_else(|| "dark".into());
+    let (mut theme, theme_err) = Theme::load(&theme_name);
+    notices.extend(theme_err);
+    if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
+        theme = theme.without_color();
+    }
+    let runs_dir = opts
+        .runs_dir
+        .clone()
+        .or(settings.runs_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("checkpoints"));
+    let mut app = App::new(runs_dir, keymap, theme);
+    app.ascii = opts.ascii || settings.ascii;
+    app.notices = notices;
+    app
+}
+
+/// Scans the runs folder twice a second and sends a snapshot when something changed.
+fn spawn_worker(dir: PathBuf, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let mut index = RunsIndex::new();
+        let mut last_sig = String::new();
+        while !stop.load(Ordering::Relaxed) {
+            let runs = index.scan(&dir);
+            let sig: String = runs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}:{}:{}:{}:{:?};",
+                        r.id,
+                        r.metrics.len(),
+                        r.state_label(),
+                        r.checkpoints.len(),
+                        r.status.as_ref().map(|s| s.heartbeat as u64)
+                    )
+                })
+                .collect();
+            if sig != last_sig {
+                last_sig = sig;
+                if tx.send(Msg::Runs(runs)).is_err() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+}
+
+fn spawn_input(tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match event::poll(Duration::from_millis(100)) {
+                Ok(true) => match event::read() {
+                    Ok(e) => {
+                        if tx.send(Msg::Input(e)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                },
+                Ok(false) => {}
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+/// Runs the TUI until the user quits (or SIGTERM/SIGHUP). The terminal is restored on every
+/// exit path, panics included.
+pub fn run(opts: TuiOptions) -> anyhow::Result<()> {
+    let mut app = build_app(&opts);
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // SIGTERM / SIGHUP (SSH gone): leave the loop and restore the terminal.
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+    let mut terminal = ratatui::init(); // raw mode, alternate screen, panic hook that restores
+    let _ = execute!(std::io::stdout(), crossterm::event::EnableMouseCapture);
+    let res = event_loop(&mut terminal, &mut app, stop.clone());
+    stop.store(true, Ordering::SeqCst);
+    let _ = execute!(std::io::stdout(), crossterm::event::DisableMouseCapture);
+    ratatui::restore();
+    res
+}
+
+fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    app: &mut App,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel();
+    spawn_worker(app.runs_dir.clone(), tx.clone(), stop.clone());
+    spawn_input(tx, stop.clone());
+    let frame_gap = Duration::from_millis(50);
+    let mut dirty = true;
+    let mut last_draw = Instant::now() - frame_gap;
+    while !stop.load(Ordering::SeqCst) {
+        if dirty && last_draw.elapsed() >= frame_gap {
+            execute!(std::io::stdout(), BeginSynchronizedUpdate)?;
+            terminal.draw(|f| views::draw(f, app))?;
+            execute!(std::io::stdout(), EndSynchronizedUpdate)?;
+            last_draw = Instant::now();
+            dirty = false;
+        }
+        let wait = if dirty {
+            frame_gap.saturating_sub(last_draw.elapsed())
+        } else {
+            Duration::from_millis(250)
+        };
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Runs(runs)) => {
+                app.set_runs(runs);
+                dirty = true;
+            }
+            Ok(Msg::Input(Event::Key(k))) if k.kind != KeyEventKind::Release => {
+                dirty = true;
+                if app.on_key(k) == Effect::Quit {
+                    break;
+                }
+            }
+            Ok(Msg::Input(Event::Mouse(m))) => {
+                app.on_mouse(m);
+                dirty = true;
+            }
+            Ok(Msg::Input(Event::Resize(..))) => dirty = true,
+            Ok(Msg::Input(_)) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! The launch form: pick a preset, edit the key fields, start `ssmlab train` detached.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crossterm::event::{KeyCode, KeyEvent};
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph};
+
+use crate::train::presets::{PRESETS, preset};
+use crate::tui::theme::Theme;
+
+/// (label, config key) of the editable fields after the preset.
+pub const FIELDS: &[(&str, &str)] = &[
+    ("name", "run.name"),
+    ("hidden size", "model.hidden_size"),
+    ("layers", "model.num_hidden_layers"),
+    ("sequence length", "data.seq_len"),
+    ("batch size", "train.batch_size"),
+    ("learning rate", "optim.lr"),
+    ("steps", "train.steps"),
+    ("dataset", "data.corpus"),
+    ("seed", "run.seed"),
+];
+
+pub struct LaunchForm {
+    pub runs_dir: PathBuf,
+    pub preset: usize,
+    pub values: Vec<String>,
+    /// 0 = preset row, 1.. = FIELDS.
+    pub row: usize,
+    pub error: Option<String>,
+}
+
+fn field_value(cfg: &crate::train::RunConfig, key: &str) -> String {
+    let table: toml::Table = toml::from_str(&cfg.to_toml()).expect("config toml");
+    let mut cur = toml::Value::Table(table);
+    for part in key.split('.') {
+        cur = cur
+            .get(part)
+            .cloned()
+            .unwrap_or(toml::Value::String(String::new()));
+    }
+    match cur {
+        toml::Value::String(s) => s,
+        v => v.to_string(),
+    }
+}
+
+impl LaunchForm {
+    pub fn new(runs_dir: PathBuf) -> Self {
+        let mut f = Self {
+            runs_dir,
+            preset: 0,
+            values: Vec::new(),
+            row: 0,
+            error: None,
+        };
+        f.load_preset();
+        f
+    }
+
+    fn load_preset(&mut self) {
+        let cfg = preset(PRESETS[self.preset].0).expect("listed presets exist");
+        self.values = FIELDS.iter().map(|(_, k)| field_value(&cfg, k)).collect();
+    }
+
+    pub fn on_key(&mut self, k: KeyEvent) {
+        self.error = None;
+        match k.code {
+            KeyCode::Up | KeyCode::BackTab => self.row = self.row.saturating_sub(1),
+            KeyCode::Down | KeyCode::Tab => self.row = (self.row + 1).min(FIELDS.len()),
+            KeyCode::Left | KeyCode::Right if self.row == 0 => {
+                let n = PRESETS.len();
+                self.preset = if k.code == KeyCode::Left {
+                    (self.preset + n - 1) % n
+                } else {
+                    (self.preset + 1) % n
+                };
+                self.load_preset();
+            }
+            KeyCode::Backspace if self.row > 0 => {
+                self.values[self.row - 1].pop();
+            }
+            KeyCode::Char(c) if self.row > 0 => self.values[self.row - 1].push(c),
+            _ => {}
+        }
+    }
+
+    /// The `--set` overrides of the edited fields, and the resolved configuration (validated,
+    /// dataset checked) — everything `ssmlab train` would reject is caught here.
+    pub fn resolve(&self) -> Result<(String, Vec<String>), String> {
+        let name = PRESETS[self.preset].0;
+        let sets: Vec<String> = FIELDS
+            .iter()
+            .zip(&self.values)
+            .map(|((_, k), v)| format!("{k}={}", v.trim()))
+            .collect();
+        let cfg = preset(name)
+            .and_then(|c| c.with_overrides(&sets))
+            .map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        if cfg.run.name.trim().is_empty() || cfg.run.name.contains('/') {
+            return Err("name must be non-empty and contain no '/'".into());
+        }
+        let corpus = crate::train::trainer::resolve_data_path(&cfg.data.corpus);
+        if !corpus.exists() {
+            return Err(format!(
+                "dataset {} does not exist",
+                cfg.data.corpus.display()
+            ));
+        }
+        Ok((name.to_string(), sets))
+    }
+
+    /// Starts `ssmlab train` in its own session (it outlives the TUI and the SSH login); its
+    /// early output goes to `<runs_dir>/.launch-<name>.log`.
+    pub fn launch(&self, exe: &Path) -> Result<String, String> {
+        let (preset, sets) = self.resolve()?;
+        let name = self.values[0].trim().to_string();
+        std::fs::create_dir_all(&self.runs_dir)
+            .map_err(|e| format!("{}: {e}", self.runs_dir.display()))?;
+        let log_path = self.runs_dir.join(format!(".launch-{name}.log"));
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("train")
+            .arg("--preset")
+            .arg(&preset)
+            .arg("--runs-dir")
+            .arg(&self.runs_dir);
+        for s in &sets {
+            cmd.arg("--set").arg(s);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setsid is async-signal-safe; it detaches the child from our terminal.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        let pid = child.id();
+        // Reap it when it ends (while we live), so it does not linger as a zombie.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        Ok(format!("launched {name} ({preset}, pid {pid})"))
+    }
+
+    pub fn draw(&self, f: &mut Frame, area: Rect, theme: &Theme) {
+        f.render_widget(Clear, area);
+        let mut lines = vec![Line::from(Span::styled(
+            "Enter launches, Esc cancels, ↑/↓ move, ←/→ change preset, type to edit",
+            theme.muted(),
+        ))];
+        lines.push(Line::default());
+        let row_style = |i: usize| {
+            if i == self.row {
+                theme.selected()
+            } else {
+                theme.text()
+            }
+        };
+        lines.push(Line::from(vec![
+            Span::styled(format!("{:>16}  ", "preset"), theme.muted()),
+            Span::styled(format!("◀ {} ▶", PRESETS[self.preset].0), row_style(0)),
+        ]));
+        lines.push(Line::from(Span::styled(
+            format!("{:>16}  {}", "", PRESETS[self.preset].1),
+            theme.muted(),
+        )));
+        for (i, ((label, _), v)) in FIELDS.iter().zip(&self.values).enumerate() {
+            let cursor = if i + 1 == self.row { "▏" } else { "" };
+            lines.push(Line::from(vec![
+                Span::styled(format!("{label:>16}  "), theme.muted()),
+                Span::styled(format!("{v}{cursor}"), row_style(i + 1)),
+            ]));
+        }
+        lines.push(Line::default());
+        match self.resolve() {
+            _ if self.error.is_some() => lines.push(Line::from(Span::styled(
+                self.error.clone().unwrap_or_default(),
+                ratatui::style::Style::default().fg(theme.error),
+            ))),
+            Ok(_) => lines.push(Line::from(Span::styled(
+                "valid",
+                ratatui::style::Style::default().fg(theme.ok),
+            ))),
+            Err(e) => lines.push(Line::from(Span::styled(
+                e,
+                ratatui::style::Style::default().fg(theme.warn),
+            ))),
+        }
+        let p = Paragraph::new(lines)
+            .wrap(ratatui::widgets::Wrap { trim: false })
+            .block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(" New run ")
+                    .border_style(theme.accent()),
+            );
+        f.render_widget(p, area);
+    }
+}

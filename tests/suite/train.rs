@@ -1,0 +1,326 @@
+//! Training runs: exact resume, kill -9, run-directory contract, bad input through the CLI.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use ssmlab::runs::{RunDir, RunState, read_metrics};
+use ssmlab::train::presets::preset;
+use ssmlab::train::{Outcome, RunConfig, Trainer};
+
+fn smoke(steps: u64) -> RunConfig {
+    let mut c = preset("bigs-smoke").unwrap();
+    c.train.steps = steps;
+    c.train.log_every = 1;
+    c.train.eval_every = 1000;
+    c.train.checkpoint_every = 1000;
+    c
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    let (m, bad) = read_metrics(&run.join("metrics.jsonl")).unwrap();
+    assert!(bad.is_empty());
+    m.iter().map(|m| (m.step, m.loss.unwrap())).collect()
+}
+
+#[test]
+fn resumed_run_reproduces_uninterrupted_losses_bitwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stop = AtomicBool::new(false);
+    let mut a = Trainer::create(smoke(12), &tmp.path().join("a")).unwrap();
+    assert_eq!(a.run(&stop, None, &mut |_| {}).unwrap(), Outcome::Finished);
+
+    let mut b = Trainer::create(smoke(12), &tmp.path().join("b")).unwrap();
+    assert_eq!(
+        b.run(&stop, Some(6), &mut |_| {}).unwrap(),
+        Outcome::Stopped
+    );
+    let run_b = b.run.clone();
+    drop(b);
+    assert_eq!(run_b.read_status().unwrap().state, RunState::Stopped);
+    assert_eq!(run_b.latest_checkpoint().unwrap().0, 6);
+    let mut b = Trainer::resume(run_b.clone(), &[]).unwrap();
+    assert_eq!(b.state.step, 6);
+    assert_eq!(b.run(&stop, None, &mut |_| {}).unwrap(), Outcome::Finished);
+
+    let la = losses(&a.run.path);
+    let lb = losses(&run_b.path);
+    assert_eq!(la.len(), 12);
+    assert_eq!(
+        la, lb,
+        "losses of the resumed run differ from the uninterrupted one"
+    );
+    // and the final weights are identical too
+    let wa = std::fs::read(a.run.checkpoint_path(12).join("model.safetensors")).unwrap();
+    let wb = std::fs::read(run_b.checkpoint_path(12).join("model.safetensors")).unwrap();
+    assert!(wa == wb, "final weights differ");
+}
+
+#[test]
+fn checkpoints_hold_hf_weights_optimizer_and_state_and_old_ones_are_pruned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = smoke(9);
+    c.train.checkpoint_every = 2;
+    c.train.eval_every = 3;
+    c.train.keep_checkpoints = 2;
+    let mut t = Trainer::create(c, tmp.path()).unwrap();
+    t.run(&AtomicBool::new(false), None, &mut |_| {}).unwrap();
+    let steps: Vec<u64> = t.run.checkpoints().iter().map(|c| c.0).collect();
+    let best = t.state.best_step.unwrap();
+    assert!(steps.ends_with(&[8, 9]), "{steps:?}");
+    assert!(
+        steps.contains(&best),
+        "best checkpoint {best} kept: {steps:?}"
+    );
+    let ck = t.run.checkpoint_path(9);
+    for f in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+        "config.json",
+    ] {
+        assert!(ck.join(f).is_file(), "{f}");
+    }
+    let w = candle_core::safetensors::load(ck.join("model.safetensors"), &candle_core::Device::Cpu)
+        .unwrap();
+    assert!(w.contains_key("bigs.encoder.layer.1.fs4.kernel.A_re"));
+    assert!(w.contains_key("cls.predictions.transform.dense.weight"));
+    let status = t.run.read_status().unwrap();
+    assert_eq!((status.state, status.step), (RunState::Finished, 9));
+    assert_eq!(status.last_checkpoint.as_deref(), Some("step-9"));
+    let (m, _) = read_metrics(&t.run.metrics_path()).unwrap();
+    let evals: Vec<u64> = m
+        .iter()
+        .filter(|m| m.eval_loss.is_some())
+        .map(|m| m.step)
+        .collect();
+    assert_eq!(evals, vec![3, 6, 9]);
+    assert!(m.iter().all(|m| m.tokens == m.step * 8 * 32));
+    let cfg = RunConfig::from_toml_file(&t.run.config_path()).unwrap();
+    assert_eq!(
+        cfg, t.cfg,
+        "config.toml is the fully resolved configuration"
+    );
+}
+
+#[test]
+fn control_file_requests_checkpoint_and_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Trainer::create(smoke(50), tmp.path()).unwrap();
+    t.run.request(ssmlab::runs::Control::Checkpoint).unwrap();
+    let run = t.run.clone();
+    let mut seen = 0;
+    let out = t
+        .run(&AtomicBool::new(false), None, &mut |e| {
+            if let ssmlab::train::Event::Checkpoint(s) = e {
+                seen = s;
+                if s == 1 {
+                    run.request(ssmlab::runs::Control::Stop).unwrap();
+                }
+            }
+        })
+        .unwrap();
+    assert_eq!(out, Outcome::Stopped);
+    assert_eq!(seen, 2, "checkpoint at step 1, stop noticed at step 2");
+    assert_eq!(t.run.read_status().unwrap().state, RunState::Stopped);
+    assert!(!t.run.control_path().exists());
+}
+
+fn ssmlab(args: &[&str], cwd: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ssmlab"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn kill_9_loses_at_most_the_steps_since_the_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssmlab"))
+        .args(["train", "--preset", "bigs-smoke", "--runs-dir"])
+        .arg(&runs)
+        .args([
+            "--set",
+            "train.steps=100000",
+            "--set",
+            "train.checkpoint_every=10",
+            "--set",
+            "train.log_every=1",
+        ])
+        .current_dir(root)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = RunDir {
+        path: runs.join("bigs-smoke"),
+    };
+    let t0 = Instant::now();
+    while run.checkpoints().len() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoints appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let last = run.latest_checkpoint().unwrap().0;
+    let status = run.read_status().unwrap();
+    assert_eq!(
+        status.state,
+        RunState::Running,
+        "a killed run cannot say otherwise"
+    );
+    assert_eq!(
+        status.effective_state(ssmlab::runs::unix_now()),
+        (RunState::Failed, true)
+    );
+    let (m, bad) = read_metrics(&run.metrics_path()).unwrap();
+    assert!(bad.is_empty());
+    let logged = m.last().unwrap().step;
+    assert!(
+        logged >= last && logged - last < 10 + 1,
+        "lost {} steps",
+        logged - last
+    );
+
+    let out = ssmlab(
+        &[
+            "train",
+            "--resume",
+            "bigs-smoke",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "--set",
+            &format!("train.steps={}", last + 5),
+        ],
+        Path::new(root),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (m, _) = read_metrics(&run.metrics_path()).unwrap();
+    let steps: Vec<u64> = m.iter().map(|m| m.step).collect();
+    assert_eq!(
+        steps,
+        (1..=last + 5).collect::<Vec<_>>(),
+        "each step logged once, in order"
+    );
+    assert_eq!(run.read_status().unwrap().state, RunState::Finished);
+}
+
+#[test]
+fn bad_input_fails_with_one_line_errors_and_leaves_no_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("empty.txt"), "  \n\n").unwrap();
+    std::fs::write(d.join("binary.txt"), [0x50u8, 0x4b, 0x03, 0x04, 0x00, 0xff]).unwrap();
+    std::fs::write(
+        d.join("bad.jsonl"),
+        "{\"text\": \"fine\"}\n{\"body\": \"no text\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("wrong.toml"),
+        preset("bigs-smoke")
+            .unwrap()
+            .to_toml()
+            .replace("seq_len = 32", "seq_len = \"long\""),
+    )
+    .unwrap();
+    let runs = d.join("runs");
+    let runs_s = runs.to_str().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let corpus = |p: &str| format!("data.corpus={}", d.join(p).display());
+    let cases: Vec<(Vec<String>, &[&str])> = vec![
+        (
+            vec![
+                "--preset".into(),
+                "bigs-smoke".into(),
+                "--set".into(),
+                corpus("missing.txt"),
+            ],
+            &["missing.txt", "does not exist"],
+        ),
+        (
+            vec![
+                "--preset".into(),
+                "bigs-smoke".into(),
+                "--set".into(),
+                corpus("empty.txt"),
+            ],
+            &["empty.txt", "empty"],
+        ),
+        (
+            vec![
+                "--preset".into(),
+                "bigs-smoke".into(),
+                "--set".into(),
+                corpus("binary.txt"),
+            ],
+            &["binary.txt", "not text"],
+        ),
+        (
+            vec![
+                "--preset".into(),
+                "bigs-smoke".into(),
+                "--set".into(),
+                corpus("bad.jsonl"),
+            ],
+            &["bad.jsonl:2", "`text`"],
+        ),
+        (
+            vec!["--preset".into(), "no-such-preset".into()],
+            &["no-such-preset", "--list-presets"],
+        ),
+        (
+            vec![
+                "--preset".into(),
+                "bigs-smoke".into(),
+                "--set".into(),
+                "optim.lrr=1".into(),
+            ],
+            &["optim.lrr", "no such key"],
+        ),
+        (
+            vec![
+                "--preset".into(),
+                "bigs-smoke".into(),
+                "--set".into(),
+                "optim.lr=fast".into(),
+            ],
+            &["optim.lr", "expected float"],
+        ),
+        (
+            vec![
+                "--config".into(),
+                d.join("wrong.toml").display().to_string(),
+            ],
+            &["wrong.toml", "seq_len"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let mut all = vec!["train".to_string(), "--runs-dir".into(), runs_s.into()];
+        all.extend(args.clone());
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = ssmlab(&refs, root);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: not one line: {err}"
+        );
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: `{err}` lacks `{n}`");
+        }
+        let leftovers = std::fs::read_dir(&runs).map(|r| r.count()).unwrap_or(0);
+        assert_eq!(leftovers, 0, "{args:?} left a run directory");
+    }
+}

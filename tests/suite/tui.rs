@@ -1,0 +1,416 @@
+//! The TUI as a person sees it: TestBackend snapshots of every view at 80×24 and 160×48 with
+//! fixture runs (running, finished, diverged, a corrupt metrics line), pure chart helpers, and
+//! an end-to-end drive of the real binary in tmux.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ssmlab::runs::index::RunsIndex;
+use ssmlab::runs::{Metric, RunDir, RunState, Status, unix_now};
+use ssmlab::train::presets::preset;
+use ssmlab::tui::app::{App, Popup, View};
+use ssmlab::tui::chart::{ema_debiased, log_ticks, minmax_downsample};
+use ssmlab::tui::keymap::Keymap;
+use ssmlab::tui::theme::Theme;
+
+fn write_run(dir: &Path, id: &str, state: RunState, steps: u64, total: u64, corrupt: bool) {
+    let run = RunDir::create(dir, id).unwrap();
+    let mut cfg = preset("bigs-tiny").unwrap();
+    cfg.run.name = id.into();
+    cfg.train.steps = total;
+    if id.contains("lr") {
+        cfg.optim.lr = 1e-2;
+    }
+    std::fs::write(run.config_path(), cfg.to_toml()).unwrap();
+    for s in 1..=steps {
+        let x = s as f64;
+        let mut m = Metric {
+            step: s,
+            tokens: s * 4096,
+            wall_s: x * 1.5,
+            lr: Some(2e-3),
+            loss: Some(9.0 * (-x / 40.0).exp() + 3.0 + 0.3 * (x * 1.7).sin()),
+            grad_norm: Some(0.5 + 0.1 * (x * 0.3).cos()),
+            tokens_per_s: Some(3900.0 + 50.0 * (x * 0.1).sin()),
+            ..Default::default()
+        };
+        if s % 25 == 0 {
+            m.eval_loss = Some(9.0 * (-x / 40.0).exp() + 3.2);
+            m.eval_acc = Some(0.05 + 0.2 * (1.0 - (-x / 60.0).exp()));
+            m.eval_baseline_acc = Some(0.0675);
+        }
+        run.append_metric(&m).unwrap();
+        if corrupt && s == 10 {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(run.metrics_path())
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, b"{\"step\": 10, \"loss\": nan-garbage\n")
+                })
+                .unwrap();
+        }
+    }
+    if state == RunState::Diverged {
+        let m = Metric {
+            step: steps + 1,
+            tokens: 0,
+            wall_s: 0.0,
+            loss: Some(f64::NAN),
+            ..Default::default()
+        };
+        // NaN is not valid JSON: the trainer never writes it; the status says diverged
+        let _ = m;
+    }
+    let ck: Vec<u64> = (1..=steps).filter(|s| s % 50 == 0).collect();
+    for c in &ck {
+        let p = run.checkpoint_path(*c);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("model.safetensors"), b"").unwrap();
+    }
+    run.write_status(&Status {
+        pid: std::process::id(),
+        state,
+        heartbeat: unix_now(),
+        started: unix_now() - 100.0,
+        step: steps,
+        total_steps: total,
+        model: "bigs".into(),
+        last_checkpoint: ck.last().map(|c| format!("step-{c}")),
+        best_checkpoint: ck.last().map(|c| format!("step-{c}")),
+        message: match state {
+            RunState::Diverged => Some("training diverged at step 61: loss NaN; the last good checkpoint (step-50) is kept".into()),
+            RunState::Finished => Some(format!("finished {total} steps")),
+            _ => None,
+        },
+    })
+    .unwrap();
+}
+
+/// An app over fixture runs, with every time-dependent field pinned.
+fn fixture_app() -> (tempfile::TempDir, App) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_run(d, "tiny-running", RunState::Running, 120, 500, false);
+    write_run(d, "tiny-finished", RunState::Finished, 200, 200, false);
+    write_run(d, "tiny-high-lr", RunState::Diverged, 61, 500, false);
+    write_run(d, "tiny-corrupt", RunState::Stopped, 75, 500, true);
+    let mut runs = RunsIndex::new().scan(d);
+    for r in &mut runs {
+        r.age_s = Some(3.0);
+        if let Some(s) = &mut r.status {
+            s.pid = 4242; // the liveness check is done; pin what the snapshots show
+        }
+    }
+    let (keymap, _) = Keymap::new(&Default::default());
+    let mut app = App::new(
+        PathBuf::from("checkpoints"),
+        keymap,
+        Theme::builtin("dark").unwrap(),
+    );
+    app.set_runs(runs);
+    (tmp, app)
+}
+
+fn render(app: &App, w: u16, h: u16) -> String {
+    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+    term.draw(|f| ssmlab::tui::views::draw(f, app)).unwrap();
+    let buf = term.backend().buffer().clone();
+    let mut s = String::new();
+    for y in 0..h {
+        let line: String = (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect();
+        s += line.trim_end();
+        s.push('\n');
+    }
+    s
+}
+
+fn key(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+}
+
+#[test]
+fn views_render_at_both_sizes() {
+    let (_tmp, mut app) = fixture_app();
+    let ids: Vec<String> = app.runs.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(
+        ids,
+        [
+            "tiny-corrupt",
+            "tiny-finished",
+            "tiny-high-lr",
+            "tiny-running"
+        ]
+    );
+    for (w, h) in [(80u16, 24u16), (160, 48)] {
+        app.view = View::Runs;
+        app.selected = 0;
+        let s = render(&app, w, h);
+        assert!(s.contains("tiny-running") && s.contains("running"), "{s}");
+        assert!(s.contains("finished") && s.contains("diverged") && s.contains("stopped"));
+        if h >= 48 {
+            assert!(s.contains("1 unreadable line(s) skipped (line 11)"), "{s}");
+        }
+        insta::assert_snapshot!(format!("runs_{w}x{h}"), s);
+
+        app.selected = 2; // the diverged run: its message is shown
+        let s = render(&app, w, h);
+        assert!(s.contains("diverged"));
+        insta::assert_snapshot!(format!("runs_diverged_{w}x{h}"), s);
+
+        app.view = View::Curves;
+        app.marked = ["tiny-running".to_string(), "tiny-finished".to_string()].into();
+        let s = render(&app, w, h);
+        assert!(
+            s.contains("train loss vs step")
+                && s.chars().any(|c| ('\u{2801}'..='\u{28ff}').contains(&c)),
+            "{s}"
+        );
+        insta::assert_snapshot!(format!("curves_{w}x{h}"), s);
+        app.curves.log_y = true;
+        app.curves.cursor = Some(0.5);
+        app.on_key(key('x'));
+        let s = render(&app, w, h);
+        assert!(
+            s.contains("log y") && s.contains("tokens") && s.contains("at tokens"),
+            "{s}"
+        );
+        insta::assert_snapshot!(format!("curves_log_tokens_{w}x{h}"), s);
+        app.curves = Default::default();
+        app.marked.clear();
+
+        for (v, needle) in [
+            (View::Probe, "masked-token"),
+            (View::Samples, "DiffuSSM"),
+            (View::Kernels, "S4D kernels"),
+        ] {
+            app.view = v;
+            let s = render(&app, w, h);
+            assert!(s.contains(needle) && s.contains("not built yet"), "{s}");
+            insta::assert_snapshot!(format!("{}_{w}x{h}", v.title().to_lowercase()), s);
+        }
+    }
+}
+
+#[test]
+fn popups_render() {
+    let (_tmp, mut app) = fixture_app();
+    app.popup = Some(Popup::Help);
+    let s = render(&app, 80, 24);
+    assert!(s.contains("help") && s.contains("quit"));
+    insta::assert_snapshot!("help_80x24", s);
+    app.popup = None;
+    app.on_key(key('n'));
+    let s = render(&app, 80, 24);
+    assert!(
+        s.contains("New run") && s.contains("bigs-tiny") && s.contains("valid"),
+        "{s}"
+    );
+    insta::assert_snapshot!("launch_80x24", s);
+    // a bad value is caught by the form's validation
+    for _ in 0..6 {
+        app.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+    }
+    app.on_key(key('x'));
+    let s = render(&app, 80, 24);
+    assert!(s.contains("learning rate") && s.contains("optim.lr"), "{s}");
+    app.popup = None;
+    app.marked = ["tiny-high-lr".to_string(), "tiny-finished".to_string()].into();
+    app.on_key(key('d'));
+    let s = render(&app, 160, 48);
+    assert!(s.contains("optim.lr") && s.contains("train.steps"), "{s}");
+    insta::assert_snapshot!("diff_160x48", s);
+    app.popup = None;
+    app.selected = 3; // running
+    app.on_key(key('s'));
+    let s = render(&app, 80, 24);
+    assert!(s.contains("Stop run tiny-running?"), "{s}");
+    insta::assert_snapshot!("confirm_80x24", s);
+    app.on_key(key('y'));
+    let s = render(&app, 40, 10);
+    assert!(s.contains("too small"), "{s}");
+}
+
+#[test]
+fn chart_helpers() {
+    // debiased EMA equals a direct reference computation
+    let ys = [1.0, 2.0, 4.0, 3.0];
+    let w: f64 = 0.6;
+    let mut m = 0.0;
+    let want: Vec<f64> = ys
+        .iter()
+        .enumerate()
+        .map(|(i, y)| {
+            m = w * m + (1.0 - w) * y;
+            m / (1.0 - w.powi(i as i32 + 1))
+        })
+        .collect();
+    assert_eq!(ema_debiased(&ys, w), want);
+    assert_eq!(ema_debiased(&ys, 0.0), ys.to_vec(), "no smoothing");
+    assert_eq!(
+        ema_debiased(&[5.0], 0.9),
+        vec![5.0],
+        "debiased from the first point"
+    );
+    // min/max downsampling keeps spikes
+    let mut pts: Vec<(f64, f64)> = (0..10_000).map(|i| (i as f64, 1.0)).collect();
+    pts[4321].1 = 50.0;
+    pts[777].1 = -9.0;
+    let d = minmax_downsample(&pts, 100);
+    assert!(d.len() <= 200);
+    assert!(d.contains(&(4321.0, 50.0)) && d.contains(&(777.0, -9.0)));
+    assert!(d.windows(2).all(|w| w[0].0 <= w[1].0), "x order kept");
+    assert_eq!(
+        log_ticks(0.5, 50.0),
+        vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0]
+    );
+    assert_eq!(log_ticks(1e-4, 1.0), vec![1e-4, 1e-3, 1e-2, 1e-1, 1.0]);
+}
+
+#[test]
+fn bad_theme_and_settings_fall_back_with_a_notice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let theme = tmp.path().join("broken.toml");
+    std::fs::write(&theme, "name = \"x\"\nfg = \"not-a-colour\"\n").unwrap();
+    let (t, err) = Theme::load(theme.to_str().unwrap());
+    assert_eq!(t.name, "dark");
+    assert!(err.unwrap().contains("broken.toml"));
+    let theme2 = tmp.path().join("syntax.toml");
+    std::fs::write(&theme2, "name = \"x\"\n\nfg = = 3\n").unwrap();
+    let err = Theme::load(theme2.to_str().unwrap()).1.unwrap();
+    assert!(err.contains("syntax.toml line 3"), "{err}");
+    for n in Theme::names() {
+        assert!(Theme::builtin(n).is_some());
+    }
+    let (_, errs) = Keymap::new(&[("teleport".to_string(), "t".to_string())].into());
+    assert!(errs[0].contains("teleport"));
+    let (km, _) = Keymap::new(&[("stop".to_string(), "x".to_string())].into());
+    assert_eq!(
+        km.lookup(ssmlab::tui::keymap::Scope::Runs, "x"),
+        Some(ssmlab::tui::keymap::Action::Stop)
+    );
+}
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux").args(args).output().expect("tmux runs");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn step_of(screen: &str, run: &str) -> Option<u64> {
+    let line = screen
+        .lines()
+        .find(|l| l.contains(run) && l.contains("running"))?;
+    let tok = line
+        .split_whitespace()
+        .find(|w| w.contains('/') && w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
+    tok.split('/').next()?.parse().ok()
+}
+
+#[test]
+fn end_to_end_in_tmux() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        panic!("tmux is needed for this test (.ci/run installs it)");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let session = format!("ssmlab-e2e-{}", std::process::id());
+    let sock = tmp.path().join("tmux.sock");
+    let sock = sock.to_str().unwrap();
+    let t = |args: &[&str]| {
+        let mut a = vec!["-S", sock];
+        a.extend_from_slice(args);
+        tmux(&a)
+    };
+    let cmd = format!(
+        "cd {} && SSMLAB_CONFIG=/nonexistent {} --runs-dir {}; echo EXITED=$?",
+        env!("CARGO_MANIFEST_DIR"),
+        env!("CARGO_BIN_EXE_ssmlab"),
+        runs.display()
+    );
+    t(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "40",
+        "bash",
+        "--norc",
+        "--noprofile",
+    ]);
+    t(&["send-keys", "-t", &session, &cmd, "Enter"]);
+    let cap = |_: ()| t(&["capture-pane", "-t", &session, "-p"]);
+    let wait = |pred: &dyn Fn(&str) -> bool, secs: u64| {
+        let t0 = Instant::now();
+        loop {
+            let s = cap(());
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "timed out; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let keys = |k: &[&str]| {
+        for key in k {
+            t(&["send-keys", "-t", &session, key]);
+            std::thread::sleep(Duration::from_millis(60));
+        }
+    };
+    wait(&|s| s.contains("no runs under"), 20);
+    // launch form: preset bigs-smoke (← from the first preset wraps to the last), steps 100000
+    keys(&["n"]);
+    wait(&|s| s.contains("New run"), 5);
+    keys(&["Left"]);
+    wait(&|s| s.contains("◀ bigs-smoke ▶"), 5);
+    keys(&[
+        "Down", "Down", "Down", "Down", "Down", "Down", "Down", "BSpace", "BSpace", "BSpace", "1",
+        "0", "0", "0", "0", "0", "Enter",
+    ]);
+    let s = wait(&|s| step_of(s, "bigs-smoke").is_some_and(|n| n >= 5), 90);
+    let first = step_of(&s, "bigs-smoke").unwrap();
+    let s = wait(
+        &|s| step_of(s, "bigs-smoke").is_some_and(|n| n > first + 5),
+        60,
+    );
+    assert!(s.contains("launched bigs-smoke") || s.contains("bigs-smoke"));
+    // the curves view draws the loss chart and it advances
+    keys(&["2"]);
+    let s = wait(
+        &|s| {
+            s.contains("train loss vs step")
+                && s.chars().any(|c| ('\u{2801}'..='\u{28ff}').contains(&c))
+        },
+        10,
+    );
+    assert!(s.contains("bigs-smoke"));
+    keys(&["1", "s"]);
+    wait(&|s| s.contains("Stop run bigs-smoke?"), 5);
+    keys(&["y"]);
+    let run = RunDir {
+        path: runs.join("bigs-smoke"),
+    };
+    let t0 = Instant::now();
+    while run.read_status().map(|s| s.state).ok() != Some(RunState::Stopped) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "run did not stop");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait(&|s| s.contains("stopped"), 10);
+    keys(&["q"]);
+    let s = wait(&|s| s.contains("EXITED=0"), 10);
+    assert!(
+        !s.contains("ssmlab  1 Runs"),
+        "the TUI's screen is gone after quitting:\n{s}"
+    );
+    let alt = t(&["display-message", "-p", "-t", &session, "#{alternate_on}"]);
+    assert_eq!(alt.trim(), "0", "alternate screen left");
+    t(&["kill-session", "-t", &session]);
+}
