@@ -324,3 +324,47 @@ fn bad_input_fails_with_one_line_errors_and_leaves_no_run() {
         assert_eq!(leftovers, 0, "{args:?} left a run directory");
     }
 }
+
+#[test]
+fn sigterm_checkpoints_and_stops_with_exit_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssmlab"))
+        .args(["train", "--preset", "bigs-smoke", "--runs-dir"])
+        .arg(&runs)
+        .args(["--set", "train.steps=100000", "--set", "train.log_every=1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = RunDir { path: runs.join("bigs-smoke") };
+    let t0 = Instant::now();
+    while read_metrics(&run.metrics_path()).map(|m| m.0.len()).unwrap_or(0) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: plain signal to our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let code = child.wait().unwrap();
+    assert!(code.success(), "exit status {code:?}");
+    let s = run.read_status().unwrap();
+    assert_eq!(s.state, RunState::Stopped);
+    assert_eq!(run.latest_checkpoint().unwrap().0, s.step, "checkpoint at the stopping step");
+}
+
+#[test]
+fn failed_checkpoint_write_is_a_clear_error_and_keeps_the_previous_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = smoke(10);
+    c.train.checkpoint_every = 2;
+    let mut t = Trainer::create(c, tmp.path()).unwrap();
+    // something in the way of step-4's temporary directory (as a full or broken disk would be)
+    std::fs::write(t.run.path.join("step-4.tmp"), b"not a directory").unwrap();
+    let err = t.run(&AtomicBool::new(false), None, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("step-4") && err.contains("previous checkpoint is intact"), "{err}");
+    assert_eq!(t.run.latest_checkpoint().unwrap().0, 2);
+    let s = t.run.read_status().unwrap();
+    assert_eq!(s.state, RunState::Failed);
+    assert!(s.message.unwrap().contains("step-4"));
+    assert!(Trainer::resume(t.run.clone(), &[]).unwrap().state.step == 2);
+}
