@@ -102,8 +102,16 @@ pub fn bench_conv(
 }
 
 /// One full frame of the curves view at `w`×`h` with `runs` runs of `points` metrics each:
-/// (median, p90) seconds over `reps` draws into a headless buffer.
-pub fn bench_tui_frame(w: u16, h: u16, runs: usize, points: usize, reps: usize) -> (f64, f64) {
+/// (median, p90) seconds over `reps` draws into a headless buffer. `cold`: the series are
+/// recomputed every frame (as when new metrics arrive), else reused (a redraw for input).
+pub fn bench_tui_frame(
+    w: u16,
+    h: u16,
+    runs: usize,
+    points: usize,
+    reps: usize,
+    cold: bool,
+) -> (f64, f64) {
     use crate::runs::Metric;
     use crate::runs::index::RunSummary;
     use crate::tui::app::{App, View};
@@ -149,6 +157,9 @@ pub fn bench_tui_frame(w: u16, h: u16, runs: usize, points: usize, reps: usize) 
     let mut term = Terminal::new(TestBackend::new(w, h)).expect("test backend");
     let mut ts: Vec<f64> = (0..reps + 1)
         .map(|_| {
+            if cold {
+                app.series_cache.clear();
+            }
             let t0 = Instant::now();
             term.draw(|f| crate::tui::views::draw(f, &app))
                 .expect("draw");

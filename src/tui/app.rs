@@ -168,6 +168,8 @@ pub struct App {
     pub ascii: bool,
     /// Path of the binary launched for new runs.
     pub exe: PathBuf,
+    /// Plotted series of earlier frames (the UI thread's only cache).
+    pub series_cache: super::views::curves::SeriesCache,
 }
 
 impl App {
@@ -185,6 +187,7 @@ impl App {
             notices: Vec::new(),
             ascii: false,
             exe: std::env::current_exe().unwrap_or_else(|_| "ssmlab".into()),
+            series_cache: Default::default(),
         }
     }
 

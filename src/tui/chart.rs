@@ -6,14 +6,14 @@
 pub fn ema_debiased(ys: &[f64], weight: f64) -> Vec<f64> {
     let w = weight.clamp(0.0, 0.999);
     let mut m = 0.0;
-    let mut n = 0i32;
+    let mut wn = 1.0; // w^n
     let mut last = f64::NAN;
     ys.iter()
         .map(|&y| {
             if y.is_finite() {
                 m = w * m + (1.0 - w) * y;
-                n += 1;
-                last = m / (1.0 - w.powi(n));
+                wn *= w;
+                last = m / (1.0 - wn);
             }
             last
         })

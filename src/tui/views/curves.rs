@@ -20,6 +20,50 @@ pub struct Series {
     pub smooth: Vec<(f64, f64)>,
 }
 
+/// What a cached series was computed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesKey {
+    id: String,
+    points: usize,
+    metric: crate::tui::app::Metric,
+    x: crate::tui::app::XAxis,
+    log_y: bool,
+    smoothing: u64,
+    zoom: bool,
+    buckets: usize,
+}
+
+/// Series computed for earlier frames; recomputed only when a run's data or a setting changes.
+#[derive(Default)]
+pub struct SeriesCache(std::cell::RefCell<Vec<(SeriesKey, std::rc::Rc<Series>)>>);
+
+impl SeriesCache {
+    fn get(&self, r: &RunSummary, c: &CurvesState, buckets: usize) -> std::rc::Rc<Series> {
+        let key = SeriesKey {
+            id: r.id.clone(),
+            points: r.metrics.len(),
+            metric: c.metric,
+            x: c.x,
+            log_y: c.log_y,
+            smoothing: c.smoothing.to_bits(),
+            zoom: c.zoom_recent,
+            buckets,
+        };
+        let mut v = self.0.borrow_mut();
+        if let Some((_, s)) = v.iter().find(|(k, _)| *k == key) {
+            return s.clone();
+        }
+        let s = std::rc::Rc::new(series(r, c, buckets));
+        v.retain(|(k, _)| k.id != key.id);
+        v.push((key, s.clone()));
+        s
+    }
+
+    pub fn clear(&self) {
+        self.0.borrow_mut().clear();
+    }
+}
+
 /// Builds the series of a run for the current settings, `buckets` wide.
 pub fn series(r: &RunSummary, c: &CurvesState, buckets: usize) -> Series {
     let pts: Vec<(f64, f64)> = r
@@ -81,7 +125,10 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     .areas(area);
     let runs = app.plotted();
     let buckets = (chart_area.width as usize).saturating_sub(10) * 2;
-    let all: Vec<Series> = runs.iter().map(|r| series(r, c, buckets.max(2))).collect();
+    let all: Vec<std::rc::Rc<Series>> = runs
+        .iter()
+        .map(|r| app.series_cache.get(r, c, buckets.max(2)))
+        .collect();
     let title = format!(
         " {} vs {} · smoothing {:.2}{}{} ",
         c.metric.label(),
@@ -91,7 +138,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         if c.zoom_recent { " · recent" } else { "" }
     );
     let block = Block::default().borders(Borders::ALL).title(title);
-    let refs: Vec<&Series> = all.iter().collect();
+    let refs: Vec<&Series> = all.iter().map(|s| s.as_ref()).collect();
     let Some((xb, yb)) = bounds(&refs) else {
         let msg = if runs.is_empty() {
             "no run selected: pick one in the Runs view (1)".to_string()
