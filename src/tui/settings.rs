@@ -36,10 +36,15 @@ pub fn settings_path() -> Option<PathBuf> {
 
 /// Loads settings; a problem is returned as a notice alongside the defaults.
 pub fn load() -> (Settings, Option<String>) {
-    let Some(path) = settings_path() else {
-        return (Settings::default(), None);
-    };
-    let Ok(text) = std::fs::read_to_string(&path) else {
+    match settings_path() {
+        Some(p) => load_from(&p),
+        None => (Settings::default(), None),
+    }
+}
+
+/// Loads settings from a file (a missing file means defaults, silently).
+pub fn load_from(path: &std::path::Path) -> (Settings, Option<String>) {
+    let Ok(text) = std::fs::read_to_string(path) else {
         return (Settings::default(), None);
     };
     match toml::from_str::<Settings>(&text) {

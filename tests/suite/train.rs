@@ -337,9 +337,15 @@ fn sigterm_checkpoints_and_stops_with_exit_0() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let run = RunDir { path: runs.join("bigs-smoke") };
+    let run = RunDir {
+        path: runs.join("bigs-smoke"),
+    };
     let t0 = Instant::now();
-    while read_metrics(&run.metrics_path()).map(|m| m.0.len()).unwrap_or(0) < 3 {
+    while read_metrics(&run.metrics_path())
+        .map(|m| m.0.len())
+        .unwrap_or(0)
+        < 3
+    {
         assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -349,7 +355,11 @@ fn sigterm_checkpoints_and_stops_with_exit_0() {
     assert!(code.success(), "exit status {code:?}");
     let s = run.read_status().unwrap();
     assert_eq!(s.state, RunState::Stopped);
-    assert_eq!(run.latest_checkpoint().unwrap().0, s.step, "checkpoint at the stopping step");
+    assert_eq!(
+        run.latest_checkpoint().unwrap().0,
+        s.step,
+        "checkpoint at the stopping step"
+    );
 }
 
 #[test]
@@ -360,8 +370,14 @@ fn failed_checkpoint_write_is_a_clear_error_and_keeps_the_previous_one() {
     let mut t = Trainer::create(c, tmp.path()).unwrap();
     // something in the way of step-4's temporary directory (as a full or broken disk would be)
     std::fs::write(t.run.path.join("step-4.tmp"), b"not a directory").unwrap();
-    let err = t.run(&AtomicBool::new(false), None, &mut |_| {}).unwrap_err().to_string();
-    assert!(err.contains("step-4") && err.contains("previous checkpoint is intact"), "{err}");
+    let err = t
+        .run(&AtomicBool::new(false), None, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("step-4") && err.contains("previous checkpoint is intact"),
+        "{err}"
+    );
     assert_eq!(t.run.latest_checkpoint().unwrap().0, 2);
     let s = t.run.read_status().unwrap();
     assert_eq!(s.state, RunState::Failed);

@@ -285,6 +285,18 @@ fn bad_theme_and_settings_fall_back_with_a_notice() {
     for n in Theme::names() {
         assert!(Theme::builtin(n).is_some());
     }
+    let settings = tmp.path().join("config.toml");
+    std::fs::write(&settings, "theme = \"light\"\nascii = yes\n").unwrap();
+    let (s, notice) = ssmlab::tui::settings::load_from(&settings);
+    assert!(s.theme.is_none(), "defaults after a malformed file");
+    let notice = notice.unwrap();
+    assert!(
+        notice.contains("config.toml line 2") && notice.contains("using defaults"),
+        "{notice}"
+    );
+    std::fs::write(&settings, "theme = \"hc16\"\n[keys]\nquit = \"x\"\n").unwrap();
+    let (s, notice) = ssmlab::tui::settings::load_from(&settings);
+    assert_eq!((s.theme.as_deref(), notice), (Some("hc16"), None));
     let (_, errs) = Keymap::new(&[("teleport".to_string(), "t".to_string())].into());
     assert!(errs[0].contains("teleport"));
     let (km, _) = Keymap::new(&[("stop".to_string(), "x".to_string())].into());
