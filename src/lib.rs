@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod probe;
 pub mod runs;
 pub mod train;
 pub mod tui;

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod probe;
 mod train;
 
 /// A terminal lab for attention-free deep learning (BiGS, DiffuSSM, S4D).
@@ -29,6 +30,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Train a model into a run directory (headless; the TUI attaches to it).
     Train(train::TrainArgs),
+    /// Masked-token predictions from a checkpoint ("call me [MASK] .").
+    Probe(probe::ProbeArgs),
     /// List runs as a table (or JSON) and exit.
     Runs {
         #[arg(long, default_value = "checkpoints")]
@@ -49,6 +52,7 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Train(args)) => train::run(args),
         Some(Command::Tokenizer(cmd)) => train::tokenizer(cmd),
+        Some(Command::Probe(args)) => probe::run(args),
         Some(Command::Runs { runs_dir, json }) => print_runs(&runs_dir, json),
         None => {
             use std::io::IsTerminal;

@@ -96,6 +96,14 @@ impl TextTokenizer {
             sep: id("[SEP]")?,
             mask: id("[MASK]")?,
         };
+        // Special tokens are matched in raw text ("[MASK]" in a probe prompt), never split.
+        let added: Vec<AddedToken> = SPECIAL_TOKENS
+            .iter()
+            .map(|t| AddedToken::from(t.to_string(), true))
+            .collect();
+        inner
+            .add_special_tokens(added)
+            .map_err(|e| tok_err(path, format!("cannot register special tokens: {e}")))?;
         if inner.get_post_processor().is_none() {
             inner.with_post_processor(Some(BertProcessing::new(
                 ("[SEP]".into(), specials.sep),

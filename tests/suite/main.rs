@@ -5,5 +5,6 @@ mod data;
 mod engine_bigs;
 mod engine_conv;
 mod engine_kernels;
+mod probe;
 mod train;
 mod tui;

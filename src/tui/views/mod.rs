@@ -102,12 +102,11 @@ fn draw_placeholder(f: &mut Frame, app: &App, v: View, area: Rect) {
         View::Probe => vec![
             "Probe: masked-token predictions from any checkpoint.",
             "",
-            "This view will take a sentence with [MASK], run it through a run's checkpoint",
-            "(or a Hugging Face BiGS directory) and show the top-k tokens with probability",
-            "bars, your target words' ranks, and an A/B of two checkpoints.",
+            "From the command line (run directory, step-N/ checkpoint or Hugging Face folder):",
+            "  ssmlab probe --model checkpoints/bigs-mobydick \"call me [MASK] .\" --targets ishmael",
             "",
-            "It is not built yet (issue: Probe view and `ssmlab probe`). Checkpoints it will",
-            "read are already written by `ssmlab train` as step-N/model.safetensors.",
+            "This view (prompt editor, top-k bars, target ranks, an A/B of two checkpoints)",
+            "is not built yet.",
         ],
         View::Samples => vec![
             "Samples: generated images of DiffuSSM runs.",

@@ -1,0 +1,281 @@
+//! Masked-token probing ("fill-mask") of any BiGS checkpoint: a run directory, one of its
+//! `step-N/` checkpoints, or a Hugging Face-style directory as the released BiGS models are
+//! published (`config.json` + `model.safetensors` or `pytorch_model.bin` + `tokenizer.json` or
+//! `vocab.txt`).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::data::tokenizer::TextTokenizer;
+use crate::engine::bigs::{BigsConfig, BigsForMaskedLm, Mode, load_bigs};
+use crate::engine::weights::LoadReport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "{0}: unknown model directory layout; expected a run directory (config.toml + step-N/), \
+         a checkpoint step-N/ (model.safetensors + config.json), or a Hugging Face directory \
+         (config.json + model.safetensors or pytorch_model.bin + tokenizer.json or vocab.txt)"
+    )]
+    Layout(PathBuf),
+    #[error(
+        "{path}: the tokenizer has {tok} tokens but the model's vocab_size is {model}; \
+         they must belong together"
+    )]
+    VocabMismatch {
+        path: PathBuf,
+        tok: usize,
+        model: usize,
+    },
+    #[error("the prompt has no [MASK] token; write e.g. \"call me [MASK] .\"")]
+    NoMask,
+    #[error(
+        "the prompt is {len} tokens with [CLS] and [SEP], longer than the model's maximum of {max}"
+    )]
+    TooLong { len: usize, max: usize },
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+}
+
+impl From<candle_core::Error> for ProbeError {
+    fn from(e: candle_core::Error) -> Self {
+        ProbeError::Engine(e.into())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ProbeError>;
+
+/// The files a model directory resolves to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelFiles {
+    pub config: PathBuf,
+    pub weights: PathBuf,
+    pub tokenizer: PathBuf,
+    /// `step-N` of a run checkpoint, if any.
+    pub step: Option<u64>,
+}
+
+fn first_existing(dir: &Path, names: &[&str]) -> Option<PathBuf> {
+    names.iter().map(|n| dir.join(n)).find(|p| p.is_file())
+}
+
+/// Resolves a model path (run dir → its latest checkpoint; step dir; HF dir).
+pub fn resolve(path: &Path) -> Result<ModelFiles> {
+    let layout = || ProbeError::Layout(path.into());
+    if path.join("config.toml").is_file() {
+        let run = crate::runs::RunDir::open(path).map_err(|_| layout())?;
+        let (_, ck) = run.latest_checkpoint().ok_or_else(layout)?;
+        return resolve(&ck);
+    }
+    let config = path.join("config.json");
+    let weights = first_existing(path, &["model.safetensors", "pytorch_model.bin"]);
+    let (Some(weights), true) = (weights, config.is_file()) else {
+        return Err(layout());
+    };
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let tokenizer = first_existing(path, &["tokenizer.json", "vocab.txt"])
+        .or_else(|| first_existing(parent, &["tokenizer.json", "vocab.txt"]))
+        .ok_or_else(layout)?;
+    let step = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("step-"))
+        .and_then(|n| n.parse().ok());
+    Ok(ModelFiles {
+        config,
+        weights,
+        tokenizer,
+        step,
+    })
+}
+
+/// A loaded model ready to probe.
+pub struct ProbeModel {
+    pub model: BigsForMaskedLm,
+    pub tok: TextTokenizer,
+    pub files: ModelFiles,
+    pub report: LoadReport,
+    pub parameters: usize,
+}
+
+/// One candidate for a mask.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Candidate {
+    pub token: String,
+    pub id: u32,
+    pub prob: f64,
+    pub logprob: f64,
+}
+
+/// A user's target word at a mask.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TargetScore {
+    pub word: String,
+    /// The word piece that is scored (the first piece of a multi-piece word).
+    pub piece: String,
+    pub pieces: usize,
+    pub prob: f64,
+    pub logprob: f64,
+    /// 1-based rank of the piece among all vocabulary entries.
+    pub rank: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MaskPrediction {
+    /// Position of the mask in the model input ([CLS] is position 0).
+    pub position: usize,
+    pub top: Vec<Candidate>,
+    /// Entropy of the predicted distribution, in nats.
+    pub entropy: f64,
+    pub targets: Vec<TargetScore>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProbeOutput {
+    pub model: String,
+    pub tokens: Vec<String>,
+    pub padded_to: usize,
+    pub masks: Vec<MaskPrediction>,
+}
+
+impl ProbeModel {
+    /// Loads a model directory (see [`resolve`]).
+    pub fn open(path: &Path, dev: &Device) -> Result<Self> {
+        let files = resolve(path)?;
+        let cfg = BigsConfig::from_json_file(&files.config)?;
+        let tok = TextTokenizer::load(&files.tokenizer)?;
+        if tok.vocab_size() != cfg.vocab_size {
+            return Err(ProbeError::VocabMismatch {
+                path: files.tokenizer.clone(),
+                tok: tok.vocab_size(),
+                model: cfg.vocab_size,
+            });
+        }
+        let loaded = load_bigs(&cfg, &files.weights, DType::F32, dev)?;
+        let parameters = loaded
+            .varmap
+            .all_vars()
+            .iter()
+            .map(|v| v.elem_count())
+            .sum();
+        Ok(Self {
+            model: loaded.model,
+            tok,
+            files,
+            report: loaded.report,
+            parameters,
+        })
+    }
+
+    /// Fill-mask: every `[MASK]` scored independently (as the HF pipeline does). `pad` pads
+    /// the input with [PAD] to `max_position_embeddings`, which the reference checkpoints expect
+    /// (their SSMs see the padding).
+    pub fn fill_mask(
+        &self,
+        text: &str,
+        top_k: usize,
+        targets: &[String],
+        pad: bool,
+    ) -> Result<ProbeOutput> {
+        let s = self.tok.specials;
+        let (ids, pieces) = self.tok.encode_with_tokens(text)?;
+        let mut input = vec![s.cls];
+        input.extend(&ids);
+        input.push(s.sep);
+        let mut tokens = vec!["[CLS]".to_string()];
+        tokens.extend(pieces);
+        tokens.push("[SEP]".into());
+        let max = self.model.config.max_position_embeddings;
+        if input.len() > max {
+            return Err(ProbeError::TooLong {
+                len: input.len(),
+                max,
+            });
+        }
+        let masks: Vec<usize> = (0..input.len()).filter(|&i| input[i] == s.mask).collect();
+        if masks.is_empty() {
+            return Err(ProbeError::NoMask);
+        }
+        let padded_to = if pad { max } else { input.len() };
+        input.resize(padded_to, s.pad);
+        let dev = self.model.embeddings.word.embeddings().device().clone();
+        let ids_t = Tensor::from_vec(input.clone(), (1, padded_to), &dev)?;
+        let hidden = self.model.hidden_states(&ids_t, None, Mode::Eval)?;
+        let pos: Vec<u32> = masks.iter().map(|&p| p as u32).collect();
+        let logits = self
+            .model
+            .logits_at(&hidden, &Tensor::new(pos.as_slice(), &dev)?)?
+            .to_dtype(DType::F64)?;
+        let logp = candle_nn::ops::log_softmax(&logits, 1)?.to_vec2::<f64>()?;
+        let target_pieces: Vec<(String, Vec<(u32, String)>)> = targets
+            .iter()
+            .map(|w| {
+                let (ids, toks) = self.tok.encode_with_tokens(w)?;
+                Ok((w.clone(), ids.into_iter().zip(toks).collect()))
+            })
+            .collect::<Result<_>>()?;
+        let masks = masks
+            .iter()
+            .zip(&logp)
+            .map(|(&position, lp)| {
+                let mut order: Vec<usize> = (0..lp.len()).collect();
+                order.sort_by(|a, b| lp[*b].total_cmp(&lp[*a]));
+                let top = order
+                    .iter()
+                    .take(top_k)
+                    .map(|&i| Candidate {
+                        token: self.tok.id_to_token(i as u32),
+                        id: i as u32,
+                        prob: lp[i].exp(),
+                        logprob: lp[i],
+                    })
+                    .collect();
+                let entropy = -lp.iter().map(|l| l.exp() * l).sum::<f64>();
+                let targets = target_pieces
+                    .iter()
+                    .filter_map(|(w, pieces)| {
+                        let (id, piece) = pieces.first()?.clone();
+                        let l = lp[id as usize];
+                        Some(TargetScore {
+                            word: w.clone(),
+                            piece,
+                            pieces: pieces.len(),
+                            prob: l.exp(),
+                            logprob: l,
+                            rank: 1 + lp.iter().filter(|x| **x > l).count(),
+                        })
+                    })
+                    .collect();
+                MaskPrediction {
+                    position,
+                    top,
+                    entropy,
+                    targets,
+                }
+            })
+            .collect();
+        Ok(ProbeOutput {
+            model: self.files.weights.display().to_string(),
+            tokens,
+            padded_to,
+            masks,
+        })
+    }
+}
+
+/// Text for a terminal: control characters and escape sequences become visible `\u{…}` forms.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != ' ' {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
