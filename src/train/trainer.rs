@@ -67,6 +67,23 @@ pub struct TrainState {
     pub last_eval_loss: Option<f64>,
 }
 
+impl TrainState {
+    /// The state of a run that has not taken a step.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            step: 0,
+            tokens: 0,
+            wall_s: 0.0,
+            cursor: DataCursor::default(),
+            seed,
+            rng_scheme: "ChaCha8(seed ^ purpose·φ, stream = step)".into(),
+            best_eval_loss: None,
+            best_step: None,
+            last_eval_loss: None,
+        }
+    }
+}
+
 /// How a training session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -261,17 +278,7 @@ impl Trainer {
             let _ = std::fs::remove_dir_all(&run.path);
             return Err(e);
         }
-        let state = TrainState {
-            step: 0,
-            tokens: 0,
-            wall_s: 0.0,
-            cursor: DataCursor::default(),
-            seed: cfg.run.seed,
-            rng_scheme: "ChaCha8(seed ^ purpose·φ, stream = step)".into(),
-            best_eval_loss: None,
-            best_step: None,
-            last_eval_loss: None,
-        };
+        let state = TrainState::new(cfg.run.seed);
         Ok(Self::assemble(
             cfg, run, data, model, varmap, opt, state, dev,
         ))
@@ -321,17 +328,7 @@ impl Trainer {
                 opt.load(&ck.join("optimizer.safetensors"), state.step)?;
                 state
             }
-            None => TrainState {
-                step: 0,
-                tokens: 0,
-                wall_s: 0.0,
-                cursor: DataCursor::default(),
-                seed: cfg.run.seed,
-                rng_scheme: "ChaCha8(seed ^ purpose·φ, stream = step)".into(),
-                best_eval_loss: None,
-                best_step: None,
-                last_eval_loss: None,
-            },
+            None => TrainState::new(cfg.run.seed),
         };
         run.truncate_metrics(state.step)?;
         crate::runs::write_atomic(&run.config_path(), cfg.to_toml().as_bytes())?;

@@ -127,6 +127,29 @@ fn control_file_requests_checkpoint_and_stop() {
     assert!(!t.run.control_path().exists());
 }
 
+/// `ssmlab train --preset bigs-smoke` for a long time (100000 steps, logging every step) in
+/// the background, from the source root.
+fn spawn_smoke(runs: &Path, sets: &[&str]) -> (std::process::Child, RunDir) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ssmlab"));
+    cmd.args(["train", "--preset", "bigs-smoke", "--runs-dir"])
+        .arg(runs)
+        .args(["--set", "train.steps=100000", "--set", "train.log_every=1"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let child = cmd
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    (
+        child,
+        RunDir {
+            path: runs.join("bigs-smoke"),
+        },
+    )
+}
+
 fn ssmlab(args: &[&str], cwd: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ssmlab"))
         .args(args)
@@ -140,24 +163,7 @@ fn kill_9_loses_at_most_the_steps_since_the_last_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
     let root = env!("CARGO_MANIFEST_DIR");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ssmlab"))
-        .args(["train", "--preset", "bigs-smoke", "--runs-dir"])
-        .arg(&runs)
-        .args([
-            "--set",
-            "train.steps=100000",
-            "--set",
-            "train.checkpoint_every=10",
-            "--set",
-            "train.log_every=1",
-        ])
-        .current_dir(root)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let run = RunDir {
-        path: runs.join("bigs-smoke"),
-    };
+    let (mut child, run) = spawn_smoke(&runs, &["train.checkpoint_every=10"]);
     let t0 = Instant::now();
     while run.checkpoints().len() < 2 {
         assert!(
@@ -329,17 +335,7 @@ fn bad_input_fails_with_one_line_errors_and_leaves_no_run() {
 fn sigterm_checkpoints_and_stops_with_exit_0() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ssmlab"))
-        .args(["train", "--preset", "bigs-smoke", "--runs-dir"])
-        .arg(&runs)
-        .args(["--set", "train.steps=100000", "--set", "train.log_every=1"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let run = RunDir {
-        path: runs.join("bigs-smoke"),
-    };
+    let (mut child, run) = spawn_smoke(&runs, &[]);
     let t0 = Instant::now();
     while read_metrics(&run.metrics_path())
         .map(|m| m.0.len())

@@ -54,17 +54,6 @@ fn write_run(dir: &Path, id: &str, state: RunState, steps: u64, total: u64, corr
                 .unwrap();
         }
     }
-    if state == RunState::Diverged {
-        let m = Metric {
-            step: steps + 1,
-            tokens: 0,
-            wall_s: 0.0,
-            loss: Some(f64::NAN),
-            ..Default::default()
-        };
-        // NaN is not valid JSON: the trainer never writes it; the status says diverged
-        let _ = m;
-    }
     let ck: Vec<u64> = (1..=steps).filter(|s| s % 50 == 0).collect();
     for c in &ck {
         let p = run.checkpoint_path(*c);
