@@ -170,3 +170,31 @@ pub fn bench_tui_frame(
     ts.sort_by(f64::total_cmp);
     (ts[ts.len() / 2], ts[ts.len() * 9 / 10])
 }
+
+/// Probe latency on a loaded model: (load seconds, median and p90 seconds of one fill-mask of
+/// a prompt of about `tokens` tokens, padded as for released checkpoints).
+pub fn bench_probe(
+    model: &std::path::Path,
+    tokens: usize,
+    reps: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let t0 = Instant::now();
+    let pm = crate::probe::ProbeModel::open(model, &Device::Cpu)?;
+    let load = t0.elapsed().as_secs_f64();
+    let words = "call me ishmael . some years ago never mind how long precisely having little or no money in my purse";
+    let mut text = String::new();
+    while pm.tok.encode(&text)?.len() + 2 < tokens.saturating_sub(8) {
+        text.push_str(words);
+        text.push(' ');
+    }
+    text.push_str("the [MASK] of the sea .");
+    let mut ts = Vec::new();
+    for _ in 0..reps + 1 {
+        let t = Instant::now();
+        pm.fill_mask(&text, 10, &[], true)?;
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    ts.remove(0);
+    ts.sort_by(f64::total_cmp);
+    Ok((load, ts[ts.len() / 2], ts[ts.len() * 9 / 10]))
+}

@@ -27,6 +27,15 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// Fill-mask latency with the model already loaded (the TUI path), and its load time.
+    Probe {
+        #[arg(long, default_value = "checkpoints/bigs-mobydick")]
+        model: std::path::PathBuf,
+        #[arg(long, default_value_t = 128)]
+        tokens: usize,
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+    },
     /// One full TUI frame (curves view) at 200×60 with 3 runs × 100k points each.
     Tui {
         #[arg(long, default_value_t = 100_000)]
@@ -49,6 +58,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(c).expect("json"));
             })?;
             eprintln!("{}", conv_table(&cases));
+            Ok(())
+        }
+        BenchWhat::Probe {
+            model,
+            tokens,
+            reps,
+        } => {
+            anyhow::ensure!(reps > 0, "--reps must be at least 1");
+            let (load, median, p90) = crate::bench::bench_probe(&model, tokens, reps)?;
+            println!(
+                "{}",
+                serde_json::json!({"bench": "probe", "model": model.display().to_string(), "tokens": tokens,
+                    "reps": reps, "load_s": load, "median_ms": median * 1e3, "p90_ms": p90 * 1e3})
+            );
             Ok(())
         }
         BenchWhat::Tui { points, reps } => {

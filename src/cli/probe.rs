@@ -25,6 +25,9 @@ pub struct ProbeArgs {
     /// One JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Also fill the masks jointly, left to right (each takes its best token in turn).
+    #[arg(long)]
+    pub joint: bool,
 }
 
 pub fn run(a: ProbeArgs) -> anyhow::Result<()> {
@@ -34,10 +37,22 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open model {}", a.model.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     let out = pm.fill_mask(&a.text, a.top_k, &a.targets, !a.no_pad)?;
+    let joint = if a.joint {
+        Some(pm.fill_joint(&a.text, !a.no_pad)?)
+    } else {
+        None
+    };
     if a.json {
         let mut v = serde_json::to_value(&out)?;
         v["parameters"] = pm.parameters.into();
         v["unused_tensors"] = serde_json::to_value(&pm.report.unused)?;
+        if let Some(j) = &joint {
+            v["joint"] = serde_json::json!(
+                j.iter()
+                    .map(|(p, t, pr)| serde_json::json!({"position": p, "token": t, "prob": pr}))
+                    .collect::<Vec<_>>()
+            );
+        }
         println!("{v}");
         return Ok(());
     }
@@ -81,6 +96,13 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<()> {
                 t.rank
             );
         }
+    }
+    if let Some(j) = joint {
+        let filled: Vec<String> = j
+            .iter()
+            .map(|(p, t, pr)| format!("{} @{p} ({:.1}%)", sanitize(t), pr * 100.0))
+            .collect();
+        println!("\njoint left-to-right fill: {}", filled.join(", "));
     }
     Ok(())
 }

@@ -267,6 +267,53 @@ impl ProbeModel {
     }
 }
 
+impl ProbeModel {
+    /// Left-to-right joint fill: the leftmost remaining [MASK] takes its most probable token,
+    /// which later masks then see. Returns (position, token, probability at its step).
+    pub fn fill_joint(&self, text: &str, pad: bool) -> Result<Vec<(usize, String, f64)>> {
+        let s = self.tok.specials;
+        let (ids, _) = self.tok.encode_with_tokens(text)?;
+        let mut input = vec![s.cls];
+        input.extend(&ids);
+        input.push(s.sep);
+        let max = self.model.config.max_position_embeddings;
+        if input.len() > max {
+            return Err(ProbeError::TooLong {
+                len: input.len(),
+                max,
+            });
+        }
+        let n = input.len();
+        if !input.contains(&s.mask) {
+            return Err(ProbeError::NoMask);
+        }
+        if pad {
+            input.resize(max, s.pad);
+        }
+        let dev = self.model.embeddings.word.embeddings().device().clone();
+        let mut out = Vec::new();
+        while let Some(pos) = input[..n].iter().position(|&t| t == s.mask) {
+            let ids_t = Tensor::from_vec(input.clone(), (1, input.len()), &dev)?;
+            let hidden = self.model.hidden_states(&ids_t, None, Mode::Eval)?;
+            let logits = self
+                .model
+                .logits_at(&hidden, &Tensor::new(&[pos as u32], &dev)?)?
+                .to_dtype(DType::F64)?;
+            let lp = candle_nn::ops::log_softmax(&logits, 1)?.to_vec2::<f64>()?;
+            let (best, l) = lp[0]
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !self.tok.is_special(*i as u32))
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, l)| (i as u32, *l))
+                .expect("non-empty vocabulary");
+            input[pos] = best;
+            out.push((pos, self.tok.id_to_token(best), l.exp()));
+        }
+        Ok(out)
+    }
+}
+
 /// Text for a terminal: control characters and escape sequences become visible `\u{…}` forms.
 pub fn sanitize(s: &str) -> String {
     s.chars()

@@ -40,6 +40,7 @@ impl View {
     fn scope(self) -> Scope {
         match self {
             View::Curves => Scope::Curves,
+            View::Probe => Scope::Probe,
             _ => Scope::Runs,
         }
     }
@@ -170,6 +171,18 @@ pub struct App {
     pub exe: PathBuf,
     /// Plotted series of earlier frames (the UI thread's only cache).
     pub series_cache: super::views::curves::SeriesCache,
+    pub probe: super::views::probe::ProbeState,
+    /// Where probe jobs go (the probe worker); None in headless tests.
+    pub probe_tx: Option<std::sync::mpsc::Sender<ProbeJob>>,
+}
+
+/// A fill-mask request for the probe worker.
+#[derive(Debug, Clone)]
+pub struct ProbeJob {
+    /// 0 = A, 1 = B.
+    pub slot: usize,
+    pub model: PathBuf,
+    pub text: String,
 }
 
 impl App {
@@ -188,6 +201,8 @@ impl App {
             ascii: false,
             exe: std::env::current_exe().unwrap_or_else(|_| "ssmlab".into()),
             series_cache: Default::default(),
+            probe: Default::default(),
+            probe_tx: None,
         }
     }
 
@@ -205,6 +220,93 @@ impl App {
             self.selected = i;
         }
         self.selected = self.selected.min(self.runs.len().saturating_sub(1));
+        if self.probe.a.model.is_none() {
+            // default model: the shipped run, else the first run with a checkpoint
+            self.probe.a.model = self
+                .runs
+                .iter()
+                .find(|r| r.id == "bigs-mobydick" && !r.checkpoints.is_empty())
+                .or_else(|| self.runs.iter().find(|r| !r.checkpoints.is_empty()))
+                .map(|r| r.path.clone());
+        }
+    }
+
+    /// Sends the prompt to the probe worker for each side that has a model.
+    pub fn run_probe(&mut self) {
+        let text = self.probe.prompt.trim().to_string();
+        if text.is_empty() {
+            return;
+        }
+        if self.probe.history.last() != Some(&text) {
+            self.probe.history.push(text.clone());
+        }
+        self.probe.history_pos = None;
+        for (i, slot) in [&mut self.probe.a, &mut self.probe.b]
+            .into_iter()
+            .enumerate()
+        {
+            let Some(model) = slot.model.clone() else {
+                continue;
+            };
+            match &self.probe_tx {
+                Some(tx)
+                    if tx
+                        .send(ProbeJob {
+                            slot: i,
+                            model,
+                            text: text.clone(),
+                        })
+                        .is_ok() =>
+                {
+                    slot.busy = true
+                }
+                _ => slot.result = Some(Err("the probe worker is not running".into())),
+            }
+        }
+    }
+
+    /// A result from the probe worker.
+    pub fn on_probe_result(&mut self, slot: usize, res: Result<crate::probe::ProbeOutput, String>) {
+        let s = if slot == 0 {
+            &mut self.probe.a
+        } else {
+            &mut self.probe.b
+        };
+        s.busy = false;
+        s.result = Some(res);
+    }
+
+    fn on_probe_edit_key(&mut self, k: KeyEvent) {
+        let p = &mut self.probe;
+        match k.code {
+            KeyCode::Esc => p.editing = false,
+            KeyCode::Enter => {
+                p.editing = false;
+                self.run_probe();
+            }
+            KeyCode::Backspace => {
+                p.prompt.pop();
+            }
+            KeyCode::Up | KeyCode::Down if !p.history.is_empty() => {
+                let n = p.history.len();
+                let i = match (p.history_pos, k.code) {
+                    (None, KeyCode::Up) => n - 1,
+                    (Some(i), KeyCode::Up) => i.saturating_sub(1),
+                    (Some(i), _) => (i + 1).min(n - 1),
+                    (None, _) => return,
+                };
+                p.history_pos = Some(i);
+                p.prompt = p.history[i].clone();
+            }
+            KeyCode::Char(c)
+                if !k
+                    .modifiers
+                    .contains(crossterm::event::KeyModifiers::CONTROL) =>
+            {
+                p.prompt.push(c)
+            }
+            _ => {}
+        }
     }
 
     /// Runs drawn in the curves view: the marked ones, else the selected one.
@@ -251,6 +353,16 @@ impl App {
     pub fn on_key(&mut self, k: KeyEvent) -> Effect {
         if let Some(p) = self.popup.take() {
             return self.on_popup_key(p, k);
+        }
+        if self.view == View::Probe && self.probe.editing {
+            if k.code == KeyCode::Char('c')
+                && k.modifiers
+                    .contains(crossterm::event::KeyModifiers::CONTROL)
+            {
+                return Effect::Quit;
+            }
+            self.on_probe_edit_key(k);
+            return Effect::None;
         }
         let name = key_name(&k);
         let Some(action) = self.keymap.lookup(self.scope(), &name) else {
@@ -328,6 +440,20 @@ impl App {
             Action::SmoothMore => self.curves.smoothing = (self.curves.smoothing + 0.1).min(0.99),
             Action::SmoothLess => self.curves.smoothing = (self.curves.smoothing - 0.1).max(0.0),
             Action::ZoomRecent => self.curves.zoom_recent = !self.curves.zoom_recent,
+            Action::ProbeEdit => self.probe.editing = true,
+            Action::ProbeRun => self.run_probe(),
+            Action::ProbeSetA | Action::ProbeSetB => {
+                if let Some(r) = self.selected_run() {
+                    let path = r.path.clone();
+                    let slot = if action == Action::ProbeSetA {
+                        &mut self.probe.a
+                    } else {
+                        &mut self.probe.b
+                    };
+                    slot.model = Some(path);
+                    slot.result = None;
+                }
+            }
             Action::CursorLeft | Action::CursorRight => {
                 let d = if action == Action::CursorLeft {
                     -0.02

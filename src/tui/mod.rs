@@ -35,6 +35,42 @@ pub struct TuiOptions {
 enum Msg {
     Input(Event),
     Runs(Vec<RunSummary>),
+    Probe(usize, Result<crate::probe::ProbeOutput, String>),
+}
+
+/// Loads models and runs fill-mask off the UI thread. A model is kept loaded until its weights
+/// file changes (a running run's latest checkpoint is picked up when a new one appears; probing
+/// only reads files, so it never disturbs the run).
+fn spawn_probe_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::ProbeJob> {
+    let (jtx, jrx) = mpsc::channel::<app::ProbeJob>();
+    std::thread::spawn(move || {
+        let mut cache: Vec<(PathBuf, crate::probe::ProbeModel)> = Vec::new();
+        while let Ok(job) = jrx.recv() {
+            let res = (|| -> Result<crate::probe::ProbeOutput, String> {
+                let files = crate::probe::resolve(&job.model).map_err(|e| e.to_string())?;
+                let pos = cache.iter().position(|(w, _)| *w == files.weights);
+                let pm = match pos {
+                    Some(i) => &cache[i].1,
+                    None => {
+                        let pm =
+                            crate::probe::ProbeModel::open(&job.model, &candle_core::Device::Cpu)
+                                .map_err(|e| e.to_string())?;
+                        cache.push((files.weights.clone(), pm));
+                        if cache.len() > 4 {
+                            cache.remove(0);
+                        }
+                        &cache.last().expect("pushed").1
+                    }
+                };
+                pm.fill_mask(&job.text, 10, &[], true)
+                    .map_err(|e| e.to_string())
+            })();
+            if tx.send(Msg::Probe(job.slot, res)).is_err() {
+                return;
+            }
+        }
+    });
+    jtx
 }
 
 /// Builds the app state from options and the user's settings (problems become notices).
@@ -142,6 +178,7 @@ fn event_loop(
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel();
     spawn_worker(app.runs_dir.clone(), tx.clone(), stop.clone());
+    app.probe_tx = Some(spawn_probe_worker(tx.clone()));
     spawn_input(tx, stop.clone());
     let frame_gap = Duration::from_millis(50);
     let mut dirty = true;
@@ -162,6 +199,10 @@ fn event_loop(
         match rx.recv_timeout(wait) {
             Ok(Msg::Runs(runs)) => {
                 app.set_runs(runs);
+                dirty = true;
+            }
+            Ok(Msg::Probe(slot, res)) => {
+                app.on_probe_result(slot, res);
                 dirty = true;
             }
             Ok(Msg::Input(Event::Key(k))) if k.kind != KeyEventKind::Release => {

@@ -103,6 +103,13 @@ fn cli_top_k_equals_softmax_of_the_models_logits_for_both_formats() {
                 "{c} vs {prob}"
             );
         }
+        if k == 0 {
+            // the joint fill's first (leftmost) choice is the independent argmax there
+            let j = probe_json(&st, text, &["--joint"]);
+            assert_eq!(j["joint"][0]["position"], 3);
+            assert_eq!(j["joint"][0]["token"], mask["top"][0]["token"]);
+            assert_eq!(j["joint"].as_array().unwrap().len(), 2);
+        }
         let whale = &mask["targets"][0];
         let pw = p.iter().position(|(id, _)| *id == 6).unwrap() + 1;
         assert_eq!(

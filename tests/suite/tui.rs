@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
+use ssmlab::probe::{Candidate, MaskPrediction, ProbeOutput, TargetScore};
 use ssmlab::runs::index::RunsIndex;
 use ssmlab::runs::{Metric, RunDir, RunState, Status, unix_now};
 use ssmlab::train::presets::preset;
@@ -101,6 +102,7 @@ fn fixture_app() -> (tempfile::TempDir, App) {
         Theme::builtin("dark").unwrap(),
     );
     app.set_runs(runs);
+    app.probe.a.model = Some(PathBuf::from("checkpoints/bigs-mobydick"));
     (tmp, app)
 }
 
@@ -171,17 +173,88 @@ fn views_render_at_both_sizes() {
         app.curves = Default::default();
         app.marked.clear();
 
-        for (v, needle) in [
-            (View::Probe, "masked-token"),
-            (View::Samples, "DiffuSSM"),
-            (View::Kernels, "S4D kernels"),
-        ] {
+        for (v, needle) in [(View::Samples, "DiffuSSM"), (View::Kernels, "S4D kernels")] {
             app.view = v;
             let s = render(&app, w, h);
             assert!(s.contains(needle) && s.contains("not built yet"), "{s}");
             insta::assert_snapshot!(format!("{}_{w}x{h}", v.title().to_lowercase()), s);
         }
     }
+}
+
+fn fake_output(shift: f64) -> ProbeOutput {
+    let cand = |t: &str, id: u32, p: f64| Candidate {
+        token: t.into(),
+        id,
+        prob: p,
+        logprob: p.ln(),
+    };
+    ProbeOutput {
+        model: "checkpoints/bigs-mobydick/step-2500/model.safetensors".into(),
+        tokens: vec![
+            "[CLS]".into(),
+            "call".into(),
+            "me".into(),
+            "[MASK]".into(),
+            ".".into(),
+            "[SEP]".into(),
+        ],
+        padded_to: 128,
+        masks: vec![MaskPrediction {
+            position: 3,
+            top: vec![
+                cand("ishmael", 900, 0.31 + shift),
+                cand("on", 40, 0.11),
+                cand("up", 41, 0.07 - shift / 2.0),
+            ],
+            entropy: 4.2,
+            targets: vec![TargetScore {
+                word: "ahab".into(),
+                piece: "ahab".into(),
+                pieces: 1,
+                prob: 0.004,
+                logprob: 0.004f64.ln(),
+                rank: 57,
+            }],
+        }],
+    }
+}
+
+#[test]
+fn probe_view_renders_results_and_ab() {
+    let (_tmp, mut app) = fixture_app();
+    app.view = View::Probe;
+    app.probe.prompt = "call me [MASK] .".into();
+    app.on_key(key('i'));
+    let s = render(&app, 80, 24);
+    assert!(
+        s.contains("INSERT") && s.contains("call me [MASK] ."),
+        "{s}"
+    );
+    app.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+    app.on_probe_result(0, Ok(fake_output(0.0)));
+    for (w, h) in [(80u16, 24u16), (160, 48)] {
+        let s = render(&app, w, h);
+        assert!(
+            s.contains("ishmael")
+                && s.contains("31.00%")
+                && s.contains("target ahab 0.40% rank 57"),
+            "{s}"
+        );
+        insta::assert_snapshot!(format!("probe_{w}x{h}"), s);
+    }
+    app.probe.b.model = Some(PathBuf::from("checkpoints/bigs-tiny"));
+    app.on_probe_result(1, Ok(fake_output(0.1)));
+    let s = render(&app, 160, 48);
+    assert!(
+        s.contains(" B: checkpoints/bigs-tiny") && s.contains("Δ+10.0") && s.contains("Δ-10.0"),
+        "{s}"
+    );
+    insta::assert_snapshot!("probe_ab_160x48", s);
+    // without a worker, running a prompt says so instead of hanging
+    app.run_probe();
+    assert!(matches!(&app.probe.a.result, Some(Err(e)) if e.contains("not running")));
+    assert_eq!(app.probe.history, vec!["call me [MASK] ."]);
 }
 
 #[test]
@@ -405,6 +478,15 @@ fn end_to_end_in_tmux() {
         std::thread::sleep(Duration::from_millis(200));
     }
     wait(&|s| s.contains("stopped"), 10);
+    // probe the run's checkpoint: view 3, model A = selected run, type a prompt, Enter
+    keys(&["3", "a", "i"]);
+    t(&["send-keys", "-t", &session, "-l", "the [MASK] of the sea ."]);
+    keys(&["Enter"]);
+    let s = wait(&|s| s.contains("[MASK] #1 (pos 2"), 30);
+    assert!(
+        s.contains("A: ") && s.contains("bigs-smoke") && s.contains('%'),
+        "{s}"
+    );
     keys(&["q"]);
     let s = wait(&|s| s.contains("EXITED=0"), 10);
     assert!(

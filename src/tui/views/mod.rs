@@ -2,6 +2,7 @@
 
 pub mod curves;
 pub mod form;
+pub mod probe;
 pub mod runs;
 
 use ratatui::Frame;
@@ -43,6 +44,7 @@ pub fn draw(f: &mut Frame, app: &App) {
     match app.view {
         View::Runs => runs::draw(f, app, body),
         View::Curves => curves::draw(f, app, body),
+        View::Probe => probe::draw(f, app, body),
         v => draw_placeholder(f, app, v, body),
     }
     draw_status(f, app, status);
@@ -99,15 +101,6 @@ fn draw_bar(f: &mut Frame, app: &App, area: Rect) {
 fn draw_placeholder(f: &mut Frame, app: &App, v: View, area: Rect) {
     let t = &app.theme;
     let text = match v {
-        View::Probe => vec![
-            "Probe: masked-token predictions from any checkpoint.",
-            "",
-            "From the command line (run directory, step-N/ checkpoint or Hugging Face folder):",
-            "  ssmlab probe --model checkpoints/bigs-mobydick \"call me [MASK] .\" --targets ishmael",
-            "",
-            "This view (prompt editor, top-k bars, target ranks, an A/B of two checkpoints)",
-            "is not built yet.",
-        ],
         View::Samples => vec![
             "Samples: generated images of DiffuSSM runs.",
             "",

@@ -1,0 +1,166 @@
+//! The probe view: a prompt with [MASK], top-k predictions as bars, history, and an A/B of two
+//! checkpoints with Δprob. Models load and run on a worker thread (see `tui::probe_worker`).
+
+use std::path::PathBuf;
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Style;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
+
+use crate::probe::{ProbeOutput, sanitize};
+use crate::tui::app::App;
+
+/// One side of the comparison.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeSlot {
+    pub model: Option<PathBuf>,
+    pub result: Option<Result<ProbeOutput, String>>,
+    pub busy: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProbeState {
+    pub prompt: String,
+    pub editing: bool,
+    pub history: Vec<String>,
+    /// Index into history while browsing it with ↑/↓ in insert mode.
+    pub history_pos: Option<usize>,
+    pub a: ProbeSlot,
+    pub b: ProbeSlot,
+}
+
+fn slot_title(s: &ProbeSlot, name: &str) -> String {
+    let m = s
+        .model
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "no model".into());
+    let busy = if s.busy { " · running…" } else { "" };
+    format!(" {name}: {m}{busy} ")
+}
+
+/// Lines of one side: per mask, top-k with bars; `other` adds Δprob against the other side.
+fn result_lines<'a>(
+    app: &App,
+    out: &ProbeOutput,
+    other: Option<&ProbeOutput>,
+    width: usize,
+) -> Vec<Line<'a>> {
+    let t = &app.theme;
+    let mut lines = Vec::new();
+    for (k, m) in out.masks.iter().enumerate() {
+        lines.push(Line::from(Span::styled(
+            format!(
+                "[MASK] #{} (pos {}, entropy {:.2})",
+                k + 1,
+                m.position,
+                m.entropy
+            ),
+            t.accent(),
+        )));
+        let best = m.top.first().map(|c| c.prob).unwrap_or(1.0).max(1e-12);
+        let bar_w = width.saturating_sub(34).clamp(4, 30);
+        for c in &m.top {
+            let bar = "█".repeat(((c.prob / best) * bar_w as f64).round().max(1.0) as usize);
+            let delta = other.and_then(|o| o.masks.get(k)).map(|om| {
+                let p = om.top.iter().find(|x| x.id == c.id).map(|x| x.prob);
+                match p {
+                    Some(p) => format!(" Δ{:+.1}", (c.prob - p) * 100.0),
+                    None => " Δ new".into(),
+                }
+            });
+            lines.push(Line::from(vec![
+                Span::raw(format!("{:<12}", sanitize(&c.token))),
+                Span::raw(format!("{:>6.2}% ", c.prob * 100.0)),
+                Span::styled(bar, Style::default().fg(t.accent)),
+                Span::styled(delta.unwrap_or_default(), t.muted()),
+            ]));
+        }
+        for tg in &m.targets {
+            lines.push(Line::from(Span::styled(
+                format!(
+                    "target {} {:.2}% rank {}{}",
+                    sanitize(&tg.word),
+                    tg.prob * 100.0,
+                    tg.rank,
+                    if tg.pieces > 1 {
+                        format!(" (piece {})", sanitize(&tg.piece))
+                    } else {
+                        String::new()
+                    }
+                ),
+                t.muted(),
+            )));
+        }
+    }
+    lines
+}
+
+fn draw_slot(f: &mut Frame, app: &App, s: &ProbeSlot, other: &ProbeSlot, name: &str, area: Rect) {
+    let t = &app.theme;
+    let lines = match &s.result {
+        None if s.model.is_none() => vec![Line::from(Span::styled(
+            "select a run in the Runs view and press a (or b for the comparison side)",
+            t.muted(),
+        ))],
+        None => vec![Line::from(Span::styled(
+            "type a prompt with [MASK] (i to edit, Enter to run)",
+            t.muted(),
+        ))],
+        Some(Err(e)) => vec![Line::from(Span::styled(
+            sanitize(e),
+            Style::default().fg(t.error),
+        ))],
+        Some(Ok(out)) => {
+            let o = match &other.result {
+                Some(Ok(o)) => Some(o),
+                _ => None,
+            };
+            result_lines(app, out, o, area.width as usize)
+        }
+    };
+    f.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(slot_title(s, name)),
+        ),
+        area,
+    );
+}
+
+pub fn draw(f: &mut Frame, app: &App, area: Rect) {
+    let t = &app.theme;
+    let p = &app.probe;
+    let [prompt, results] =
+        Layout::vertical([Constraint::Length(3), Constraint::Min(3)]).areas(area);
+    let cursor = if p.editing { "▏" } else { "" };
+    let mode = if p.editing {
+        " prompt · INSERT (Enter runs, Esc leaves, ↑↓ history) "
+    } else {
+        " prompt (i to edit) "
+    };
+    f.render_widget(
+        Paragraph::new(Line::from(vec![
+            Span::raw(sanitize(&p.prompt)),
+            Span::styled(cursor, t.accent()),
+        ]))
+        .block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(mode)
+                .border_style(if p.editing { t.accent() } else { t.muted() }),
+        ),
+        prompt,
+    );
+    if p.b.model.is_some() {
+        let [l, r] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
+            .areas(results);
+        draw_slot(f, app, &p.a, &p.b, "A", l);
+        draw_slot(f, app, &p.b, &p.a, "B", r);
+    } else {
+        draw_slot(f, app, &p.a, &p.b, "A", results);
+    }
+}
