@@ -408,7 +408,8 @@ fn conv_grad<T: FftFloat>(u: &[T], k: &[T], dy: &[T], c: usize, ck: usize, l: us
     out
 }
 
-fn slice<'a, T: candle_core::WithDType>(
+/// The contiguous slice of a CPU operand (custom ops are always handed contiguous tensors).
+pub(crate) fn cpu_slice<'a, T>(
     v: &'a [T],
     layout: &Layout,
     what: &str,
@@ -431,12 +432,12 @@ fn dispatch(
 ) -> candle_core::Result<CpuStorage> {
     match (s1, s2) {
         (CpuStorage::F32(a), CpuStorage::F32(b)) => Ok(CpuStorage::F32(f32k(
-            slice(a, l1, name)?,
-            slice(b, l2, name)?,
+            cpu_slice(a, l1, name)?,
+            cpu_slice(b, l2, name)?,
         ))),
         (CpuStorage::F64(a), CpuStorage::F64(b)) => Ok(CpuStorage::F64(f64k(
-            slice(a, l1, name)?,
-            slice(b, l2, name)?,
+            cpu_slice(a, l1, name)?,
+            cpu_slice(b, l2, name)?,
         ))),
         _ => candle_core::bail!("{name}: only f32 and f64 operands of one dtype are supported"),
     }
@@ -524,9 +525,9 @@ impl CustomOp3 for ConvGrad {
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(u), CpuStorage::F32(k), CpuStorage::F32(dy)) => {
                 CpuStorage::F32(conv_grad(
-                    slice(u, l1, self.name())?,
-                    slice(k, l2, self.name())?,
-                    slice(dy, l3, self.name())?,
+                    cpu_slice(u, l1, self.name())?,
+                    cpu_slice(k, l2, self.name())?,
+                    cpu_slice(dy, l3, self.name())?,
                     c,
                     ck,
                     l,
@@ -534,9 +535,9 @@ impl CustomOp3 for ConvGrad {
             }
             (CpuStorage::F64(u), CpuStorage::F64(k), CpuStorage::F64(dy)) => {
                 CpuStorage::F64(conv_grad(
-                    slice(u, l1, self.name())?,
-                    slice(k, l2, self.name())?,
-                    slice(dy, l3, self.name())?,
+                    cpu_slice(u, l1, self.name())?,
+                    cpu_slice(k, l2, self.name())?,
+                    cpu_slice(dy, l3, self.name())?,
                     c,
                     ck,
                     l,

@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use realfft::num_traits::Float;
 
+use super::conv::cpu_slice;
 use super::error::Result;
 use super::nn::Gelu;
 
@@ -65,13 +66,6 @@ fn gelu_f32(kind: Gelu, x: f32) -> (f32, f32) {
     }
 }
 
-fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("fused op: operand must be contiguous"),
-    }
-}
-
 fn par_map<T: Copy + Send + Sync + Default>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     let mut out = vec![T::default(); x.len()];
     out.par_chunks_mut(CHUNK)
@@ -106,8 +100,12 @@ impl CustomOp1 for GeluOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let k = self.0;
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(par_map(contiguous(v, l)?, |x| gelu_f32(k, x).0)),
-            CpuStorage::F64(v) => CpuStorage::F64(par_map(contiguous(v, l)?, |x| gelu_f64(k, x).0)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(par_map(cpu_slice(v, l, "fused op")?, |x| gelu_f32(k, x).0))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(par_map(cpu_slice(v, l, "fused op")?, |x| gelu_f64(k, x).0))
+            }
             _ => candle_core::bail!("fused-gelu: f32 or f64 only"),
         };
         Ok((out, l.shape().clone()))
@@ -143,16 +141,16 @@ impl CustomOp2 for GeluGradOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let k = self.0;
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(par_map2(contiguous(x, l1)?, contiguous(g, l2)?, |x, g| {
-                    g * gelu_f32(k, x).1
-                }))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(par_map2(contiguous(x, l1)?, contiguous(g, l2)?, |x, g| {
-                    g * gelu_f64(k, x).1
-                }))
-            }
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(par_map2(
+                cpu_slice(x, l1, "fused op")?,
+                cpu_slice(g, l2, "fused op")?,
+                |x, g| g * gelu_f32(k, x).1,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(par_map2(
+                cpu_slice(x, l1, "fused op")?,
+                cpu_slice(g, l2, "fused op")?,
+                |x, g| g * gelu_f64(k, x).1,
+            )),
             _ => candle_core::bail!("fused-gelu-grad: f32 or f64 operands of one dtype"),
         };
         Ok((out, l1.shape().clone()))
@@ -206,7 +204,7 @@ fn ce_grad<T: Float + Send + Sync>(z: &[T], t: &[u32], g: &[T], v: usize) -> Vec
 
 fn targets<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [u32]> {
     match s {
-        CpuStorage::U32(t) => contiguous(t, l),
+        CpuStorage::U32(t) => cpu_slice(t, l, "fused op"),
         _ => candle_core::bail!("cross-entropy: targets must be u32"),
     }
 }
@@ -232,8 +230,8 @@ impl CustomOp2 for CrossEntropyOp {
             )
         }
         let out = match s1 {
-            CpuStorage::F32(z) => CpuStorage::F32(ce_rows(contiguous(z, l1)?, t, v)),
-            CpuStorage::F64(z) => CpuStorage::F64(ce_rows(contiguous(z, l1)?, t, v)),
+            CpuStorage::F32(z) => CpuStorage::F32(ce_rows(cpu_slice(z, l1, "fused op")?, t, v)),
+            CpuStorage::F64(z) => CpuStorage::F64(ce_rows(cpu_slice(z, l1, "fused op")?, t, v)),
             _ => candle_core::bail!("cross-entropy: f32 or f64 logits"),
         };
         Ok((out, Shape::from(p)))
@@ -271,12 +269,18 @@ impl candle_core::CustomOp3 for CrossEntropyGradOp {
         let (_, v) = l1.shape().dims2()?;
         let t = targets(s2, l2)?;
         let out = match (s1, s3) {
-            (CpuStorage::F32(z), CpuStorage::F32(g)) => {
-                CpuStorage::F32(ce_grad(contiguous(z, l1)?, t, contiguous(g, l3)?, v))
-            }
-            (CpuStorage::F64(z), CpuStorage::F64(g)) => {
-                CpuStorage::F64(ce_grad(contiguous(z, l1)?, t, contiguous(g, l3)?, v))
-            }
+            (CpuStorage::F32(z), CpuStorage::F32(g)) => CpuStorage::F32(ce_grad(
+                cpu_slice(z, l1, "fused op")?,
+                t,
+                cpu_slice(g, l3, "fused op")?,
+                v,
+            )),
+            (CpuStorage::F64(z), CpuStorage::F64(g)) => CpuStorage::F64(ce_grad(
+                cpu_slice(z, l1, "fused op")?,
+                t,
+                cpu_slice(g, l3, "fused op")?,
+                v,
+            )),
             _ => candle_core::bail!("cross-entropy grad: f32 or f64 of one dtype"),
         };
         Ok((out, l1.shape().clone()))

@@ -171,6 +171,29 @@ impl ProbeModel {
         })
     }
 
+    /// `[CLS] prompt [SEP]` ids and tokens; errors when it has no [MASK] or exceeds the
+    /// model's maximum length.
+    fn encode_prompt(&self, text: &str) -> Result<(Vec<u32>, Vec<String>)> {
+        let s = self.tok.specials;
+        let (ids, pieces) = self.tok.encode_with_tokens(text)?;
+        let input: Vec<u32> = std::iter::once(s.cls).chain(ids).chain([s.sep]).collect();
+        let tokens: Vec<String> = std::iter::once("[CLS]".to_string())
+            .chain(pieces)
+            .chain(["[SEP]".to_string()])
+            .collect();
+        let max = self.model.config.max_position_embeddings;
+        if input.len() > max {
+            return Err(ProbeError::TooLong {
+                len: input.len(),
+                max,
+            });
+        }
+        if !input.contains(&s.mask) {
+            return Err(ProbeError::NoMask);
+        }
+        Ok((input, tokens))
+    }
+
     /// Fill-mask: every `[MASK]` scored independently (as the HF pipeline does). `pad` pads
     /// the input with [PAD] to `max_position_embeddings`, which the reference checkpoints expect
     /// (their SSMs see the padding).
@@ -182,24 +205,9 @@ impl ProbeModel {
         pad: bool,
     ) -> Result<ProbeOutput> {
         let s = self.tok.specials;
-        let (ids, pieces) = self.tok.encode_with_tokens(text)?;
-        let mut input = vec![s.cls];
-        input.extend(&ids);
-        input.push(s.sep);
-        let mut tokens = vec!["[CLS]".to_string()];
-        tokens.extend(pieces);
-        tokens.push("[SEP]".into());
+        let (mut input, tokens) = self.encode_prompt(text)?;
         let max = self.model.config.max_position_embeddings;
-        if input.len() > max {
-            return Err(ProbeError::TooLong {
-                len: input.len(),
-                max,
-            });
-        }
         let masks: Vec<usize> = (0..input.len()).filter(|&i| input[i] == s.mask).collect();
-        if masks.is_empty() {
-            return Err(ProbeError::NoMask);
-        }
         let padded_to = if pad { max } else { input.len() };
         input.resize(padded_to, s.pad);
         let dev = self.model.embeddings.word.embeddings().device().clone();
@@ -272,21 +280,9 @@ impl ProbeModel {
     /// which later masks then see. Returns (position, token, probability at its step).
     pub fn fill_joint(&self, text: &str, pad: bool) -> Result<Vec<(usize, String, f64)>> {
         let s = self.tok.specials;
-        let (ids, _) = self.tok.encode_with_tokens(text)?;
-        let mut input = vec![s.cls];
-        input.extend(&ids);
-        input.push(s.sep);
+        let (mut input, _) = self.encode_prompt(text)?;
         let max = self.model.config.max_position_embeddings;
-        if input.len() > max {
-            return Err(ProbeError::TooLong {
-                len: input.len(),
-                max,
-            });
-        }
         let n = input.len();
-        if !input.contains(&s.mask) {
-            return Err(ProbeError::NoMask);
-        }
         if pad {
             input.resize(max, s.pad);
         }

@@ -69,6 +69,8 @@ impl RunSummary {
 pub struct RunsIndex {
     tails: HashMap<PathBuf, MetricsTail>,
     cache: HashMap<PathBuf, Arc<Vec<Metric>>>,
+    /// config.toml text by run, with the (length, mtime) it was read at.
+    configs: HashMap<PathBuf, (u64, Option<std::time::SystemTime>, String)>,
 }
 
 impl RunsIndex {
@@ -99,6 +101,7 @@ impl RunsIndex {
                 }
                 None => (None, false),
             };
+            let config_text = self.config_text(&run);
             let tail = self
                 .tails
                 .entry(path.clone())
@@ -108,7 +111,6 @@ impl RunsIndex {
                 self.cache
                     .insert(path.clone(), Arc::new(tail.records.clone()));
             }
-            let config_text = std::fs::read_to_string(run.config_path()).unwrap_or_default();
             let model = status
                 .as_ref()
                 .map(|s| s.model.clone())
@@ -128,6 +130,27 @@ impl RunsIndex {
             });
         }
         out
+    }
+}
+
+impl RunsIndex {
+    /// A run's config.toml, re-read only when its size or modification time changed.
+    fn config_text(&mut self, run: &RunDir) -> String {
+        let p = run.config_path();
+        let meta = std::fs::metadata(&p).ok();
+        let key = (
+            meta.as_ref().map_or(0, |m| m.len()),
+            meta.and_then(|m| m.modified().ok()),
+        );
+        match self.configs.get(&run.path) {
+            Some((len, mtime, text)) if (*len, *mtime) == key => text.clone(),
+            _ => {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                self.configs
+                    .insert(run.path.clone(), (key.0, key.1, text.clone()));
+                text
+            }
+        }
     }
 }
 

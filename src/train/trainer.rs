@@ -191,6 +191,19 @@ fn param_groups(varmap: &VarMap, cfg: &RunConfig) -> Vec<Param> {
         .collect()
 }
 
+/// The seeded initial model of a run and its optimiser (a resume then loads a checkpoint over it).
+fn fresh_model(cfg: &RunConfig, dev: &Device) -> Result<(BigsForMaskedLm, VarMap, AdamW)> {
+    let mut rng = step_rng(cfg.run.seed, RNG_INIT, 0);
+    let (model, varmap) = build_bigs(&cfg.model, DType::F32, dev, &mut rng)?;
+    let opt = AdamW::new(
+        param_groups(&varmap, cfg),
+        cfg.optim.beta1,
+        cfg.optim.beta2,
+        cfg.optim.eps,
+    )?;
+    Ok((model, varmap, opt))
+}
+
 /// Held-out evaluation on fixed batches (same masks every time).
 pub struct EvalResult {
     pub loss: f64,
@@ -260,14 +273,7 @@ impl Trainer {
     pub fn create(mut cfg: RunConfig, runs_dir: &Path) -> Result<Self> {
         let data = prepare(&mut cfg, None)?;
         let dev = Device::Cpu;
-        let mut rng = step_rng(cfg.run.seed, RNG_INIT, 0);
-        let (model, varmap) = build_bigs(&cfg.model, DType::F32, &dev, &mut rng)?;
-        let opt = AdamW::new(
-            param_groups(&varmap, &cfg),
-            cfg.optim.beta1,
-            cfg.optim.beta2,
-            cfg.optim.eps,
-        )?;
+        let (model, varmap, opt) = fresh_model(&cfg, &dev)?;
         let run = RunDir::create(runs_dir, &cfg.run.name)?;
         let setup = (|| -> Result<()> {
             crate::runs::write_atomic(&run.config_path(), cfg.to_toml().as_bytes())?;
@@ -303,14 +309,7 @@ impl Trainer {
         let tok_path = run.tokenizer_path();
         let data = prepare(&mut cfg, Some(&tok_path))?;
         let dev = Device::Cpu;
-        let mut rng = step_rng(cfg.run.seed, RNG_INIT, 0);
-        let (model, varmap) = build_bigs(&cfg.model, DType::F32, &dev, &mut rng)?;
-        let mut opt = AdamW::new(
-            param_groups(&varmap, &cfg),
-            cfg.optim.beta1,
-            cfg.optim.beta2,
-            cfg.optim.eps,
-        )?;
+        let (model, varmap, mut opt) = fresh_model(&cfg, &dev)?;
         let state = match run.latest_checkpoint() {
             Some((_, ck)) => {
                 let weights = ck.join("model.safetensors");
