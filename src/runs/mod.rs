@@ -15,6 +15,7 @@
 //! renamed when complete. A reader treats only newline-terminated lines of `metrics.jsonl` as data.
 
 pub mod index;
+pub mod samples;
 mod metrics;
 mod status;
 
