@@ -198,3 +198,64 @@ pub fn bench_probe(
     ts.sort_by(f64::total_cmp);
     Ok((load, ts[ts.len() / 2], ts[ts.len() * 9 / 10]))
 }
+
+/// DiffuSSM: median seconds of one training forward+backward (ε-MSE) at `batch`, and seconds
+/// to sample `n` images with `steps` DDIM steps and guidance `guidance` (two passes a step).
+pub fn bench_diffussm(
+    cfg: &crate::engine::diffussm::DiffussmConfig,
+    batch: usize,
+    reps: usize,
+    n: usize,
+    steps: usize,
+    guidance: f64,
+) -> Result<(f64, f64)> {
+    use crate::engine::diffusion::{
+        DiffusionConfig, NoiseSchedule, SampleOptions, SamplerKind, sample,
+    };
+    use crate::engine::diffussm::build_diffussm;
+    use crate::engine::init::normal;
+    use rand::SeedableRng;
+    let dev = Device::Cpu;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let (model, varmap) = build_diffussm(cfg, DType::F32, &dev, &mut rng)?;
+    // Non-zero modulations so the whole network is exercised, as after some training.
+    for v in varmap.all_vars() {
+        if v.as_tensor().abs()?.sum_all()?.to_scalar::<f32>()? == 0.0 {
+            v.set(&normal(
+                &mut rng,
+                v.shape().clone(),
+                0.0,
+                0.02,
+                DType::F32,
+                &dev,
+            )?)?;
+        }
+    }
+    let shape = (batch, cfg.in_channels, cfg.image_height, cfg.image_width);
+    let x = normal(&mut rng, shape, 0.0, 1.0, DType::F32, &dev)?;
+    let eps = normal(&mut rng, shape, 0.0, 1.0, DType::F32, &dev)?;
+    let t: Vec<f64> = (0..batch).map(|i| (i * 31 % 1000) as f64).collect();
+    let y: Vec<u32> = (0..batch).map(|i| (i % cfg.num_classes) as u32).collect();
+    let step = || -> Result<f64> {
+        let t0 = Instant::now();
+        let out = model.forward(&x, &t, &y)?;
+        let loss = (out - &eps)?.sqr()?.mean_all()?;
+        let _g = loss.backward()?;
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    step()?;
+    let mut ts = (0..reps).map(|_| step()).collect::<Result<Vec<_>>>()?;
+    ts.sort_by(f64::total_cmp);
+    let sched = NoiseSchedule::new(&DiffusionConfig::default())?;
+    let classes: Vec<Option<u32>> = (0..n).map(|i| Some((i % cfg.num_classes) as u32)).collect();
+    let opts = SampleOptions {
+        sampler: SamplerKind::Ddim { eta: 0.0 },
+        steps,
+        guidance,
+        clip: true,
+        trajectory_frames: 0,
+    };
+    let t0 = Instant::now();
+    sample(&model, &sched, &classes, &opts, &mut rng, &mut |_, _| true)?;
+    Ok((ts[ts.len() / 2], t0.elapsed().as_secs_f64()))
+}

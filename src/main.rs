@@ -16,7 +16,19 @@ fn tune_allocator() {
     }
 }
 
+/// candle's element-wise worker spins 25 000 times before parking after each op. When the cores
+/// are shared (rayon's matmul and FFT threads, or other processes) the spinning starves the
+/// threads doing work: a DiffuSSM step under load took 1.8× longer. A short spin keeps the
+/// latency benefit on idle machines. A value set by the user wins.
+fn tune_threads() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200") };
+    }
+}
+
 fn main() -> ExitCode {
+    tune_threads();
     tune_allocator();
     match ssmlab::cli::run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -36,6 +36,22 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 20)]
         reps: usize,
     },
+    /// DiffuSSM training step (forward + backward) and sampling time on 28×28 images.
+    Diffussm {
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Override model keys, e.g. --set hidden_size=96 (keys of DiffussmConfig).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[arg(long, default_value_t = 16)]
+        n: usize,
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        #[arg(long, default_value_t = 2.0)]
+        guidance: f64,
+    },
     /// One full TUI frame (curves view) at 200×60 with 3 runs × 100k points each.
     Tui {
         #[arg(long, default_value_t = 100_000)]
@@ -71,6 +87,40 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "{}",
                 serde_json::json!({"bench": "probe", "model": model.display().to_string(), "tokens": tokens,
                     "reps": reps, "load_s": load, "median_ms": median * 1e3, "p90_ms": p90 * 1e3})
+            );
+            Ok(())
+        }
+        BenchWhat::Diffussm {
+            batch,
+            sets,
+            reps,
+            n,
+            steps,
+            guidance,
+        } => {
+            anyhow::ensure!(reps > 0, "--reps must be at least 1");
+            let mut table: toml::Table = toml::from_str(&toml::to_string(
+                &crate::engine::diffussm::DiffussmConfig::default(),
+            )?)?;
+            for s in &sets {
+                let (k, v) = s
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--set {s}: expected key=value"))?;
+                let v: toml::Value = v
+                    .parse::<toml::Value>()
+                    .or_else(|_| Ok::<_, anyhow::Error>(toml::Value::String(v.into())))?;
+                table.insert(k.into(), v);
+            }
+            let cfg: crate::engine::diffussm::DiffussmConfig =
+                toml::from_str(&toml::to_string(&table)?)?;
+            let (step_s, sample_s) =
+                crate::bench::bench_diffussm(&cfg, batch, reps, n, steps, guidance)?;
+            println!(
+                "{}",
+                serde_json::json!({"bench": "diffussm", "batch": batch, "train_step_s": step_s,
+                    "train_images_per_s": batch as f64 / step_s, "sample_images": n,
+                    "sample_steps": steps, "guidance": guidance, "sample_s": sample_s,
+                    "macs_per_image": cfg.macs_per_image(), "config": cfg})
             );
             Ok(())
         }

@@ -12,9 +12,45 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::data::corpus::load_corpus;
 use crate::data::tokenizer::train_wordpiece;
 use crate::runs::RunDir;
-use crate::train::presets::{PRESETS, preset};
+use crate::train::config::model_family;
+use crate::train::diffusion::{DiffusionRunConfig, DiffusionTrainer};
+use crate::train::presets::{AnyConfig, PRESETS, any_preset};
 use crate::train::trainer::plain_line;
 use crate::train::{Event, Outcome, RunConfig, Trainer};
+
+/// A training session of either run kind.
+enum AnyTrainer {
+    Mlm(Box<Trainer>),
+    Diffusion(Box<DiffusionTrainer>),
+}
+
+impl AnyTrainer {
+    fn total_steps(&self) -> u64 {
+        match self {
+            Self::Mlm(t) => t.cfg.train.steps,
+            Self::Diffusion(t) => t.cfg.train.steps,
+        }
+    }
+
+    fn run_dir(&self) -> &RunDir {
+        match self {
+            Self::Mlm(t) => &t.run,
+            Self::Diffusion(t) => &t.run,
+        }
+    }
+
+    fn run(
+        &mut self,
+        stop: &AtomicBool,
+        stop_at: Option<u64>,
+        on_event: &mut dyn FnMut(Event),
+    ) -> crate::train::trainer::Result<Outcome> {
+        match self {
+            Self::Mlm(t) => t.run(stop, stop_at, on_event),
+            Self::Diffusion(t) => t.run(stop, stop_at, on_event),
+        }
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -96,11 +132,18 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             bail!("--name cannot rename a run that is resumed");
         }
         let run = resolve_run(r, &a.runs_dir)?;
-        Trainer::resume(run, &sets)?
+        if model_family(&run.config_path())? == "diffussm" {
+            AnyTrainer::Diffusion(Box::new(DiffusionTrainer::resume(run, &sets)?))
+        } else {
+            AnyTrainer::Mlm(Box::new(Trainer::resume(run, &sets)?))
+        }
     } else {
         let base = match (&a.preset, &a.config) {
-            (Some(p), _) => preset(p)?,
-            (None, Some(c)) => RunConfig::from_toml_file(c)?,
+            (Some(p), _) => any_preset(p)?,
+            (None, Some(c)) if model_family(c)? == "diffussm" => {
+                AnyConfig::Diffusion(Box::new(DiffusionRunConfig::from_toml_file(c)?))
+            }
+            (None, Some(c)) => AnyConfig::Mlm(RunConfig::from_toml_file(c)?),
             (None, None) => {
                 bail!("give --preset NAME, --config FILE or --resume RUN (see --list-presets)")
             }
@@ -108,13 +151,30 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         if let Some(n) = &a.name {
             sets.push(format!("run.name={n}"));
         }
-        let cfg = base.with_overrides(&sets)?;
-        cfg.validate()?;
-        if a.dry_run {
-            print!("{}", cfg.to_toml());
-            return Ok(());
+        match base {
+            AnyConfig::Mlm(base) => {
+                let cfg = base.with_overrides(&sets)?;
+                cfg.validate()?;
+                if a.dry_run {
+                    print!("{}", cfg.to_toml());
+                    return Ok(());
+                }
+                AnyTrainer::Mlm(Box::new(Trainer::create(cfg, &a.runs_dir)?))
+            }
+            AnyConfig::Diffusion(base) => {
+                let cfg = base.with_overrides(&sets)?;
+                cfg.validate()?;
+                if a.dry_run {
+                    print!("{}", cfg.to_toml());
+                    return Ok(());
+                }
+                AnyTrainer::Diffusion(Box::new(DiffusionTrainer::create(
+                    cfg,
+                    &a.runs_dir,
+                    &mut |m| eprintln!("{m}"),
+                )?))
+            }
         }
-        Trainer::create(cfg, &a.runs_dir)?
     };
     {
         let stop = stop.clone();
@@ -122,7 +182,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             .context("cannot install the Ctrl-C/SIGTERM handler")?;
     }
     let tty = std::io::stderr().is_terminal();
-    let total = trainer.cfg.train.steps;
+    let total = trainer.total_steps();
     let bar = tty.then(|| {
         let b = ProgressBar::new(total);
         b.set_style(
@@ -157,11 +217,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         Event::Step(m) => match &bar {
             Some(b) => {
                 b.set_position(m.step);
-                b.set_message(format!(
-                    "loss {:.3} {:.0} tok/s",
-                    m.loss.unwrap_or(f64::NAN),
-                    m.tokens_per_s.unwrap_or(0.0)
-                ));
+                b.set_message(match m.images_per_s {
+                    Some(ips) => format!("loss {:.4} {ips:.1} img/s", m.loss.unwrap_or(f64::NAN)),
+                    None => format!(
+                        "loss {:.3} {:.0} tok/s",
+                        m.loss.unwrap_or(f64::NAN),
+                        m.tokens_per_s.unwrap_or(0.0)
+                    ),
+                });
                 if m.eval_loss.is_some() {
                     b.println(plain_line(m, total));
                 }
@@ -182,12 +245,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let id = trainer.run.path.display();
+    let id = trainer.run_dir().path.display();
     match outcome {
         Outcome::Finished => println!("finished: {id}"),
         Outcome::Stopped => println!(
             "stopped: {id} (continue with: ssmlab train --resume {})",
-            trainer.run.id()
+            trainer.run_dir().id()
         ),
         Outcome::Diverged => bail!("run {id} diverged (see its log.txt)"),
     }

@@ -2,12 +2,16 @@
 //! checkpoints and configs.
 
 pub mod bigs;
+pub mod classifier;
 pub mod conv;
+pub mod diffusion;
+pub mod diffussm;
 pub mod error;
 pub mod fused;
 pub mod init;
 pub mod nn;
 pub mod s4d;
+pub mod ssm;
 pub mod weights;
 
 pub use error::{EngineError, Result};

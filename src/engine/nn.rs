@@ -64,11 +64,37 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let xn = normalize(x, self.eps)?;
         Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// `(x − mean)/sqrt(var + eps)` over the last axis: LayerNorm without affine parameters (the
+/// adaLN layers of DiffuSSM modulate it instead).
+pub fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(xc.broadcast_div(&(var + eps)?.sqrt()?)?)
+}
+
+/// Activation of a layer: GELU (exact or tanh, fused) or SiLU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Gelu,
+    #[default]
+    GeluTanh,
+    Silu,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Gelu => Gelu::Exact.apply(x),
+            Self::GeluTanh => Gelu::Tanh.apply(x),
+            Self::Silu => Ok(candle_nn::ops::silu(x)?),
+        }
     }
 }
 

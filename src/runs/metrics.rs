@@ -31,6 +31,14 @@ pub struct Metric {
     /// Accuracy of always predicting the most frequent target at the same held-out positions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_baseline_acc: Option<f64>,
+    /// Images seen so far (diffusion runs; `tokens` counts their patch tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_per_s: Option<f64>,
+    /// Classification accuracy score of guided samples (diffusion runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_cas: Option<f64>,
 }
 
 /// Incremental reader of a growing `metrics.jsonl`: reads only new bytes, keeps a trailing

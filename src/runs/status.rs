@@ -48,6 +48,31 @@ pub struct Status {
 pub const HEARTBEAT_STALE_S: f64 = 60.0;
 
 impl Status {
+    /// The status of a trainer (this process) starting a session on `run` at `step`.
+    pub fn starting(
+        run: &super::RunDir,
+        total_steps: u64,
+        model: &str,
+        step: u64,
+        best_step: Option<u64>,
+    ) -> Self {
+        let now = super::unix_now();
+        Self {
+            pid: std::process::id(),
+            state: RunState::Running,
+            heartbeat: now,
+            started: now,
+            step,
+            total_steps,
+            model: model.into(),
+            last_checkpoint: run
+                .latest_checkpoint()
+                .map(|(_, p)| p.file_name().unwrap().to_string_lossy().into()),
+            best_checkpoint: best_step.map(|s| format!("step-{s}")),
+            message: None,
+        }
+    }
+
     /// The state a viewer should show: a `running` status whose process is gone, or whose
     /// heartbeat is stale, is reported as `failed` ("lost").
     pub fn effective_state(&self, now: f64) -> (RunState, bool) {

@@ -100,14 +100,7 @@ pub struct RunConfig {
 
 impl RunConfig {
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: path.into(),
-            msg: e.to_string(),
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::File {
-            path: path.into(),
-            msg: one_line(&e.to_string()),
-        })
+        load_toml(path)
     }
 
     pub fn to_toml(&self) -> String {
@@ -117,19 +110,7 @@ impl RunConfig {
     /// Applies `key=value` overrides (`optim.lr=3e-4`). The key must exist; the value must have
     /// the key's type (integers are accepted for floats; bare words for strings).
     pub fn with_overrides(&self, sets: &[String]) -> Result<Self> {
-        let mut table: toml::Table = toml::from_str(&self.to_toml()).expect("round trip");
-        for s in sets {
-            let (key, raw) = s.split_once('=').ok_or_else(|| ConfigError::Override {
-                key: s.clone(),
-                msg: "expected key=value, e.g. optim.lr=3e-4".into(),
-            })?;
-            set_key(&mut table, key.trim(), raw.trim())?;
-        }
-        let text = toml::to_string(&table).expect("toml");
-        toml::from_str(&text).map_err(|e| ConfigError::Override {
-            key: sets.join(" "),
-            msg: one_line(&e.to_string()),
-        })
+        overrides(self, sets)
     }
 
     /// Checks values a run would trip over later.
@@ -215,7 +196,61 @@ impl RunConfig {
     }
 }
 
-fn one_line(s: &str) -> String {
+/// Reads a configuration file of any run kind.
+pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.into(),
+        msg: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.into(),
+        msg: one_line(&e.to_string()),
+    })
+}
+
+/// `cfg` with `key=value` overrides applied (see [`RunConfig::with_overrides`]).
+pub fn overrides<T: Serialize + serde::de::DeserializeOwned>(
+    cfg: &T,
+    sets: &[String],
+) -> Result<T> {
+    let text = toml::to_string(cfg).expect("config serialises");
+    let mut table: toml::Table = toml::from_str(&text).expect("round trip");
+    for s in sets {
+        let (key, raw) = s.split_once('=').ok_or_else(|| ConfigError::Override {
+            key: s.clone(),
+            msg: "expected key=value, e.g. optim.lr=3e-4".into(),
+        })?;
+        set_key(&mut table, key.trim(), raw.trim())?;
+    }
+    let text = toml::to_string(&table).expect("toml");
+    toml::from_str(&text).map_err(|e| ConfigError::Override {
+        key: sets.join(" "),
+        msg: one_line(&e.to_string()),
+    })
+}
+
+/// The `run.model` of a configuration file, to pick the trainer before parsing the rest.
+pub fn model_family(path: &Path) -> Result<String> {
+    #[derive(Deserialize)]
+    struct Peek {
+        run: PeekRun,
+    }
+    #[derive(Deserialize)]
+    struct PeekRun {
+        model: String,
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.into(),
+        msg: e.to_string(),
+    })?;
+    let p: Peek = toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.into(),
+        msg: one_line(&e.to_string()),
+    })?;
+    Ok(p.run.model)
+}
+
+pub(crate) fn one_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('|') && *l != "^")

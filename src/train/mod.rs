@@ -2,6 +2,7 @@
 //! directory.
 
 pub mod config;
+pub mod diffusion;
 pub mod optim;
 pub mod presets;
 pub mod trainer;

@@ -116,6 +116,74 @@ impl AdamW {
     }
 }
 
+/// Exponential moving average of the parameters (sampling weights of diffusion models):
+/// `e ← d·e + (1 − d)·w` with `d = min(decay, (1 + n)/(10 + n))` after n updates.
+pub struct Ema {
+    pub decay: f64,
+    pub updates: u64,
+    /// One tensor per optimiser parameter, in the same order.
+    pub tensors: Vec<Tensor>,
+}
+
+impl Ema {
+    pub fn new(params: &[Param], decay: f64) -> Result<Self> {
+        let tensors = params
+            .iter()
+            .map(|p| p.var.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            decay,
+            updates: 0,
+            tensors,
+        })
+    }
+
+    pub fn update(&mut self, params: &[Param]) -> Result<()> {
+        let n = self.updates as f64;
+        let d = self.decay.min((1.0 + n) / (10.0 + n));
+        for (e, p) in self.tensors.iter_mut().zip(params) {
+            *e = ((&*e * d)? + (p.var.as_tensor() * (1.0 - d))?)?;
+        }
+        self.updates += 1;
+        Ok(())
+    }
+
+    /// Saved under the parameters' own names: the file loads as a model checkpoint.
+    pub fn save(&self, path: &Path, params: &[Param]) -> Result<()> {
+        let map: HashMap<String, Tensor> = params
+            .iter()
+            .zip(&self.tensors)
+            .map(|(p, t)| (p.name.clone(), t.clone()))
+            .collect();
+        candle_core::safetensors::save(&map, path)?;
+        Ok(())
+    }
+
+    pub fn load(&mut self, path: &Path, params: &[Param]) -> Result<()> {
+        let Some(dev) = params.first().map(|p| p.var.device().clone()) else {
+            return Ok(());
+        };
+        let map = crate::engine::weights::read_checkpoint(path, &dev)?;
+        for (p, slot) in params.iter().zip(self.tensors.iter_mut()) {
+            let t = map.get(&p.name).ok_or_else(|| EngineError::MissingTensor {
+                path: path.into(),
+                name: p.name.clone(),
+                expected: p.var.dims().to_vec(),
+            })?;
+            if t.dims() != p.var.dims() {
+                return Err(EngineError::ShapeMismatch {
+                    path: path.into(),
+                    name: p.name.clone(),
+                    expected: p.var.dims().to_vec(),
+                    found: t.dims().to_vec(),
+                });
+            }
+            *slot = t.to_dtype(p.var.dtype())?;
+        }
+        Ok(())
+    }
+}
+
 /// Linear warm-up to `peak` over `warmup` steps, then cosine decay to `min_ratio·peak` at `total`.
 /// `step` counts from 1.
 pub fn lr_at(step: u64, peak: f64, warmup: u64, total: u64, min_ratio: f64) -> f64 {

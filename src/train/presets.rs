@@ -3,11 +3,17 @@
 use std::path::PathBuf;
 
 use super::config::{ConfigError, DataSection, OptimSection, RunConfig, RunSection, TrainSection};
+use super::diffusion::{
+    ClassifierSection, DiffusionRunConfig, DiffusionTrainSection, ImageDataSection,
+};
 use crate::data::mlm::MaskingConfig;
 use crate::engine::bigs::{BigsConfig, DenseInit};
 use crate::engine::conv::ConvPath;
+use crate::engine::diffusion::DiffusionConfig;
+use crate::engine::diffussm::DiffussmConfig;
 use crate::engine::init::AInit;
 use crate::engine::nn::Gelu;
+use crate::engine::ssm::KernelMode;
 
 /// (name, one-line description)
 pub const PRESETS: &[(&str, &str)] = &[
@@ -27,7 +33,131 @@ pub const PRESETS: &[(&str, &str)] = &[
         "bigs-smoke",
         "BiGS 2×32 on Moby-Dick, L=32: seconds, for tests and trying the tool",
     ),
+    (
+        "diffussm-fashion",
+        "DiffuSSM on Fashion-MNIST 28×28 (shipped 10k test split), class-conditional with CFG: the shipped checkpoint's recipe (~30 min on 2 cores)",
+    ),
+    (
+        "diffussm-smoke",
+        "DiffuSSM 2×16 on Fashion-MNIST, a few steps: seconds, for tests",
+    ),
 ];
+
+/// A preset of either run kind.
+#[derive(Debug, Clone)]
+pub enum AnyConfig {
+    Mlm(RunConfig),
+    Diffusion(Box<DiffusionRunConfig>),
+}
+
+/// Whether a preset trains a diffusion model.
+pub fn is_diffusion_preset(name: &str) -> bool {
+    name.starts_with("diffussm")
+}
+
+/// The configuration of a preset of either kind.
+pub fn any_preset(name: &str) -> Result<AnyConfig, ConfigError> {
+    if is_diffusion_preset(name) {
+        diffusion_preset(name).map(|c| AnyConfig::Diffusion(Box::new(c)))
+    } else {
+        preset(name).map(AnyConfig::Mlm)
+    }
+}
+
+/// The DiffuSSM presets.
+pub fn diffusion_preset(name: &str) -> Result<DiffusionRunConfig, ConfigError> {
+    let mut c = DiffusionRunConfig {
+        run: RunSection {
+            name: name.into(),
+            seed: 0,
+            preset: name.into(),
+            model: "diffussm".into(),
+        },
+        model: DiffussmConfig {
+            patch_size: 2,
+            hidden_size: 96,
+            num_layers: 4,
+            hourglass: 2,
+            fusion_width: 192,
+            state_size: 32,
+            kernel: KernelMode::PerChannel,
+            ..DiffussmConfig::default()
+        },
+        diffusion: DiffusionConfig::default(),
+        data: ImageDataSection {
+            images: PathBuf::from("datasets/fashion-mnist"),
+            val_fraction: 0.05,
+            hflip: true,
+        },
+        optim: OptimSection {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            warmup_steps: 100,
+            min_lr_ratio: 0.1,
+            grad_clip: 1.0,
+            ssm_lr_scale: 1.0,
+            ssm_weight_decay: false,
+        },
+        train: DiffusionTrainSection {
+            steps: 4000,
+            batch_size: 32,
+            log_every: 10,
+            eval_every: 250,
+            eval_batches: 4,
+            checkpoint_every: 250,
+            keep_checkpoints: 2,
+            ema_decay: 0.995,
+            sample_every: 500,
+            sample_seed: 0,
+            sample_rows: 2,
+            sample_steps: 50,
+            guidance: 2.0,
+            trajectory_frames: 6,
+            cas_every: 1000,
+            cas_samples: 100,
+            cas_steps: 25,
+        },
+        classifier: ClassifierSection {
+            hidden: vec![256, 128],
+            epochs: 8,
+            batch_size: 128,
+            lr: 2e-3,
+        },
+    };
+    match name {
+        "diffussm-fashion" => {}
+        "diffussm-smoke" => {
+            c.model.hidden_size = 16;
+            c.model.fusion_width = 32;
+            c.model.num_layers = 2;
+            c.model.state_size = 8;
+            c.model.hourglass = 4;
+            c.train = DiffusionTrainSection {
+                steps: 6,
+                batch_size: 8,
+                log_every: 2,
+                eval_every: 3,
+                eval_batches: 1,
+                checkpoint_every: 3,
+                sample_every: 3,
+                sample_rows: 1,
+                sample_steps: 4,
+                trajectory_frames: 2,
+                cas_every: 0,
+                cas_samples: 20,
+                cas_steps: 2,
+                ..c.train
+            };
+            c.classifier.epochs = 1;
+            c.classifier.hidden = vec![32];
+        }
+        _ => return Err(ConfigError::UnknownPreset(name.into())),
+    }
+    Ok(c)
+}
 
 fn bigs(hidden: usize, inter: usize, layers: usize, n: usize, max_pos: usize) -> BigsConfig {
     BigsConfig {

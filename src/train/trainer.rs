@@ -164,9 +164,10 @@ pub fn prepare(cfg: &mut RunConfig, tokenizer: Option<&Path>) -> Result<Prepared
     Ok(Prepared { tok, train, val })
 }
 
-/// Parameter groups: no decay on biases and LayerNorms; SSM A and log_step with their own lr
-/// scale and (optionally) no decay.
-fn param_groups(varmap: &VarMap, cfg: &RunConfig) -> Vec<Param> {
+/// Parameter groups: no decay on biases and LayerNorms; the SSM's A and step size (BiGS:
+/// `A_re`, `A_im`, `log_step`; s4: `log_A_real`, `A_imag`, `log_dt`) with their own lr scale and
+/// (optionally) no decay.
+pub(crate) fn param_groups(varmap: &VarMap, o: &super::config::OptimSection) -> Vec<Param> {
     let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
@@ -174,21 +175,73 @@ fn param_groups(varmap: &VarMap, cfg: &RunConfig) -> Vec<Param> {
         .into_iter()
         .map(|name| {
             let leaf = name.rsplit('.').next().unwrap_or(name);
-            let ssm = matches!(leaf, "A_re" | "A_im" | "log_step");
+            let ssm = matches!(
+                leaf,
+                "A_re" | "A_im" | "log_step" | "log_A_real" | "A_imag" | "log_dt"
+            );
             let no_decay = leaf == "bias" || name.contains("LayerNorm");
-            let wd = if no_decay || (ssm && !cfg.optim.ssm_weight_decay) {
+            let wd = if no_decay || (ssm && !o.ssm_weight_decay) {
                 0.0
             } else {
-                cfg.optim.weight_decay
+                o.weight_decay
             };
             Param {
                 name: name.clone(),
                 var: data[name].clone(),
                 weight_decay: wd,
-                lr_scale: if ssm { cfg.optim.ssm_lr_scale } else { 1.0 },
+                lr_scale: if ssm { o.ssm_lr_scale } else { 1.0 },
             }
         })
         .collect()
+}
+
+/// Writes checkpoint `step-N/` of a run atomically: `write` fills a temporary folder, which is
+/// renamed into place only when complete (an older `step-N/` is replaced).
+pub(crate) fn write_checkpoint(
+    run: &RunDir,
+    step: u64,
+    write: impl FnOnce(&Path) -> std::result::Result<(), String>,
+) -> Result<PathBuf> {
+    let dst = run.checkpoint_path(step);
+    let tmp = run.path.join(format!("step-{step}.tmp"));
+    let res = (|| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        write(&tmp)?;
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst).map_err(|e| e.to_string())?;
+        }
+        std::fs::rename(&tmp, &dst).map_err(|e| e.to_string())
+    })();
+    if let Err(msg) = res {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(TrainError::Checkpoint { path: dst, msg });
+    }
+    Ok(dst)
+}
+
+/// Deletes all but the newest `keep` checkpoints, never the best one.
+pub(crate) fn prune_checkpoints(run: &RunDir, keep: usize, best_step: Option<u64>) {
+    let all = run.checkpoints();
+    let n = all.len();
+    for (i, (step, path)) in all.into_iter().enumerate() {
+        if i + keep < n && Some(step) != best_step {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+}
+
+/// The message of a run that diverged at `step`.
+pub(crate) fn diverged_message(run: &RunDir, step: u64, loss: f64, norm: f64) -> String {
+    let last = run
+        .latest_checkpoint()
+        .map(|(s, _)| format!("step-{s}"))
+        .unwrap_or_else(|| "none".into());
+    format!(
+        "training diverged at step {step}: loss {loss}, gradient norm {norm}; \
+         the last good checkpoint ({last}) is kept. Lower optim.lr or raise \
+         optim.warmup_steps, then start again or --resume"
+    )
 }
 
 /// The seeded initial model of a run and its optimiser (a resume then loads a checkpoint over it).
@@ -196,7 +249,7 @@ fn fresh_model(cfg: &RunConfig, dev: &Device) -> Result<(BigsForMaskedLm, VarMap
     let mut rng = step_rng(cfg.run.seed, RNG_INIT, 0);
     let (model, varmap) = build_bigs(&cfg.model, DType::F32, dev, &mut rng)?;
     let opt = AdamW::new(
-        param_groups(&varmap, cfg),
+        param_groups(&varmap, &cfg.optim),
         cfg.optim.beta1,
         cfg.optim.beta2,
         cfg.optim.eps,
@@ -348,21 +401,13 @@ impl Trainer {
         dev: Device,
     ) -> Self {
         let sampler = Sampler::new(data.train.len(), cfg.run.seed ^ RNG_ORDER);
-        let now = unix_now();
-        let status = Status {
-            pid: std::process::id(),
-            state: RunState::Running,
-            heartbeat: now,
-            started: now,
-            step: state.step,
-            total_steps: cfg.train.steps,
-            model: cfg.run.model.clone(),
-            last_checkpoint: run
-                .latest_checkpoint()
-                .map(|(_, p)| p.file_name().unwrap().to_string_lossy().into()),
-            best_checkpoint: state.best_step.map(|s| format!("step-{s}")),
-            message: None,
-        };
+        let status = Status::starting(
+            &run,
+            cfg.train.steps,
+            &cfg.run.model,
+            state.step,
+            state.best_step,
+        );
         Self {
             cfg,
             run,
@@ -462,59 +507,33 @@ impl Trainer {
     /// Writes `step-N/` atomically and prunes old checkpoints (keeping the best).
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
         let step = self.state.step;
-        let dst = self.run.checkpoint_path(step);
-        let tmp = self.run.path.join(format!("step-{step}.tmp"));
-        let err = |msg: String| TrainError::Checkpoint {
-            path: dst.clone(),
-            msg,
-        };
-        let write = || -> std::result::Result<(), String> {
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-            self.varmap
-                .save(tmp.join("model.safetensors"))
-                .map_err(|e| e.to_string())?;
-            self.opt
-                .save(&tmp.join("optimizer.safetensors"))
-                .map_err(|e| e.to_string())?;
-            let state = serde_json::to_string_pretty(&self.state).expect("state");
-            std::fs::write(tmp.join("state.json"), state).map_err(|e| e.to_string())?;
-            std::fs::write(tmp.join("config.json"), self.cfg.model.to_json())
-                .map_err(|e| e.to_string())?;
-            if dst.exists() {
-                std::fs::remove_dir_all(&dst).map_err(|e| e.to_string())?;
-            }
-            std::fs::rename(&tmp, &dst).map_err(|e| e.to_string())
-        };
-        if let Err(msg) = write() {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(err(msg));
-        }
         // Best by eval loss: the eval of this step, if any, decides.
         if let Some(l) = self.state.last_eval_loss
             && self.state.best_eval_loss.is_none_or(|b| l < b)
         {
             self.state.best_eval_loss = Some(l);
             self.state.best_step = Some(step);
-            // record it in the checkpoint's own state too
-            let state = serde_json::to_string_pretty(&self.state).expect("state");
-            crate::runs::write_atomic(&dst.join("state.json"), state.as_bytes())?;
         }
-        self.prune();
+        let state = serde_json::to_string_pretty(&self.state).expect("state");
+        let model_json = self.cfg.model.to_json();
+        let dst = write_checkpoint(&self.run, step, |tmp| {
+            self.varmap
+                .save(tmp.join("model.safetensors"))
+                .map_err(|e| e.to_string())?;
+            self.opt
+                .save(&tmp.join("optimizer.safetensors"))
+                .map_err(|e| e.to_string())?;
+            std::fs::write(tmp.join("state.json"), &state).map_err(|e| e.to_string())?;
+            std::fs::write(tmp.join("config.json"), &model_json).map_err(|e| e.to_string())
+        })?;
+        prune_checkpoints(
+            &self.run,
+            self.cfg.train.keep_checkpoints,
+            self.state.best_step,
+        );
         self.status.last_checkpoint = Some(format!("step-{step}"));
         self.status.best_checkpoint = self.state.best_step.map(|s| format!("step-{s}"));
         Ok(dst)
-    }
-
-    fn prune(&self) {
-        let all = self.run.checkpoints();
-        let keep = self.cfg.train.keep_checkpoints;
-        let n = all.len();
-        for (i, (step, path)) in all.into_iter().enumerate() {
-            if i + keep < n && Some(step) != self.state.best_step {
-                let _ = std::fs::remove_dir_all(path);
-            }
-        }
     }
 
     /// Runs until the configured number of steps, `stop_at`, a stop request, or divergence.
@@ -566,16 +585,7 @@ impl Trainer {
             self.state.wall_s = wall0 + session_start.elapsed().as_secs_f64();
             let step = self.state.step;
             if !loss.is_finite() || !norm.is_finite() {
-                let last = self
-                    .run
-                    .latest_checkpoint()
-                    .map(|(s, _)| format!("step-{s}"))
-                    .unwrap_or_else(|| "none".into());
-                let msg = format!(
-                    "training diverged at step {step}: loss {loss}, gradient norm {norm}; \
-                     the last good checkpoint ({last}) is kept. Lower optim.lr or raise \
-                     optim.warmup_steps, then start again or --resume"
-                );
+                let msg = diverged_message(&self.run, step, loss, norm);
                 self.run.log(&msg)?;
                 self.set_status(RunState::Diverged, Some(msg.clone()))?;
                 on_event(Event::Message(&msg));

@@ -2,6 +2,7 @@
 
 mod common;
 mod data;
+mod diffusion;
 mod engine_bigs;
 mod engine_conv;
 mod engine_kernels;

@@ -9,10 +9,10 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph};
 
-use crate::train::presets::{PRESETS, preset};
+use crate::train::presets::{AnyConfig, PRESETS, any_preset, is_diffusion_preset};
 use crate::tui::theme::Theme;
 
-/// (label, config key) of the editable fields after the preset.
+/// (label, config key) of the editable fields after a BiGS preset.
 pub const FIELDS: &[(&str, &str)] = &[
     ("name", "run.name"),
     ("hidden size", "model.hidden_size"),
@@ -25,6 +25,34 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("seed", "run.seed"),
 ];
 
+/// The same for a DiffuSSM preset.
+pub const DIFFUSION_FIELDS: &[(&str, &str)] = &[
+    ("name", "run.name"),
+    ("hidden size", "model.hidden_size"),
+    ("layers", "model.num_layers"),
+    ("patch size", "model.patch_size"),
+    ("batch size", "train.batch_size"),
+    ("learning rate", "optim.lr"),
+    ("steps", "train.steps"),
+    ("dataset", "data.images"),
+    ("seed", "run.seed"),
+];
+
+fn fields_of(preset: &str) -> &'static [(&'static str, &'static str)] {
+    if is_diffusion_preset(preset) {
+        DIFFUSION_FIELDS
+    } else {
+        FIELDS
+    }
+}
+
+fn any_toml(cfg: &AnyConfig) -> String {
+    match cfg {
+        AnyConfig::Mlm(c) => c.to_toml(),
+        AnyConfig::Diffusion(c) => c.to_toml(),
+    }
+}
+
 pub struct LaunchForm {
     pub runs_dir: PathBuf,
     pub preset: usize,
@@ -34,8 +62,8 @@ pub struct LaunchForm {
     pub error: Option<String>,
 }
 
-fn field_value(cfg: &crate::train::RunConfig, key: &str) -> String {
-    let table: toml::Table = toml::from_str(&cfg.to_toml()).expect("config toml");
+fn field_value(cfg: &AnyConfig, key: &str) -> String {
+    let table: toml::Table = toml::from_str(&any_toml(cfg)).expect("config toml");
     let mut cur = toml::Value::Table(table);
     for part in key.split('.') {
         cur = cur
@@ -63,15 +91,19 @@ impl LaunchForm {
     }
 
     fn load_preset(&mut self) {
-        let cfg = preset(PRESETS[self.preset].0).expect("listed presets exist");
-        self.values = FIELDS.iter().map(|(_, k)| field_value(&cfg, k)).collect();
+        let name = PRESETS[self.preset].0;
+        let cfg = any_preset(name).expect("listed presets exist");
+        self.values = fields_of(name)
+            .iter()
+            .map(|(_, k)| field_value(&cfg, k))
+            .collect();
     }
 
     pub fn on_key(&mut self, k: KeyEvent) {
         self.error = None;
         match k.code {
             KeyCode::Up | KeyCode::BackTab => self.row = self.row.saturating_sub(1),
-            KeyCode::Down | KeyCode::Tab => self.row = (self.row + 1).min(FIELDS.len()),
+            KeyCode::Down | KeyCode::Tab => self.row = (self.row + 1).min(self.values.len()),
             KeyCode::Left | KeyCode::Right if self.row == 0 => {
                 let n = PRESETS.len();
                 self.preset = if k.code == KeyCode::Left {
@@ -93,24 +125,28 @@ impl LaunchForm {
     /// dataset checked) — everything `ssmlab train` would reject is caught here.
     pub fn resolve(&self) -> Result<(String, Vec<String>), String> {
         let name = PRESETS[self.preset].0;
-        let sets: Vec<String> = FIELDS
+        let sets: Vec<String> = fields_of(name)
             .iter()
             .zip(&self.values)
             .map(|((_, k), v)| format!("{k}={}", v.trim()))
             .collect();
-        let cfg = preset(name)
-            .and_then(|c| c.with_overrides(&sets))
-            .map_err(|e| e.to_string())?;
-        cfg.validate().map_err(|e| e.to_string())?;
-        if cfg.run.name.trim().is_empty() || cfg.run.name.contains('/') {
+        let (run_name, data) = match any_preset(name).map_err(|e| e.to_string())? {
+            AnyConfig::Mlm(c) => {
+                let cfg = c.with_overrides(&sets).map_err(|e| e.to_string())?;
+                cfg.validate().map_err(|e| e.to_string())?;
+                (cfg.run.name, cfg.data.corpus)
+            }
+            AnyConfig::Diffusion(c) => {
+                let cfg = c.with_overrides(&sets).map_err(|e| e.to_string())?;
+                cfg.validate().map_err(|e| e.to_string())?;
+                (cfg.run.name, cfg.data.images)
+            }
+        };
+        if run_name.trim().is_empty() || run_name.contains('/') {
             return Err("name must be non-empty and contain no '/'".into());
         }
-        let corpus = crate::train::trainer::resolve_data_path(&cfg.data.corpus);
-        if !corpus.exists() {
-            return Err(format!(
-                "dataset {} does not exist",
-                cfg.data.corpus.display()
-            ));
+        if !crate::train::trainer::resolve_data_path(&data).exists() {
+            return Err(format!("dataset {} does not exist", data.display()));
         }
         Ok((name.to_string(), sets))
     }
@@ -181,7 +217,8 @@ impl LaunchForm {
             format!("{:>16}  {}", "", PRESETS[self.preset].1),
             theme.muted(),
         )));
-        for (i, ((label, _), v)) in FIELDS.iter().zip(&self.values).enumerate() {
+        let fields = fields_of(PRESETS[self.preset].0);
+        for (i, ((label, _), v)) in fields.iter().zip(&self.values).enumerate() {
             let cursor = if i + 1 == self.row { "▏" } else { "" };
             lines.push(Line::from(vec![
                 Span::styled(format!("{label:>16}  "), theme.muted()),

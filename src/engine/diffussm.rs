@@ -1,0 +1,481 @@
+//! DiffuSSM (Yan, Gu, Rush 2023; spec §2): a class-conditional noise predictor whose backbone is
+//! a stack of gated bidirectional SSM blocks with an hourglass MLP, conditioned DiT-style
+//! (adaLN-Zero) on the timestep and the class.
+//!
+//! Shapes, for an image (B, C, H, W) with patch size p and hourglass ratio M:
+//! - raster flattening into L = (H/p)(W/p) patch tokens of C·p² values; M consecutive tokens
+//!   form one stream token, so the residual stream has length J = L/M and width D
+//!   (`x_embedder`: M·C·p² → D; the literal reading of the paper's equations, spec §2(f).1);
+//! - block: `U = σ(W↑ σ(W0 h))` back at length L (M up-maps in one matmul), `Y = [S4D_f(U);
+//!   flip(S4D_b(flip U))]` (B, L, 2D), `I' = concat_m σ(W↓_m Y)` (B, J, 2D),
+//!   `O = W3(σ(W2 I') ⊙ σ(W1 h))`, `x ← x + α ⊙ O` with `h = LN(x)(1 + γ) + β` and
+//!   (β, γ, α) from `adaLN_modulation(SiLU(c))`;
+//! - final layer: adaLN (shift, scale) and a linear map D → M·C·p² (ε only; no learned variance).
+//!
+//! Parameter names follow DiT (`x_embedder`, `t_embedder.mlp.{0,2}`, `y_embedder.embedding_table`,
+//! `blocks.{i}.adaLN_modulation.1`, `final_layer.{linear,adaLN_modulation.1}`).
+
+use std::collections::BTreeMap;
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::conv::ConvPath;
+use super::error::{EngineError, Result};
+use super::init::{AInit, a_init_full, a_init_half, normal, tensor_f64, uniform};
+use super::nn::{Activation, Linear, linear, normalize};
+use super::ssm::{KernelMode, Ssm};
+
+/// Architecture of a DiffuSSM noise predictor (serialised into run configs and `config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffussmConfig {
+    pub image_height: usize,
+    pub image_width: usize,
+    pub in_channels: usize,
+    /// Patch side p; 1 = the paper's unpatched setting.
+    pub patch_size: usize,
+    /// Width D of the residual stream.
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    /// Hourglass down-scale ratio M (tokens per stream position).
+    pub hourglass: usize,
+    /// Width of the fusion MLP (W1: D → F, W2: 2D → F, W3: F → D); the paper's cost formula
+    /// implies F = 2D (spec §2(a), inferred).
+    pub fusion_width: usize,
+    /// State size N (per-channel kernels store N/2 conjugate modes; a shared kernel N modes).
+    pub state_size: usize,
+    pub kernel: KernelMode,
+    pub ssm_init: AInit,
+    /// Δt range of the per-channel kernels (log-uniform).
+    pub dt_min: f64,
+    pub dt_max: f64,
+    /// σ of the block (unspecified in the paper).
+    pub activation: Activation,
+    /// Classes; the label table has one extra row, the null class of classifier-free guidance.
+    pub num_classes: usize,
+    /// Size of the sinusoidal timestep features.
+    pub frequency_size: usize,
+    #[serde(default)]
+    pub conv: ConvPath,
+}
+
+impl Default for DiffussmConfig {
+    fn default() -> Self {
+        Self {
+            image_height: 28,
+            image_width: 28,
+            in_channels: 1,
+            patch_size: 1,
+            hidden_size: 64,
+            num_layers: 4,
+            hourglass: 2,
+            fusion_width: 128,
+            state_size: 64,
+            kernel: KernelMode::PerChannel,
+            ssm_init: AInit::Lin,
+            dt_min: 1e-3,
+            dt_max: 1e-1,
+            activation: Activation::GeluTanh,
+            num_classes: 10,
+            frequency_size: 256,
+            conv: ConvPath::Auto,
+        }
+    }
+}
+
+impl DiffussmConfig {
+    /// Patch tokens L = (H/p)(W/p).
+    pub fn seq_len(&self) -> usize {
+        (self.image_height / self.patch_size) * (self.image_width / self.patch_size)
+    }
+
+    /// Stream positions J = L/M.
+    pub fn stream_len(&self) -> usize {
+        self.seq_len() / self.hourglass
+    }
+
+    /// Values per stream token, M·C·p².
+    pub fn token_values(&self) -> usize {
+        self.hourglass * self.in_channels * self.patch_size * self.patch_size
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &'static str, msg: String| Err(EngineError::ConfigField { field, msg });
+        for (f, v) in [
+            ("image_height", self.image_height),
+            ("image_width", self.image_width),
+            ("in_channels", self.in_channels),
+            ("patch_size", self.patch_size),
+            ("hidden_size", self.hidden_size),
+            ("num_layers", self.num_layers),
+            ("hourglass", self.hourglass),
+            ("fusion_width", self.fusion_width),
+            ("state_size", self.state_size),
+            ("num_classes", self.num_classes),
+            ("frequency_size", self.frequency_size),
+        ] {
+            if v == 0 {
+                return bad(f, "must be at least 1".into());
+            }
+        }
+        let p = self.patch_size;
+        if !self.image_height.is_multiple_of(p) || !self.image_width.is_multiple_of(p) {
+            return bad(
+                "patch_size",
+                format!(
+                    "{p} does not divide the image size {}×{}",
+                    self.image_height, self.image_width
+                ),
+            );
+        }
+        if !self.seq_len().is_multiple_of(self.hourglass) {
+            return bad(
+                "hourglass",
+                format!(
+                    "M = {} does not divide the {} patch tokens",
+                    self.hourglass,
+                    self.seq_len()
+                ),
+            );
+        }
+        if !(2 * self.hidden_size).is_multiple_of(self.hourglass) {
+            return bad(
+                "hourglass",
+                format!(
+                    "M = {} must divide 2·hidden_size = {} (the down-maps are 2D → 2D/M)",
+                    self.hourglass,
+                    2 * self.hidden_size
+                ),
+            );
+        }
+        if self.kernel == KernelMode::PerChannel && !self.state_size.is_multiple_of(2) {
+            return bad(
+                "state_size",
+                "per-channel kernels store N/2 conjugate modes: N must be even".into(),
+            );
+        }
+        if self.frequency_size % 2 != 0 {
+            return bad("frequency_size", "must be even ([cos, sin] halves)".into());
+        }
+        if !(self.dt_min > 0.0 && self.dt_min <= self.dt_max) {
+            return bad("dt_min", "need 0 < dt_min ≤ dt_max".into());
+        }
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("config serialises")
+    }
+
+    pub fn from_json_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::Io {
+            path: path.into(),
+            source: e,
+        })?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| EngineError::Config {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Multiply-accumulates of one forward pass for one image (matmuls, the convolutions at
+    /// 2·L·log₂(2L)·channels per FFT direction counted as the paper does; elementwise ops
+    /// excluded).
+    pub fn macs_per_image(&self) -> f64 {
+        let (l, j, d, f) = (
+            self.seq_len() as f64,
+            self.stream_len() as f64,
+            self.hidden_size as f64,
+            self.fusion_width as f64,
+        );
+        let block = j * d * d // W0
+            + l * d * d // up-maps
+            + l * 2.0 * d * (2.0 * d / self.hourglass as f64) // down-maps
+            + j * d * f + j * 2.0 * d * f + j * f * d // W1, W2, W3
+            + 2.0 * 2.0 * l * (2.0 * l).log2() * d; // two FFT convolutions
+        let io = j * self.token_values() as f64 * d * 2.0;
+        self.num_layers as f64 * block + io
+    }
+}
+
+/// Sinusoidal features of the timesteps (B) → (B, size): `[cos(t·f_i), sin(t·f_i)]` with
+/// `f_i = 10000^(−i/half)` (DiT's `timestep_embedding`).
+pub fn timestep_features(t: &[f64], size: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let half = size / 2;
+    let mut v = Vec::with_capacity(t.len() * size);
+    for &ti in t {
+        let freqs = (0..half).map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp());
+        let args: Vec<f64> = freqs.map(|f| ti * f).collect();
+        v.extend(args.iter().map(|a| a.cos()));
+        v.extend(args.iter().map(|a| a.sin()));
+    }
+    tensor_f64(v, (t.len(), size), dtype, dev)
+}
+
+fn silu(x: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::silu(x)?)
+}
+
+/// `LN(x)·(1 + scale) + shift` with (B, D) modulations broadcast over positions.
+fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    let xn = normalize(x, 1e-6)?;
+    Ok(xn
+        .broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?
+        .broadcast_add(&shift.unsqueeze(1)?)?)
+}
+
+/// One DiffuSSM block with its adaLN-Zero modulation.
+#[derive(Debug, Clone)]
+pub struct DiffussmBlock {
+    ada: Linear,
+    w0: Linear,
+    up: Linear,
+    pub ssm_fwd: Ssm,
+    pub ssm_bwd: Ssm,
+    /// Down-maps, (M, 2D/M, 2D) and (M, 2D/M).
+    down_w: Tensor,
+    down_b: Tensor,
+    w1: Linear,
+    w2: Linear,
+    w3: Linear,
+    act: Activation,
+    m: usize,
+}
+
+impl DiffussmBlock {
+    pub fn new(cfg: &DiffussmConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, m, f) = (cfg.hidden_size, cfg.hourglass, cfg.fusion_width);
+        let ssm = |name: &str| Ssm::new(cfg.kernel, d, cfg.state_size, cfg.conv, vb.pp(name));
+        Ok(Self {
+            ada: linear(d, 3 * d, vb.pp("adaLN_modulation.1"))?,
+            w0: linear(d, d, vb.pp("w0"))?,
+            up: linear(d, m * d, vb.pp("up"))?,
+            ssm_fwd: ssm("ssm_fwd")?,
+            ssm_bwd: ssm("ssm_bwd")?,
+            down_w: vb.get((m, 2 * d / m, 2 * d), "down.weight")?,
+            down_b: vb.get((m, 2 * d / m), "down.bias")?,
+            w1: linear(d, f, vb.pp("w1"))?,
+            w2: linear(2 * d, f, vb.pp("w2"))?,
+            w3: linear(f, d, vb.pp("w3"))?,
+            act: cfg.activation,
+            m,
+        })
+    }
+
+    /// x (B, J, D), c (B, D) → (B, J, D).
+    pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        let (b, j, d) = x.dims3()?;
+        let m = self.m;
+        let act = |t: &Tensor| self.act.apply(t);
+        let mods = self.ada.forward(&silu(c)?)?.chunk(3, 1)?;
+        let h = modulate(x, &mods[0], &mods[1])?;
+        let a = act(&self.w0.forward(&h)?)?;
+        // l = j·M + m: the M up-maps of stream token j fill tokens jM … jM+M−1.
+        let u = act(&self.up.forward(&a)?)?.reshape((b, j * m, d))?;
+        let yf = self.ssm_fwd.forward(&u)?;
+        let yb = self.ssm_bwd.forward(&u.flip(&[1])?)?.flip(&[1])?;
+        let y = Tensor::cat(&[yf, yb], 2)?; // (B, L, 2D)
+        let y = y
+            .reshape((b * j, m, 2 * d))?
+            .transpose(0, 1)?
+            .contiguous()?; // (M, BJ, 2D)
+        let z = y
+            .matmul(&self.down_w.transpose(1, 2)?)?
+            .broadcast_add(&self.down_b.unsqueeze(1)?)?; // (M, BJ, 2D/M)
+        let z = act(&z)?.transpose(0, 1)?.reshape((b, j, 2 * d))?;
+        let o = (act(&self.w2.forward(&z)?)? * act(&self.w1.forward(&h)?)?)?;
+        let o = self.w3.forward(&o)?;
+        Ok((x + o.broadcast_mul(&mods[2].unsqueeze(1)?)?)?)
+    }
+}
+
+/// The DiffuSSM noise predictor.
+#[derive(Debug, Clone)]
+pub struct Diffussm {
+    pub cfg: DiffussmConfig,
+    x_embedder: Linear,
+    t_mlp0: Linear,
+    t_mlp2: Linear,
+    y_table: Tensor,
+    pub blocks: Vec<DiffussmBlock>,
+    final_ada: Linear,
+    final_linear: Linear,
+}
+
+impl Diffussm {
+    pub fn new(cfg: &DiffussmConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let d = cfg.hidden_size;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| DiffussmBlock::new(cfg, vb.pp(format!("blocks.{i}"))))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            x_embedder: linear(cfg.token_values(), d, vb.pp("x_embedder"))?,
+            t_mlp0: linear(cfg.frequency_size, d, vb.pp("t_embedder.mlp.0"))?,
+            t_mlp2: linear(d, d, vb.pp("t_embedder.mlp.2"))?,
+            y_table: vb.get((cfg.num_classes + 1, d), "y_embedder.embedding_table")?,
+            blocks,
+            final_ada: linear(d, 2 * d, vb.pp("final_layer.adaLN_modulation.1"))?,
+            final_linear: linear(d, cfg.token_values(), vb.pp("final_layer.linear"))?,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.y_table.device()
+    }
+
+    /// The null class of classifier-free guidance.
+    pub fn null_class(&self) -> u32 {
+        self.cfg.num_classes as u32
+    }
+
+    /// (B, C, H, W) → (B, J, M·C·p²) in raster order of patches.
+    pub fn tokens(&self, x: &Tensor) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (b, ch, h, w) = x.dims4()?;
+        if (ch, h, w) != (c.in_channels, c.image_height, c.image_width) {
+            return Err(EngineError::Input(format!(
+                "DiffuSSM expects images of {}×{}×{} (C×H×W), got {ch}×{h}×{w}",
+                c.in_channels, c.image_height, c.image_width
+            )));
+        }
+        let p = c.patch_size;
+        let t = if p == 1 {
+            x.permute((0, 2, 3, 1))?
+        } else {
+            // (B, C, H/p, p, W/p, p) → (B, H/p, W/p, C, p, p), in two moves (rank ≤ 5 each).
+            let t = x
+                .reshape((b, ch * (h / p), p, w / p, p))?
+                .permute((0, 1, 3, 2, 4))?;
+            t.reshape((b, ch, h / p, (w / p) * p * p))?
+                .permute((0, 2, 3, 1))?
+                .reshape((b, h / p, w / p, p * p, ch))?
+                .permute((0, 1, 2, 4, 3))?
+        };
+        Ok(t.contiguous()?
+            .reshape((b, c.stream_len(), c.token_values()))?)
+    }
+
+    /// Inverse of [`Self::tokens`].
+    pub fn untokens(&self, t: &Tensor) -> Result<Tensor> {
+        let c = &self.cfg;
+        let b = t.dim(0)?;
+        let (ch, h, w, p) = (c.in_channels, c.image_height, c.image_width, c.patch_size);
+        let x = if p == 1 {
+            t.reshape((b, h, w, ch))?.permute((0, 3, 1, 2))?
+        } else {
+            t.reshape((b, h / p, w / p, ch, p * p))?
+                .permute((0, 1, 2, 4, 3))?
+                .reshape((b, h / p, (w / p) * p * p, ch))?
+                .permute((0, 3, 1, 2))?
+                .reshape((b, ch * (h / p), w / p, p, p))?
+                .permute((0, 1, 3, 2, 4))?
+        };
+        Ok(x.contiguous()?.reshape((b, ch, h, w))?)
+    }
+
+    /// Conditioning vector c = TimestepEmbed(t) + LabelEmbed(y), (B, D).
+    pub fn condition(&self, t: &[f64], y: &[u32]) -> Result<Tensor> {
+        let dev = self.y_table.device();
+        let f = timestep_features(t, self.cfg.frequency_size, self.y_table.dtype(), dev)?;
+        let te = self.t_mlp2.forward(&silu(&self.t_mlp0.forward(&f)?)?)?;
+        if let Some(&bad) = y.iter().find(|&&c| c as usize > self.cfg.num_classes) {
+            return Err(EngineError::Input(format!(
+                "class {bad} out of range (the model has {} classes, {} = null class)",
+                self.cfg.num_classes, self.cfg.num_classes
+            )));
+        }
+        let ids = Tensor::from_vec(y.to_vec(), y.len(), dev)?;
+        Ok((te + self.y_table.embedding(&ids)?)?)
+    }
+
+    /// Predicted noise ε for noisy images `x` (B, C, H, W) at timesteps `t` and classes `y`.
+    pub fn forward(&self, x: &Tensor, t: &[f64], y: &[u32]) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        if t.len() != b || y.len() != b {
+            return Err(EngineError::Input(format!(
+                "batch of {b} images needs {b} timesteps and classes, got {} and {}",
+                t.len(),
+                y.len()
+            )));
+        }
+        let c = self.condition(t, y)?;
+        let mut h = self.x_embedder.forward(&self.tokens(x)?)?;
+        for blk in &self.blocks {
+            h = blk.forward(&h, &c)?;
+        }
+        let mods = self.final_ada.forward(&silu(&c)?)?.chunk(2, D::Minus1)?;
+        let h = modulate(&h, &mods[0], &mods[1])?;
+        self.untokens(&self.final_linear.forward(&h)?)
+    }
+}
+
+/// DiT's initialisation with S4D kernels (spec §2(b), §3(b)): Xavier-uniform linears with zero
+/// biases, N(0, 0.02) timestep MLP and label table, zero adaLN modulations and final linear
+/// (each block starts as the identity, the output as zero). Variables are visited in name order.
+pub fn init_weights(varmap: &VarMap, cfg: &DiffussmConfig, rng: &mut ChaCha8Rng) -> Result<()> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let vars: BTreeMap<&String, _> = data.iter().collect();
+    let (half_re, half_im) = a_init_half(cfg.ssm_init, cfg.state_size);
+    let (full_re, full_im) = a_init_full(cfg.ssm_init, cfg.state_size);
+    for (name, var) in vars {
+        let (dt, dev, shape) = (var.dtype(), var.device().clone(), var.shape().clone());
+        let dims = shape.dims().to_vec();
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        let rows = |v: &[f64]| -> Vec<f64> {
+            v.iter().copied().cycle().take(shape.elem_count()).collect()
+        };
+        let t = if name.contains(".ssm_") {
+            match leaf {
+                // per-channel (s4 minimal names)
+                "log_dt" => uniform(rng, shape, cfg.dt_min.ln(), cfg.dt_max.ln(), dt, &dev)?,
+                "log_A_real" => tensor_f64(
+                    rows(&half_re).iter().map(|v| (-v).ln()).collect(),
+                    shape,
+                    dt,
+                    &dev,
+                )?,
+                "A_imag" => tensor_f64(rows(&half_im), shape, dt, &dev)?,
+                // shared (BiGS names)
+                "A_re" => tensor_f64(full_re.clone(), shape, dt, &dev)?,
+                "A_im" => tensor_f64(full_im.clone(), shape, dt, &dev)?,
+                "log_step" => uniform(rng, shape, 0.01f64.ln(), 1.0f64.ln(), dt, &dev)?,
+                "C" => normal(rng, shape, 0.0, 0.5f64.sqrt(), dt, &dev)?,
+                _ if cfg.kernel == KernelMode::Shared => Tensor::ones(shape, dt, &dev)?,
+                _ => normal(rng, shape, 0.0, 1.0, dt, &dev)?, // D
+            }
+        } else if name.contains("adaLN_modulation") || name.starts_with("final_layer.linear") {
+            Tensor::zeros(shape, dt, &dev)?
+        } else if leaf == "bias" {
+            Tensor::zeros(shape, dt, &dev)?
+        } else if name.starts_with("t_embedder") || name.starts_with("y_embedder") {
+            normal(rng, shape, 0.0, 0.02, dt, &dev)?
+        } else {
+            // Xavier uniform over (fan_out, fan_in) of each map (the down-maps: per m).
+            let (fo, fi) = (dims[dims.len() - 2] as f64, dims[dims.len() - 1] as f64);
+            let a = (6.0 / (fi + fo)).sqrt();
+            uniform(rng, shape, -a, a, dt, &dev)?
+        };
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// A fresh model (seeded initialisation) with its VarMap.
+pub fn build_diffussm(
+    cfg: &DiffussmConfig,
+    dtype: DType,
+    dev: &Device,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Diffussm, VarMap)> {
+    let varmap = VarMap::new();
+    let model = Diffussm::new(cfg, VarBuilder::from_varmap(&varmap, dtype, dev))?;
+    init_weights(&varmap, cfg, rng)?;
+    Ok((model, varmap))
+}

@@ -1,0 +1,428 @@
+//! DiffuSSM and the diffusion process: schedules, sampler steps, the model's structure and
+//! gradients, and a whole (tiny) training run through the binary.
+
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use ssmlab::engine::diffusion::{
+    BetaSchedule, DiffusionConfig, NoiseSchedule, SamplerKind, guided_eps, sampling_timesteps,
+};
+use ssmlab::engine::diffussm::{Diffussm, DiffussmConfig, build_diffussm};
+use ssmlab::engine::init::normal;
+use ssmlab::engine::ssm::KernelMode;
+use ssmlab::runs::samples::list_sample_sets;
+
+use crate::common::{fd_check, fixture, max_abs};
+
+fn tiny(kernel: KernelMode, patch: usize, hourglass: usize) -> DiffussmConfig {
+    DiffussmConfig {
+        image_height: 4,
+        image_width: 6,
+        in_channels: 2,
+        patch_size: patch,
+        hidden_size: 8,
+        num_layers: 2,
+        hourglass,
+        fusion_width: 12,
+        state_size: 4,
+        kernel,
+        num_classes: 3,
+        frequency_size: 16,
+        ..DiffussmConfig::default()
+    }
+}
+
+/// Replaces every all-zero variable (adaLN-Zero modulations, final layer) by small noise, as
+/// after some training, so that gradients reach the whole network.
+fn wake(varmap: &VarMap, rng: &mut ChaCha8Rng) {
+    for v in varmap.all_vars() {
+        let zero = v
+            .as_tensor()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            == 0.0;
+        if zero {
+            let t = normal(rng, v.shape().clone(), 0.0, 0.3, v.dtype(), &Device::Cpu).unwrap();
+            v.set(&t).unwrap();
+        }
+    }
+}
+
+#[test]
+fn schedule_closed_forms_match_direct_computation() {
+    let s = NoiseSchedule::new(&DiffusionConfig::default()).unwrap();
+    assert_eq!(s.len(), 1000);
+    assert!((s.betas[0] - 1e-4).abs() < 1e-15 && (s.betas[999] - 0.02).abs() < 1e-15);
+    let mut prod = 1.0;
+    for t in 0..1000 {
+        prod *= 1.0 - s.betas[t];
+        assert!((s.alpha_bar[t] - prod).abs() < 1e-12, "alpha_bar[{t}]");
+        // q(x_{t-1} | x_t, x0) from Bayes' rule on the two Gaussians
+        // N(x_t; √α_t x_{t-1}, β_t) · N(x_{t-1}; √ᾱ_{t-1} x0, 1 − ᾱ_{t-1}).
+        let ab_prev = if t == 0 { 1.0 } else { s.alpha_bar[t - 1] };
+        let (a, b) = (1.0 - s.betas[t], s.betas[t]);
+        let prec = a / b
+            + if t == 0 {
+                f64::INFINITY
+            } else {
+                1.0 / (1.0 - ab_prev)
+            };
+        let var = 1.0 / prec;
+        assert!(
+            (s.posterior_variance[t] - var).abs() <= 1e-12 * var.max(1e-12),
+            "posterior variance at {t}"
+        );
+        if t > 0 {
+            let c2 = var * a.sqrt() / b; // coefficient of x_t
+            let c1 = var * ab_prev.sqrt() / (1.0 - ab_prev); // coefficient of x0
+            assert!((s.posterior_mean_coef1[t] - c1).abs() < 1e-10 * c1.abs().max(1.0));
+            assert!((s.posterior_mean_coef2[t] - c2).abs() < 1e-10 * c2.abs().max(1.0));
+        }
+    }
+    // cosine: ᾱ_t = f(t+1)/f(0) wherever β was not clipped
+    let c = NoiseSchedule::new(&DiffusionConfig {
+        schedule: BetaSchedule::Cosine,
+        ..DiffusionConfig::default()
+    })
+    .unwrap();
+    let f = |i: f64| {
+        ((i / 1000.0 + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+            .cos()
+            .powi(2)
+    };
+    for t in [0usize, 10, 500, 900] {
+        assert!(
+            (c.alpha_bar[t] - f(t as f64 + 1.0) / f(0.0)).abs() < 1e-12,
+            "cosine at {t}"
+        );
+    }
+    assert!(c.betas.iter().all(|&b| b > 0.0 && b <= 0.999));
+    // sampling subsequences start at T−1 and descend
+    assert_eq!(sampling_timesteps(1000, 4), vec![999, 749, 499, 249]);
+    assert_eq!(sampling_timesteps(1000, 1000)[999], 0);
+    assert!(
+        NoiseSchedule::new(&DiffusionConfig {
+            beta_end: 1.5,
+            ..DiffusionConfig::default()
+        })
+        .is_err()
+    );
+}
+
+#[test]
+fn ddpm_and_ddim_steps_match_the_numpy_reference() {
+    let text = std::fs::read_to_string(fixture("diffusion/steps.json")).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let shape: Vec<usize> = serde_json::from_value(j["shape"].clone()).unwrap();
+    let tensor = |k: &serde_json::Value| {
+        let v: Vec<f64> = serde_json::from_value(k.clone()).unwrap();
+        Tensor::from_vec(v, shape.clone(), &Device::Cpu).unwrap()
+    };
+    let (xt, eps, z) = (tensor(&j["xt"]), tensor(&j["eps"]), tensor(&j["z"]));
+    let s = NoiseSchedule::new(&DiffusionConfig::default()).unwrap();
+    assert!((s.alpha_bar[999] - j["alpha_bar_999"].as_f64().unwrap()).abs() < 1e-14);
+    for case in j["cases"].as_array().unwrap() {
+        let kind: SamplerKind = case["sampler"].as_str().unwrap().parse().unwrap();
+        let t = case["t"].as_u64().unwrap() as usize;
+        let t_prev = case["t_prev"].as_u64().map(|v| v as usize);
+        let clip = case["clip"].as_bool().unwrap();
+        let (x, x0) = s.step(kind, &xt, &eps, t, t_prev, Some(&z), clip).unwrap();
+        let err = max_abs(&x, &tensor(&case["expected"]));
+        assert!(err < 1e-12, "{case:?}: x error {err:e}");
+        assert!(max_abs(&x0, &tensor(&case["x0"])) < 1e-12);
+    }
+    // a stochastic step without noise is an error, not a silent deterministic step
+    assert!(
+        s.step(SamplerKind::Ddpm, &xt, &eps, 500, Some(499), None, false)
+            .is_err()
+    );
+}
+
+#[test]
+fn q_sample_mixes_signal_and_noise_per_image() {
+    let s = NoiseSchedule::new(&DiffusionConfig::default()).unwrap();
+    let x0 = Tensor::ones((2, 1, 1, 2), DType::F64, &Device::Cpu).unwrap();
+    let eps = Tensor::full(2.0, (2, 1, 1, 2), &Device::Cpu).unwrap();
+    let xt = s.q_sample(&x0, &eps, &[0, 999]).unwrap();
+    let v = xt.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    for (i, t) in [(0usize, 0usize), (2, 999)] {
+        let want = s.alpha_bar[t].sqrt() + 2.0 * (1.0 - s.alpha_bar[t]).sqrt();
+        assert!((v[i] - want).abs() < 1e-12 && (v[i + 1] - want).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn tokens_follow_raster_order_and_round_trip() {
+    let dev = Device::Cpu;
+    for (patch, m) in [(1, 2), (1, 4), (2, 2), (2, 1)] {
+        let cfg = tiny(KernelMode::PerChannel, patch, m);
+        let (model, _) =
+            build_diffussm(&cfg, DType::F64, &dev, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        let x = Tensor::arange(0f64, (2 * 2 * 4 * 6) as f64, &dev)
+            .unwrap()
+            .reshape((2, 2, 4, 6))
+            .unwrap();
+        let t = model.tokens(&x).unwrap();
+        assert_eq!(t.dims(), &[2, cfg.stream_len(), cfg.token_values()]);
+        assert_eq!(max_abs(&model.untokens(&t).unwrap(), &x), 0.0);
+        if (patch, m) == (1, 2) {
+            // stream token j holds pixels jM … jM+M−1 of the raster, channels innermost
+            let v = t.get(0).unwrap().get(1).unwrap().to_vec1::<f64>().unwrap();
+            assert_eq!(v, vec![2.0, 26.0, 3.0, 27.0]);
+        }
+        if patch == 2 && m == 1 {
+            // patch (0, 1) of image 0: rows 0–1, cols 2–3, channel 0 then channel 1
+            let v = t.get(0).unwrap().get(1).unwrap().to_vec1::<f64>().unwrap();
+            assert_eq!(v, vec![2.0, 3.0, 8.0, 9.0, 26.0, 27.0, 32.0, 33.0]);
+        }
+    }
+}
+
+#[test]
+fn adaln_zero_makes_every_block_the_identity_and_the_output_zero_at_init() {
+    let dev = Device::Cpu;
+    for kernel in [KernelMode::PerChannel, KernelMode::Shared] {
+        let cfg = tiny(kernel, 1, 2);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (model, _) = build_diffussm(&cfg, DType::F32, &dev, &mut rng).unwrap();
+        let x = normal(
+            &mut rng,
+            (2, cfg.stream_len(), 8),
+            0.0,
+            1.0,
+            DType::F32,
+            &dev,
+        )
+        .unwrap();
+        let c = model.condition(&[10.0, 900.0], &[0, 3]).unwrap();
+        for b in &model.blocks {
+            assert_eq!(max_abs(&b.forward(&x, &c).unwrap(), &x), 0.0);
+        }
+        let img = normal(&mut rng, (2, 2, 4, 6), 0.0, 1.0, DType::F32, &dev).unwrap();
+        let out = model.forward(&img, &[10.0, 900.0], &[1, 2]).unwrap();
+        assert_eq!(out.dims(), img.dims());
+        assert_eq!(
+            out.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+    }
+}
+
+fn mse_loss(model: &Diffussm, x: &Tensor, eps: &Tensor) -> Tensor {
+    let out = model.forward(x, &[3.0, 700.0], &[2, 3]).unwrap();
+    (out - eps).unwrap().sqr().unwrap().mean_all().unwrap()
+}
+
+#[test]
+fn every_parameter_gets_a_gradient_that_matches_finite_differences() {
+    let dev = Device::Cpu;
+    for kernel in [KernelMode::PerChannel, KernelMode::Shared] {
+        let cfg = tiny(kernel, 1, 2);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (model, varmap) = build_diffussm(&cfg, DType::F64, &dev, &mut rng).unwrap();
+        wake(&varmap, &mut rng);
+        let x = normal(&mut rng, (2, 2, 4, 6), 0.0, 1.0, DType::F64, &dev).unwrap();
+        let eps = normal(&mut rng, (2, 2, 4, 6), 0.0, 1.0, DType::F64, &dev).unwrap();
+        let grads = mse_loss(&model, &x, &eps).backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        for n in &names {
+            let g = grads
+                .get(data[*n].as_tensor())
+                .unwrap_or_else(|| panic!("{kernel:?}: no gradient for {n}"));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(norm > 0.0, "{kernel:?}: zero gradient for {n}");
+        }
+        let vars: Vec<(&str, &candle_core::Var)> =
+            names.iter().map(|n| (n.as_str(), &data[*n])).collect();
+        let worst = fd_check(&vars, || mse_loss(&model, &x, &eps), 2, 1e-4);
+        assert!(worst < 1e-5, "{kernel:?}: worst relative error {worst:e}");
+    }
+}
+
+#[test]
+fn guidance_one_is_conditional_and_zero_is_unconditional() {
+    let dev = Device::Cpu;
+    let cfg = tiny(KernelMode::PerChannel, 2, 2);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (model, varmap) = build_diffussm(&cfg, DType::F32, &dev, &mut rng).unwrap();
+    wake(&varmap, &mut rng);
+    let x = normal(&mut rng, (2, 2, 4, 6), 0.0, 1.0, DType::F32, &dev).unwrap();
+    let y = [Some(0), Some(2)];
+    let cond = model.forward(&x, &[500.0, 500.0], &[0, 2]).unwrap();
+    let unc = model.forward(&x, &[500.0, 500.0], &[3, 3]).unwrap();
+    assert!(max_abs(&guided_eps(&model, &x, 500, &y, 1.0).unwrap(), &cond) < 1e-6);
+    assert!(max_abs(&guided_eps(&model, &x, 500, &y, 0.0).unwrap(), &unc) < 1e-5);
+    let g3 = guided_eps(&model, &x, 500, &y, 3.0).unwrap();
+    let want = (&unc + ((&cond - &unc).unwrap() * 3.0).unwrap()).unwrap();
+    assert!(max_abs(&g3, &want) < 1e-5);
+    assert!(max_abs(&cond, &unc) > 1e-4, "the class must matter");
+    // out-of-range class: an error naming the range
+    let e = model
+        .forward(&x, &[1.0, 1.0], &[0, 4])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("class 4 out of range"), "{e}");
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let mut c = tiny(KernelMode::PerChannel, 1, 5);
+    let e = c.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("hourglass") && e.contains("24 patch tokens"),
+        "{e}"
+    );
+    c.hourglass = 2;
+    c.patch_size = 5;
+    assert!(c.validate().unwrap_err().to_string().contains("patch_size"));
+}
+
+fn ssmlab(args: &[&str], cwd: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ssmlab"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn smoke_run_writes_samples_checkpoints_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let runs_s = runs.to_str().unwrap();
+    let out = ssmlab(
+        &[
+            "train",
+            "--preset",
+            "diffussm-smoke",
+            "--runs-dir",
+            runs_s,
+            "--stop-at",
+            "3",
+        ],
+        tmp.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = runs.join("diffussm-smoke");
+    for f in [
+        "classifier.json",
+        "classifier.safetensors",
+        "step-3/ema.safetensors",
+        "step-3/model.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("classifier.json")).unwrap())
+            .unwrap();
+    assert!(info["test_accuracy"].as_f64().unwrap() > 0.3, "{info}");
+    let out = ssmlab(
+        &["train", "--resume", "diffussm-smoke", "--runs-dir", runs_s],
+        tmp.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sets = list_sample_sets(&run);
+    let steps: Vec<u64> = sets.iter().map(|s| s.meta.step).collect();
+    assert_eq!(steps, vec![3, 6]);
+    for s in &sets {
+        assert_eq!(
+            s.meta.seed, sets[0].meta.seed,
+            "same seed across checkpoints"
+        );
+        assert_eq!(s.meta.cols, 10);
+        assert_eq!(s.meta.class_names[9], "Ankle boot");
+        let img = image::open(s.grid_path()).unwrap();
+        assert_eq!((img.width(), img.height()), (10 * 29 - 1, 28));
+        for f in &s.meta.trajectory {
+            assert!(s.path.join(&f.file).is_file());
+        }
+    }
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"], 6);
+    assert!(
+        last["eval_cas"].as_f64().is_some(),
+        "CAS is logged at the end: {last}"
+    );
+    assert!(last["images"].as_u64() == Some(48));
+    // every step logged once across the two sessions
+    let logged: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(logged, vec![2, 3, 4, 6]);
+}
+
+#[test]
+fn bad_image_input_is_one_clear_line_and_no_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let out = ssmlab(
+        &[
+            "train",
+            "--preset",
+            "diffussm-smoke",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "--set",
+            "data.images=nowhere",
+        ],
+        tmp.path(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nowhere") && err.lines().count() == 1, "{err}");
+    let out = ssmlab(
+        &[
+            "train",
+            "--preset",
+            "diffussm-smoke",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "--set",
+            "model.in_channels=3",
+        ],
+        tmp.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("model.in_channels") && err.contains("1 channel"),
+        "{err}"
+    );
+    assert!(!runs.join("diffussm-smoke").exists());
+}
