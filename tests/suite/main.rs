@@ -2,6 +2,7 @@
 
 mod common;
 mod data;
+mod data_images;
 mod engine_bigs;
 mod engine_conv;
 mod engine_kernels;
