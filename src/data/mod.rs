@@ -1,6 +1,8 @@
-//! Data for training: corpora on disk, tokenizers, packing and masking for masked-LM training.
+//! Data for training: corpora on disk, tokenizers, packing and masking for masked-LM training;
+//! image sets for diffusion training (`images`).
 
 pub mod corpus;
+pub mod images;
 pub mod mlm;
 pub mod tokenizer;
 
@@ -34,6 +36,16 @@ pub enum DataError {
     Tokenizer { path: PathBuf, msg: String },
     #[error("{0}")]
     Invalid(String),
+    #[error(
+        "image data {0} does not exist; give an IDX images file, a folder of IDX files or a folder of class subfolders (the shipped set: datasets/fashion-mnist)"
+    )]
+    ImagesNotFound(PathBuf),
+    /// An IDX file that cannot be read as one (magic number, truncation, gzip, pairing).
+    #[error("{path}: {msg}")]
+    Idx { path: PathBuf, msg: String },
+    /// An image file or folder problem (decoding, sizes, empty folders, writing grids).
+    #[error("{path}: {msg}")]
+    Image { path: PathBuf, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, DataError>;

@@ -2,6 +2,7 @@
 
 mod common;
 mod data;
+mod data_images;
 mod diffusion;
 mod engine_bigs;
 mod engine_conv;
