@@ -5,6 +5,7 @@ mod data;
 mod engine_bigs;
 mod engine_conv;
 mod engine_kernels;
+mod kernels;
 mod probe;
 mod train;
 mod tui;
