@@ -1,6 +1,7 @@
 //! ssmlab: a terminal lab for attention-free deep learning.
 //!
 //! - [`engine`]: tensors only — S4D kernels, long convolution, layers, models.
+//! - [`kernels`]: what the SSM layers learned, from weights alone (UI-free).
 //! - [`cli`]: the `ssmlab` command line.
 //! - [`bench`]: benchmarks that print JSON.
 
@@ -8,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod kernels;
 pub mod probe;
 pub mod runs;
 pub mod train;

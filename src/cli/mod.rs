@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod kernels;
 mod probe;
 mod train;
 
@@ -32,6 +33,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Masked-token predictions from a checkpoint ("call me [MASK] .").
     Probe(probe::ProbeArgs),
+    /// The S4D kernels of a checkpoint: a summary table, or a plot (.png) / values (.csv).
+    Kernels(kernels::KernelsArgs),
     /// List runs as a table (or JSON) and exit.
     Runs {
         #[arg(long, default_value = "checkpoints")]
@@ -53,6 +56,7 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Train(args)) => train::run(args),
         Some(Command::Tokenizer(cmd)) => train::tokenizer(cmd),
         Some(Command::Probe(args)) => probe::run(args),
+        Some(Command::Kernels(args)) => kernels::run(args),
         Some(Command::Runs { runs_dir, json }) => print_runs(&runs_dir, json),
         None => {
             use std::io::IsTerminal;

@@ -547,6 +547,9 @@ impl BigsForMaskedLm {
 /// Mean cross-entropy of logits (P, V) against targets (P).
 pub use super::fused::cross_entropy;
 
+/// The range of the BiGS Δt initialisation: `log_step ~ Uniform[ln 0.01, ln 1]` (spec §1(b)).
+pub const BIGS_DT_INIT: (f64, f64) = (0.01, 1.0);
+
 /// Re-draws every variable of a BiGS VarMap from a seeded generator, following the reference
 /// initialisation (spec §1(b)). Variables are visited in name order, so a seed fixes the model.
 pub fn init_weights(varmap: &VarMap, cfg: &BigsConfig, rng: &mut ChaCha8Rng) -> Result<()> {
@@ -564,7 +567,14 @@ pub fn init_weights(varmap: &VarMap, cfg: &BigsConfig, rng: &mut ChaCha8Rng) -> 
                 "A_re" => tensor_f64(a_re.clone(), shape, dt, &dev)?,
                 "A_im" => tensor_f64(a_im.clone(), shape, dt, &dev)?,
                 "C" => normal(rng, shape, 0.0, 0.5f64.sqrt(), dt, &dev)?,
-                "log_step" => uniform(rng, shape, 0.01f64.ln(), 1.0f64.ln(), dt, &dev)?,
+                "log_step" => uniform(
+                    rng,
+                    shape,
+                    BIGS_DT_INIT.0.ln(),
+                    BIGS_DT_INIT.1.ln(),
+                    dt,
+                    &dev,
+                )?,
                 _ => Tensor::ones(shape, dt, &dev)?, // D = 1 (Flax)
             }
         } else if leaf == "bias" {

@@ -11,15 +11,17 @@ use serde::Serialize;
 use crate::data::tokenizer::TextTokenizer;
 use crate::engine::bigs::{BigsConfig, BigsForMaskedLm, Mode, load_bigs};
 use crate::engine::weights::LoadReport;
+use crate::runs::model::{ModelDirError, resolve_model};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    #[error(transparent)]
+    Dir(#[from] ModelDirError),
     #[error(
-        "{0}: unknown model directory layout; expected a run directory (config.toml + step-N/), \
-         a checkpoint step-N/ (model.safetensors + config.json), or a Hugging Face directory \
-         (config.json + model.safetensors or pytorch_model.bin + tokenizer.json or vocab.txt)"
+        "{0}: no tokenizer; put the model's tokenizer.json or vocab.txt next to config.json \
+         (or in the run directory)"
     )]
-    Layout(PathBuf),
+    NoTokenizer(PathBuf),
     #[error(
         "{path}: the tokenizer has {tok} tokens but the model's vocab_size is {model}; \
          they must belong together"
@@ -49,48 +51,17 @@ impl From<candle_core::Error> for ProbeError {
 
 pub type Result<T> = std::result::Result<T, ProbeError>;
 
-/// The files a model directory resolves to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelFiles {
-    pub config: PathBuf,
-    pub weights: PathBuf,
-    pub tokenizer: PathBuf,
-    /// `step-N` of a run checkpoint, if any.
-    pub step: Option<u64>,
-}
+/// The files a model directory resolves to (shared with `ssmlab kernels`: [`resolve_model`]).
+pub use crate::runs::model::ModelFiles;
 
-fn first_existing(dir: &Path, names: &[&str]) -> Option<PathBuf> {
-    names.iter().map(|n| dir.join(n)).find(|p| p.is_file())
-}
-
-/// Resolves a model path (run dir → its latest checkpoint; step dir; HF dir).
+/// Resolves a model path (run dir → its latest checkpoint; step dir; HF dir); probing also
+/// needs a tokenizer.
 pub fn resolve(path: &Path) -> Result<ModelFiles> {
-    let layout = || ProbeError::Layout(path.into());
-    if path.join("config.toml").is_file() {
-        let run = crate::runs::RunDir::open(path).map_err(|_| layout())?;
-        let (_, ck) = run.latest_checkpoint().ok_or_else(layout)?;
-        return resolve(&ck);
+    let files = resolve_model(path, None)?;
+    if files.tokenizer.is_none() {
+        return Err(ProbeError::NoTokenizer(path.into()));
     }
-    let config = path.join("config.json");
-    let weights = first_existing(path, &["model.safetensors", "pytorch_model.bin"]);
-    let (Some(weights), true) = (weights, config.is_file()) else {
-        return Err(layout());
-    };
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let tokenizer = first_existing(path, &["tokenizer.json", "vocab.txt"])
-        .or_else(|| first_existing(parent, &["tokenizer.json", "vocab.txt"]))
-        .ok_or_else(layout)?;
-    let step = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("step-"))
-        .and_then(|n| n.parse().ok());
-    Ok(ModelFiles {
-        config,
-        weights,
-        tokenizer,
-        step,
-    })
+    Ok(files)
 }
 
 /// A loaded model ready to probe.
@@ -147,10 +118,14 @@ impl ProbeModel {
     pub fn open(path: &Path, dev: &Device) -> Result<Self> {
         let files = resolve(path)?;
         let cfg = BigsConfig::from_json_file(&files.config)?;
-        let tok = TextTokenizer::load(&files.tokenizer)?;
+        let tok_path = files
+            .tokenizer
+            .clone()
+            .ok_or_else(|| ProbeError::NoTokenizer(path.into()))?;
+        let tok = TextTokenizer::load(&tok_path)?;
         if tok.vocab_size() != cfg.vocab_size {
             return Err(ProbeError::VocabMismatch {
-                path: files.tokenizer.clone(),
+                path: tok_path,
                 tok: tok.vocab_size(),
                 model: cfg.vocab_size,
             });

@@ -16,6 +16,7 @@
 
 pub mod index;
 mod metrics;
+pub mod model;
 pub mod samples;
 mod status;
 

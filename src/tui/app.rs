@@ -41,6 +41,7 @@ impl View {
         match self {
             View::Curves => Scope::Curves,
             View::Probe => Scope::Probe,
+            View::Kernels => Scope::Kernels,
             _ => Scope::Runs,
         }
     }
@@ -174,6 +175,36 @@ pub struct App {
     pub probe: super::views::probe::ProbeState,
     /// Where probe jobs go (the probe worker); None in headless tests.
     pub probe_tx: Option<std::sync::mpsc::Sender<ProbeJob>>,
+    pub kernels: super::views::kernels::KernelsState,
+    /// Where kernel jobs go (the kernels worker); None in headless tests.
+    pub kernels_tx: Option<std::sync::mpsc::Sender<KernelsJob>>,
+}
+
+/// Compute the kernels of every checkpoint of a model path (the kernels worker).
+#[derive(Debug, Clone)]
+pub struct KernelsJob {
+    pub generation: u64,
+    pub model: PathBuf,
+}
+
+/// What the kernels worker reports, tagged with its job's generation.
+#[derive(Debug)]
+pub enum KernelsMsg {
+    Started {
+        generation: u64,
+        total: usize,
+    },
+    Loaded {
+        generation: u64,
+        kernels: Box<crate::kernels::ModelKernels>,
+    },
+    Failed {
+        generation: u64,
+        error: String,
+    },
+    Done {
+        generation: u64,
+    },
 }
 
 /// A fill-mask request for the probe worker.
@@ -203,6 +234,8 @@ impl App {
             series_cache: Default::default(),
             probe: Default::default(),
             probe_tx: None,
+            kernels: Default::default(),
+            kernels_tx: None,
         }
     }
 
@@ -229,6 +262,109 @@ impl App {
                 .or_else(|| self.runs.iter().find(|r| !r.checkpoints.is_empty()))
                 .map(|r| r.path.clone());
         }
+        self.sync_kernels();
+    }
+
+    /// In the Kernels view, asks the worker for the selected run's kernels when the run or its
+    /// checkpoints changed.
+    pub fn sync_kernels(&mut self) {
+        if self.view != View::Kernels {
+            return;
+        }
+        let Some(r) = self.selected_run() else {
+            return;
+        };
+        let (path, steps, id) = (r.path.clone(), r.checkpoints.clone(), r.id.clone());
+        let k = &mut self.kernels;
+        if k.model.as_ref() == Some(&path) && k.requested == steps {
+            return;
+        }
+        if k.model.as_ref() != Some(&path) {
+            k.follow_latest = true;
+        }
+        k.model = Some(path.clone());
+        k.requested = steps.clone();
+        k.data.clear();
+        k.total = steps.len();
+        k.error = None;
+        k.busy = false;
+        k.generation += 1;
+        if steps.is_empty() {
+            k.error = Some(format!(
+                "{id} has no checkpoint yet; its kernels appear with the first"
+            ));
+            return;
+        }
+        let job = KernelsJob {
+            generation: k.generation,
+            model: path,
+        };
+        match &self.kernels_tx {
+            Some(tx) if tx.send(job).is_ok() => k.busy = true,
+            _ => k.error = Some("the kernels worker is not running".into()),
+        }
+    }
+
+    /// A message from the kernels worker.
+    pub fn on_kernels_msg(&mut self, m: KernelsMsg) {
+        let k = &mut self.kernels;
+        let gen_of = |m: &KernelsMsg| match m {
+            KernelsMsg::Started { generation, .. }
+            | KernelsMsg::Loaded { generation, .. }
+            | KernelsMsg::Failed { generation, .. }
+            | KernelsMsg::Done { generation } => *generation,
+        };
+        if gen_of(&m) != k.generation {
+            return;
+        }
+        match m {
+            KernelsMsg::Started { total, .. } => {
+                k.total = total;
+                k.data.clear();
+            }
+            KernelsMsg::Loaded { kernels, .. } => {
+                k.data.push(*kernels);
+                if k.follow_latest {
+                    k.sel.checkpoint = k.data.len() - 1;
+                }
+            }
+            KernelsMsg::Failed { error, .. } => {
+                k.error = Some(error);
+                k.busy = false;
+            }
+            KernelsMsg::Done { .. } => k.busy = false,
+        }
+        k.sel.clamp(&k.data);
+    }
+
+    /// Writes the Kernels view's picture as a PNG into the run directory (else the current
+    /// folder) and says where in the status line.
+    pub fn export_kernels(&mut self) {
+        let k = &self.kernels;
+        let Some(fig) = k.figure() else {
+            self.notices.push("no kernels to export yet".into());
+            return;
+        };
+        let mk = &k.data[k.sel.checkpoint.min(k.data.len() - 1)];
+        let name = format!(
+            "kernels-{}-{}-layer{}.png",
+            k.sel.view.slug(),
+            mk.label(),
+            k.sel.layer
+        );
+        let dirs = [k.model.clone(), std::env::current_dir().ok()];
+        let mut last_err = String::new();
+        for d in dirs.into_iter().flatten() {
+            let p = d.join(&name);
+            match crate::kernels::export::write_png(&fig, &p) {
+                Ok(()) => {
+                    self.notices.push(format!("exported {}", p.display()));
+                    return;
+                }
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+        self.notices.push(format!("cannot export: {last_err}"));
     }
 
     /// Sends the prompt to the probe worker for each side that has a model.
@@ -454,6 +590,38 @@ impl App {
                     slot.result = None;
                 }
             }
+            Action::KernelView => self.kernels.sel.view = self.kernels.sel.view.next(),
+            Action::KernelLogLag => self.kernels.sel.log_lag = !self.kernels.sel.log_lag,
+            Action::KernelDirection => self.kernels.sel.dir = self.kernels.sel.dir.next(),
+            Action::KernelLayerPrev => {
+                self.kernels.sel.layer = self.kernels.sel.layer.saturating_sub(1)
+            }
+            Action::KernelLayerNext => self.kernels.sel.layer += 1,
+            Action::KernelChannelPrev | Action::KernelChannelNext => {
+                let k = &mut self.kernels;
+                if let Some(mk) = k.data.first()
+                    && mk.shared
+                {
+                    self.notices.push(format!(
+                        "{} has {}: no channel to pick",
+                        mk.family,
+                        mk.channels_note()
+                    ));
+                } else if action == Action::KernelChannelPrev {
+                    k.sel.channel = k.sel.channel.saturating_sub(1);
+                } else {
+                    k.sel.channel += 1;
+                }
+            }
+            Action::KernelStepPrev => {
+                self.kernels.follow_latest = false;
+                self.kernels.sel.checkpoint = self.kernels.sel.checkpoint.saturating_sub(1);
+            }
+            Action::KernelStepNext => {
+                self.kernels.follow_latest = false;
+                self.kernels.sel.checkpoint += 1;
+            }
+            Action::KernelExport => self.export_kernels(),
             Action::CursorLeft | Action::CursorRight => {
                 let d = if action == Action::CursorLeft {
                     -0.02
@@ -463,6 +631,9 @@ impl App {
                 self.curves.cursor = Some((self.curves.cursor.unwrap_or(1.0) + d).clamp(0.0, 1.0));
             }
         }
+        let k = &mut self.kernels;
+        k.sel.clamp(&k.data);
+        self.sync_kernels();
         Effect::None
     }
 

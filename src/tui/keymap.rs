@@ -11,6 +11,7 @@ pub enum Scope {
     Runs,
     Curves,
     Probe,
+    Kernels,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,6 +43,16 @@ pub enum Action {
     ProbeRun,
     ProbeSetA,
     ProbeSetB,
+    KernelView,
+    KernelLogLag,
+    KernelDirection,
+    KernelLayerPrev,
+    KernelLayerNext,
+    KernelChannelPrev,
+    KernelChannelNext,
+    KernelStepPrev,
+    KernelStepNext,
+    KernelExport,
 }
 
 pub struct Binding {
@@ -105,13 +116,28 @@ pub const BINDINGS: &[Binding] = &[
     b(ProbeRun,      "probe_run",     &["enter"],       Probe,  "run the prompt", true),
     b(ProbeSetA,     "probe_a",       &["a"],           Probe,  "model A = selected run", true),
     b(ProbeSetB,     "probe_b",       &["b"],           Probe,  "model B = selected run (A/B)", true),
+    b(KernelView,    "kernel_view",   &["v"],           Kernels, "sub-view: lag / heatmap / spectrum / Δt·eig / evolution", true),
+    b(KernelLogLag,  "kernel_log_lag", &["L"],          Kernels, "log-lag axis", true),
+    b(KernelDirection, "kernel_dir",  &["d"],           Kernels, "direction: forward / backward / both", true),
+    b(KernelLayerPrev, "kernel_layer_prev", &["["],     Kernels, "previous layer", false),
+    b(KernelLayerNext, "kernel_layer_next", &["]"],     Kernels, "next layer ([ ] layer)", true),
+    b(KernelChannelPrev, "kernel_channel_prev", &["left"], Kernels, "previous channel", false),
+    b(KernelChannelNext, "kernel_channel_next", &["right"], Kernels, "next channel (per-channel models)", false),
+    b(KernelStepPrev, "kernel_step_prev", &["{"],       Kernels, "previous checkpoint", false),
+    b(KernelStepNext, "kernel_step_next", &["}"],       Kernels, "next checkpoint ({ } step)", true),
+    b(KernelExport,  "kernel_export", &["e"],           Kernels, "export PNG (into the run dir, else cwd)", true),
 ];
 
-/// Name of a key event as the table writes it ("q", "ctrl-c", "enter", "space", "f1"…).
+/// Name of a key event as the table writes it ("q", "L", "ctrl-c", "enter", "space", "f1"…).
+/// Letters keep their case; [`Keymap::lookup`] falls back to lower case, so an upper-case
+/// letter does what its lower-case key does unless it has a binding of its own.
 pub fn key_name(k: &KeyEvent) -> String {
     let base = match k.code {
         KeyCode::Char(' ') => "space".to_string(),
-        KeyCode::Char(c) => c.to_lowercase().to_string(),
+        KeyCode::Char(c) if k.modifiers.contains(KeyModifiers::CONTROL) => {
+            c.to_lowercase().to_string()
+        }
+        KeyCode::Char(c) => c.to_string(),
         KeyCode::Tab => "tab".into(),
         KeyCode::BackTab => "backtab".into(),
         KeyCode::Enter => "enter".into(),
@@ -154,7 +180,13 @@ impl Keymap {
         for (name, key) in names {
             match BINDINGS.iter().find(|b| b.name == name) {
                 Some(b) => {
-                    keys.insert(b.action, vec![key.to_lowercase()]);
+                    // single characters keep their case ("L" is not "l")
+                    let k = if key.chars().count() == 1 {
+                        key.clone()
+                    } else {
+                        key.to_lowercase()
+                    };
+                    keys.insert(b.action, vec![k]);
                 }
                 None => errors.push(format!(
                     "[keys] `{name}` is not an action (known: {})",
@@ -169,16 +201,21 @@ impl Keymap {
         (Keymap { keys }, errors)
     }
 
-    /// The action of a key in a scope (scope bindings win over global ones).
+    /// The action of a key in a scope (scope bindings win over global ones; an exact match
+    /// wins over the lower-case form of the key).
     pub fn lookup(&self, scope: Scope, key: &str) -> Option<Action> {
-        let find = |s: Scope| {
+        let find = |s: Scope, key: &str| {
             BINDINGS
                 .iter()
                 .filter(|b| b.scope == s)
                 .find(|b| self.keys[&b.action].iter().any(|k| k == key))
                 .map(|b| b.action)
         };
-        find(scope).or_else(|| find(Global))
+        let lower = key.to_lowercase();
+        find(scope, key)
+            .or_else(|| find(Global, key))
+            .or_else(|| find(scope, &lower))
+            .or_else(|| find(Global, &lower))
     }
 
     pub fn keys(&self, a: Action) -> &[String] {

@@ -36,6 +36,96 @@ enum Msg {
     Input(Event),
     Runs(Vec<RunSummary>),
     Probe(usize, Result<crate::probe::ProbeOutput, String>),
+    Kernels(app::KernelsMsg),
+}
+
+/// Computes the kernels of every checkpoint of a model path off the UI thread, one message per
+/// checkpoint (ascending by step). Results are cached by weights file and modification time; a
+/// newer job abandons the current one between checkpoints.
+fn spawn_kernels_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::KernelsJob> {
+    use crate::kernels::ModelKernels;
+    use std::collections::HashMap;
+    let (jtx, jrx) = mpsc::channel::<app::KernelsJob>();
+    std::thread::spawn(move || {
+        let mut cache: HashMap<(PathBuf, Option<std::time::SystemTime>), ModelKernels> =
+            HashMap::new();
+        let mut next: Option<app::KernelsJob> = None;
+        loop {
+            let mut job = match next.take() {
+                Some(j) => j,
+                None => match jrx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                },
+            };
+            while let Ok(j) = jrx.try_recv() {
+                job = j;
+            }
+            let generation = job.generation;
+            let send = |m: app::KernelsMsg| tx.send(Msg::Kernels(m)).is_ok();
+            let files = match crate::kernels::checkpoints(&job.model) {
+                Ok(f) => f,
+                Err(e) => {
+                    if !send(app::KernelsMsg::Failed {
+                        generation,
+                        error: e.to_string(),
+                    }) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if !send(app::KernelsMsg::Started {
+                generation,
+                total: files.len(),
+            }) {
+                return;
+            }
+            let mut failed = false;
+            for f in &files {
+                if let Ok(j) = jrx.try_recv() {
+                    next = Some(j);
+                    break;
+                }
+                let mtime = std::fs::metadata(&f.weights)
+                    .and_then(|m| m.modified())
+                    .ok();
+                let key = (f.weights.clone(), mtime);
+                let mk = match cache.get(&key) {
+                    Some(mk) => mk.clone(),
+                    None => match crate::kernels::load_kernels(f) {
+                        Ok(mk) => {
+                            if cache.len() > 64 {
+                                cache.clear();
+                            }
+                            cache.insert(key, mk.clone());
+                            mk
+                        }
+                        Err(e) => {
+                            failed = true;
+                            if !send(app::KernelsMsg::Failed {
+                                generation,
+                                error: e.to_string(),
+                            }) {
+                                return;
+                            }
+                            break;
+                        }
+                    },
+                };
+                if !send(app::KernelsMsg::Loaded {
+                    generation,
+                    kernels: Box::new(mk),
+                }) {
+                    return;
+                }
+            }
+            if next.is_none() && !failed && !send(app::KernelsMsg::Done { generation }) {
+                return;
+            }
+        }
+    });
+    jtx
 }
 
 /// Loads models and runs fill-mask off the UI thread. A model is kept loaded until its weights
@@ -179,6 +269,7 @@ fn event_loop(
     let (tx, rx) = mpsc::channel();
     spawn_worker(app.runs_dir.clone(), tx.clone(), stop.clone());
     app.probe_tx = Some(spawn_probe_worker(tx.clone()));
+    app.kernels_tx = Some(spawn_kernels_worker(tx.clone()));
     spawn_input(tx, stop.clone());
     let frame_gap = Duration::from_millis(50);
     let mut dirty = true;
@@ -203,6 +294,10 @@ fn event_loop(
             }
             Ok(Msg::Probe(slot, res)) => {
                 app.on_probe_result(slot, res);
+                dirty = true;
+            }
+            Ok(Msg::Kernels(m)) => {
+                app.on_kernels_msg(m);
                 dirty = true;
             }
             Ok(Msg::Input(Event::Key(k))) if k.kind != KeyEventKind::Release => {

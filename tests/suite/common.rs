@@ -94,3 +94,32 @@ pub fn fd_check(vars: &[(&str, &Var)], f: impl Fn() -> Tensor, samples: usize, e
     }
     worst
 }
+
+/// The shipped run `checkpoints/bigs-mobydick`.
+pub fn shipped_run() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("checkpoints/bigs-mobydick")
+}
+
+/// A copy of the shipped run under `runs_dir/bigs-mobydick` with two checkpoints: `step-0`, the
+/// seeded initialisation of its config, and `step-2500`, the shipped weights.
+pub fn two_checkpoint_run(runs_dir: &std::path::Path) -> PathBuf {
+    use rand::SeedableRng;
+    let src = shipped_run();
+    let run = runs_dir.join("bigs-mobydick");
+    std::fs::create_dir_all(run.join("step-0")).unwrap();
+    std::fs::create_dir_all(run.join("step-2500")).unwrap();
+    for f in ["config.toml", "status.json", "metrics.jsonl"] {
+        std::fs::copy(src.join(f), run.join(f)).unwrap();
+    }
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::copy(src.join("step-2500").join(f), run.join("step-2500").join(f)).unwrap();
+    }
+    let cfg = ssmlab::engine::bigs::BigsConfig::from_json_file(&src.join("step-2500/config.json"))
+        .unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let (_, varmap) =
+        ssmlab::engine::bigs::build_bigs(&cfg, DType::F32, &Device::Cpu, &mut rng).unwrap();
+    varmap.save(run.join("step-0/model.safetensors")).unwrap();
+    std::fs::write(run.join("step-0/config.json"), cfg.to_json()).unwrap();
+    run
+}

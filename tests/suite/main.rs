@@ -7,6 +7,7 @@ mod diffusion;
 mod engine_bigs;
 mod engine_conv;
 mod engine_kernels;
+mod kernels;
 mod probe;
 mod train;
 mod tui;

@@ -2,6 +2,7 @@
 
 pub mod curves;
 pub mod form;
+pub mod kernels;
 pub mod probe;
 pub mod runs;
 
@@ -45,6 +46,7 @@ pub fn draw(f: &mut Frame, app: &App) {
         View::Runs => runs::draw(f, app, body),
         View::Curves => curves::draw(f, app, body),
         View::Probe => probe::draw(f, app, body),
+        View::Kernels => kernels::draw(f, app, body),
         v => draw_placeholder(f, app, v, body),
     }
     draw_status(f, app, status);
@@ -108,14 +110,6 @@ fn draw_placeholder(f: &mut Frame, app: &App, v: View, area: Rect) {
             "trajectory, and sample-now with class and guidance, drawn in the terminal.",
             "",
             "It is not built yet (issue: DiffuSSM). BiGS runs have no samples.",
-        ],
-        View::Kernels => vec![
-            "Kernels: what the state-space layers learned.",
-            "",
-            "This view will plot each layer's S4D kernels (forward and backward directions),",
-            "their frequency response, Δt values and the eigenvalues of A, across checkpoints.",
-            "",
-            "It is not built yet (issue: Kernel view and `ssmlab kernels`).",
         ],
         _ => vec![],
     };

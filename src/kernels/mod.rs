@@ -1,0 +1,571 @@
+//! What the state-space layers learned, from the weights alone. S4D kernels do not depend on
+//! the input, so a checkpoint's kernels, Δt values and eigenvalues of A can be read off without
+//! running the model. Everything here is UI-free: the TUI's Kernels view
+//! (`tui/views/kernels.rs`) and `ssmlab kernels` (`cli/kernels.rs`) both draw from it.
+//!
+//! - Kernels are computed by the engine's own code (`engine::bigs::BigsSsm::kernel`, i.e.
+//!   [`crate::engine::s4d::bigs_kernel`]; [`s4_channel_kernels`] wraps
+//!   [`crate::engine::s4d::s4_kernel`] for per-channel models), never by a copy.
+//! - A model family is one [`KernelSource`] implementation plus one arm in [`open_source`].
+//! - A forward and a backward kernel together are one response over signed offsets
+//!   `d = t_out − t_in ∈ −(L−1)…L−1`: `d ≥ 0 → K_f[d]`, `d < 0 → K_b[−d]` ([`signed_response`]);
+//!   for images it folds back onto the pixel grid ([`fold_receptive_field`]).
+//!
+//! BiGS multiplies the two directions' outputs through input-dependent projections; that gated
+//! combination is not a fixed map, so only the kernels are shown, never a fake attention map.
+
+pub mod export;
+pub mod figure;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::engine::EngineError;
+use crate::engine::bigs::{BIGS_DT_INIT, BigsConfig, BigsSsm};
+use crate::engine::init::a_init_full;
+use crate::engine::s4d::{BIGS_A_RE_MAX, Discretization, s4_kernel};
+use crate::engine::weights::read_checkpoint;
+use crate::runs::model::{ModelDirError, ModelFiles, model_checkpoints, resolve_model};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelsError {
+    #[error(transparent)]
+    Dir(#[from] ModelDirError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(
+        "{path} has no SSM parameters (no tensor `{tensor}`): kernels need a BiGS checkpoint with \
+         bigs.encoder.layer.N.{{fs4,bs4}}.kernel.{{A_re,A_im,C,log_step}}; pass a run directory, \
+         a step-N/ checkpoint or a BiGS Hugging Face directory"
+    )]
+    NoSsm { path: PathBuf, tensor: String },
+    #[error(
+        "layer {layer} is out of range: {path} has {layers} layers; pass a layer from 0 to {last}",
+        last = .layers.saturating_sub(1)
+    )]
+    LayerRange {
+        path: PathBuf,
+        layer: usize,
+        layers: usize,
+    },
+    #[error(
+        "{path}: model_type `{model_type}` has no kernel view (known: bigs); \
+         is this a BiGS config.json?"
+    )]
+    UnknownFamily { path: PathBuf, model_type: String },
+}
+
+impl From<candle_core::Error> for KernelsError {
+    fn from(e: candle_core::Error) -> Self {
+        KernelsError::Engine(e.into())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, KernelsError>;
+
+/// Direction of one SSM of a bidirectional layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Causal: output t reads inputs t − lag.
+    Forward,
+    /// Anti-causal (run on the flipped sequence): output t reads inputs t + lag.
+    Backward,
+}
+
+impl Direction {
+    pub fn short(self) -> &'static str {
+        match self {
+            Direction::Forward => "fwd",
+            Direction::Backward => "bwd",
+        }
+    }
+}
+
+/// The kernels of one SSM (one direction of one layer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SsmKernels {
+    /// (channels, L): `K[c][lag]`, lag 0..L. BiGS: a single kernel shared by every channel.
+    pub kernels: Vec<Vec<f64>>,
+    /// Δt per channel (BiGS: one).
+    pub dt: Vec<f64>,
+    /// Eigenvalues of A as the kernel uses them (after clamping / parameterisation), all modes
+    /// of all channels, as (Re, Im).
+    pub eig: Vec<(f64, f64)>,
+    /// Skip term D per channel (BiGS: one); not part of K.
+    pub d: Vec<f64>,
+}
+
+impl SsmKernels {
+    pub fn channels(&self) -> usize {
+        self.kernels.len()
+    }
+    pub fn kernel(&self, channel: usize) -> &[f64] {
+        &self.kernels[channel.min(self.kernels.len().saturating_sub(1))]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerKernels {
+    pub fwd: SsmKernels,
+    pub bwd: SsmKernels,
+}
+
+impl LayerKernels {
+    pub fn get(&self, d: Direction) -> &SsmKernels {
+        match d {
+            Direction::Forward => &self.fwd,
+            Direction::Backward => &self.bwd,
+        }
+    }
+}
+
+/// What the SSM parameters were initialised from (the config names the A init).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitReference {
+    /// e.g. "hippo".
+    pub a_init: String,
+    /// The eigenvalues of A at initialisation, (Re, Im).
+    pub eig: Vec<(f64, f64)>,
+    /// Δt is drawn log-uniformly from this range.
+    pub dt_range: (f64, f64),
+}
+
+/// Every layer's kernels of one checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelKernels {
+    /// "BiGS", …
+    pub family: &'static str,
+    pub weights: PathBuf,
+    pub step: Option<u64>,
+    /// Kernel length L (lags 0..L).
+    pub len: usize,
+    /// Channels of the layer (the width the kernels act on).
+    pub width: usize,
+    /// Whether one kernel per direction is shared by all channels (BiGS) or each channel has its
+    /// own.
+    pub shared: bool,
+    pub layers: Vec<LayerKernels>,
+    pub init: InitReference,
+}
+
+impl ModelKernels {
+    /// "step-2500" or the weights file name.
+    pub fn label(&self) -> String {
+        match self.step {
+            Some(s) => format!("step-{s}"),
+            None => self
+                .weights
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| self.weights.display().to_string()),
+        }
+    }
+
+    /// An error naming the layer range if `layer` does not exist.
+    pub fn check_layer(&self, layer: usize) -> Result<()> {
+        if layer >= self.layers.len() {
+            return Err(KernelsError::LayerRange {
+                path: self.weights.clone(),
+                layer,
+                layers: self.layers.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// "one kernel per direction shared by 128 channels" / "128 channels, one kernel each".
+    pub fn channels_note(&self) -> String {
+        if self.shared {
+            format!(
+                "one kernel per direction, shared by {} channels",
+                self.width
+            )
+        } else {
+            format!("{} channels, one kernel each", self.width)
+        }
+    }
+}
+
+/// A model family whose SSM kernels can be read from its weights. Adding a family (DiffuSSM…)
+/// is one implementation plus one arm in [`open_source`].
+pub trait KernelSource {
+    fn family(&self) -> &'static str;
+    fn num_layers(&self) -> usize;
+    /// Kernel length L the model uses (its maximum sequence length).
+    fn kernel_len(&self) -> usize;
+    fn width(&self) -> usize;
+    fn shared(&self) -> bool;
+    /// Both directions of layer `i`, length `len`, through the engine's kernel code.
+    fn layer(&self, i: usize, len: usize) -> Result<LayerKernels>;
+    fn init(&self) -> InitReference;
+}
+
+/// BiGS: per layer `fs4`/`bs4`, each one kernel shared by all channels.
+pub struct BigsSource {
+    pub cfg: BigsConfig,
+    /// (forward, backward) SSM of every layer: the engine's own module.
+    pub ssms: Vec<(BigsSsm, BigsSsm)>,
+}
+
+/// The tensor names of one BiGS SSM.
+fn bigs_names(layer: usize, dir: &str) -> [String; 5] {
+    let p = format!("bigs.encoder.layer.{layer}.{dir}");
+    [
+        format!("{p}.kernel.A_re"),
+        format!("{p}.kernel.A_im"),
+        format!("{p}.kernel.C"),
+        format!("{p}.kernel.log_step"),
+        format!("{p}.D"),
+    ]
+}
+
+impl BigsSource {
+    /// Picks the SSM tensors of a checkpoint and builds each layer's `BigsSsm` from them.
+    pub fn from_tensors(
+        cfg: BigsConfig,
+        tensors: &HashMap<String, Tensor>,
+        path: &Path,
+    ) -> Result<Self> {
+        let n = cfg.num_ssm;
+        let shapes: [Vec<usize>; 5] = [vec![n], vec![n], vec![n, 2], vec![1], vec![1]];
+        let mut picked = HashMap::new();
+        for layer in 0..cfg.num_hidden_layers {
+            for dir in ["fs4", "bs4"] {
+                for (name, shape) in bigs_names(layer, dir).into_iter().zip(&shapes) {
+                    let t = tensors.get(&name).ok_or_else(|| KernelsError::NoSsm {
+                        path: path.into(),
+                        tensor: name.clone(),
+                    })?;
+                    if t.dims() != shape.as_slice() {
+                        return Err(EngineError::ShapeMismatch {
+                            path: path.into(),
+                            name,
+                            expected: shape.clone(),
+                            found: t.dims().to_vec(),
+                        }
+                        .into());
+                    }
+                    picked.insert(name, t.clone());
+                }
+            }
+        }
+        // F32, as the model computes them (load_bigs / the probe use F32).
+        let vb = VarBuilder::from_tensors(picked, DType::F32, &Device::Cpu);
+        let layer = |i: usize, dir: &str| {
+            BigsSsm::new(
+                n,
+                cfg.conv,
+                vb.pp("bigs").pp("encoder").pp("layer").pp(i).pp(dir),
+            )
+        };
+        let ssms = (0..cfg.num_hidden_layers)
+            .map(|i| Ok((layer(i, "fs4")?, layer(i, "bs4")?)))
+            .collect::<std::result::Result<Vec<_>, EngineError>>()?;
+        Ok(Self { cfg, ssms })
+    }
+
+    fn ssm(s: &BigsSsm, len: usize) -> Result<SsmKernels> {
+        let v = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.to_vec1()?) };
+        let k = v(&s.kernel(len)?)?;
+        let a_re = v(&s.a_re.minimum(BIGS_A_RE_MAX)?)?;
+        let a_im = v(&s.a_im)?;
+        let dt = v(&s.log_step.exp()?)?;
+        Ok(SsmKernels {
+            kernels: vec![k],
+            dt,
+            eig: a_re.into_iter().zip(a_im).collect(),
+            d: v(&s.d)?,
+        })
+    }
+}
+
+impl KernelSource for BigsSource {
+    fn family(&self) -> &'static str {
+        "BiGS"
+    }
+    fn num_layers(&self) -> usize {
+        self.ssms.len()
+    }
+    fn kernel_len(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+    fn width(&self) -> usize {
+        self.cfg.hidden_size
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+    fn layer(&self, i: usize, len: usize) -> Result<LayerKernels> {
+        let (f, b) = &self.ssms[i];
+        Ok(LayerKernels {
+            fwd: Self::ssm(f, len)?,
+            bwd: Self::ssm(b, len)?,
+        })
+    }
+    fn init(&self) -> InitReference {
+        let (re, im) = a_init_full(self.cfg.ssm_init, self.cfg.num_ssm);
+        let name = serde_json::to_value(self.cfg.ssm_init)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        InitReference {
+            a_init: name,
+            eig: re.into_iter().zip(im).collect(),
+            dt_range: BIGS_DT_INIT,
+        }
+    }
+}
+
+/// The kernel source of a checkpoint, by its config's `model_type`.
+pub fn open_source(files: &ModelFiles) -> Result<Box<dyn KernelSource>> {
+    let text = std::fs::read_to_string(&files.config).map_err(|source| EngineError::Io {
+        path: files.config.clone(),
+        source,
+    })?;
+    let model_type = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| {
+            v.get("model_type")
+                .and_then(|m| m.as_str())
+                .map(String::from)
+        })
+        .unwrap_or_else(|| "bigs".into());
+    match model_type.to_ascii_lowercase().as_str() {
+        "bigs" => {
+            let cfg = BigsConfig::from_json_file(&files.config)?;
+            let tensors = read_checkpoint(&files.weights, &Device::Cpu)?;
+            Ok(Box::new(BigsSource::from_tensors(
+                cfg,
+                &tensors,
+                &files.weights,
+            )?))
+        }
+        other => Err(KernelsError::UnknownFamily {
+            path: files.config.clone(),
+            model_type: other.into(),
+        }),
+    }
+}
+
+/// Every layer's kernels of one checkpoint, at the model's own length.
+pub fn load_kernels(files: &ModelFiles) -> Result<ModelKernels> {
+    let src = open_source(files)?;
+    let len = src.kernel_len();
+    let layers = (0..src.num_layers())
+        .map(|i| src.layer(i, len))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ModelKernels {
+        family: src.family(),
+        weights: files.weights.clone(),
+        step: files.step,
+        len,
+        width: src.width(),
+        shared: src.shared(),
+        layers,
+        init: src.init(),
+    })
+}
+
+/// The kernels of a model path (run dir: checkpoint `step` or the latest; step dir; HF dir).
+pub fn load_model(path: &Path, step: Option<u64>) -> Result<ModelKernels> {
+    load_kernels(&resolve_model(path, step)?)
+}
+
+/// The checkpoints a model path offers (see [`model_checkpoints`]).
+pub fn checkpoints(path: &Path) -> Result<Vec<ModelFiles>> {
+    Ok(model_checkpoints(path)?)
+}
+
+/// Per-channel kernels of an s4-style SSM through the engine's [`s4_kernel`] (the kernel family
+/// of per-channel models): `log_dt` (H), `a_re`, `a_im` (H, M) the real and imaginary parts of
+/// A as the model uses them, `c` (H, M, 2), skip `d` (H).
+pub fn s4_channel_kernels(
+    log_dt: &Tensor,
+    a_re: &Tensor,
+    a_im: &Tensor,
+    c: &Tensor,
+    d: &Tensor,
+    len: usize,
+    disc: Discretization,
+) -> Result<SsmKernels> {
+    let k = s4_kernel(log_dt, a_re, a_im, c, len, disc)?;
+    let f64v =
+        |t: &Tensor| -> Result<Vec<f64>> { Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?) };
+    let re = f64v(a_re)?;
+    let im = f64v(a_im)?;
+    Ok(SsmKernels {
+        kernels: k.to_dtype(DType::F64)?.to_vec2()?,
+        dt: f64v(&log_dt.exp()?)?,
+        eig: re.into_iter().zip(im).collect(),
+        d: f64v(d)?,
+    })
+}
+
+/// The response over signed offsets `d = −(L−1)…L−1` (output position minus input position):
+/// `d ≥ 0 → k_f[d]`, `d < 0 → k_b[−d]`. Returns (d, value) pairs, ascending in d.
+pub fn signed_response(k_f: &[f64], k_b: &[f64]) -> Vec<(i64, f64)> {
+    let back = (1..k_b.len()).rev().map(|j| (-(j as i64), k_b[j]));
+    let fwd = k_f.iter().enumerate().map(|(j, v)| (j as i64, *v));
+    back.chain(fwd).collect()
+}
+
+/// The lag after which `|k|` stays below `frac` of its maximum (the first lag of the quiet
+/// tail); `None` when the kernel is still above that at the last lag (it outlasts L).
+pub fn decay_lag(k: &[f64], frac: f64) -> Option<usize> {
+    let max = k.iter().fold(0f64, |m, v| m.max(v.abs()));
+    if max == 0.0 {
+        return Some(0);
+    }
+    let last = k.iter().rposition(|v| v.abs() >= frac * max).unwrap_or(0);
+    (last + 1 < k.len()).then_some(last + 1)
+}
+
+/// |DFT(k)| at frequencies `f/n_fft` cycles per step, `f = 0…n_fft/2`, with `k` zero-padded to
+/// `n_fft` (≥ its length; realfft).
+pub fn frequency_response(k: &[f64], n_fft: usize) -> Vec<f64> {
+    let n = n_fft.max(k.len()).max(1);
+    let mut planner = realfft::RealFftPlanner::<f64>::new();
+    let fft = planner.plan_fft_forward(n);
+    let mut input = fft.make_input_vec();
+    input[..k.len()].copy_from_slice(k);
+    let mut out = fft.make_output_vec();
+    fft.process(&mut input, &mut out)
+        .expect("buffers come from the plan");
+    out.iter().map(|c| c.norm()).collect()
+}
+
+/// A bidirectional 1-D kernel folded back onto an image flattened in raster order: the H×W map
+/// (row-major) of how output pixel `(r, c)` responds to each input pixel `(r', c')`. With
+/// `d = idx(r, c) − idx(r', c')`, `idx(r, c) = r·W + c`: `d ≥ 0 → k_f[d]`, `d < 0 → k_b[−d]`,
+/// zero beyond a kernel's length.
+pub fn fold_receptive_field(
+    k_f: &[f64],
+    k_b: &[f64],
+    h: usize,
+    w: usize,
+    r: usize,
+    c: usize,
+) -> Vec<f64> {
+    let here = (r * w + c) as i64;
+    (0..h * w)
+        .map(|src| {
+            let d = here - src as i64;
+            let v = if d >= 0 {
+                k_f.get(d as usize)
+            } else {
+                k_b.get((-d) as usize)
+            };
+            v.copied().unwrap_or(0.0)
+        })
+        .collect()
+}
+
+/// (min, median, max) of values (NaN-free); None when empty.
+pub fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let med = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    };
+    Some((v[0], med, v[n - 1]))
+}
+
+/// One row of the summary table: a layer's direction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryRow {
+    pub layer: usize,
+    pub direction: Direction,
+    /// Per channel: lag where |K| falls below 1% of its max (None: beyond L). BiGS: one.
+    pub decay: Vec<Option<usize>>,
+    pub dt: (f64, f64, f64),
+    /// |Re A| (min, median, max) over all modes.
+    pub a_re: (f64, f64, f64),
+    pub max_abs_k: f64,
+}
+
+/// The rows of `ssmlab kernels`' table (all layers, or one).
+pub fn summary(mk: &ModelKernels, layer: Option<usize>) -> Vec<SummaryRow> {
+    let mut rows = Vec::new();
+    for (i, l) in mk.layers.iter().enumerate() {
+        if layer.is_some_and(|x| x != i) {
+            continue;
+        }
+        for dir in [Direction::Forward, Direction::Backward] {
+            let s = l.get(dir);
+            let a: Vec<f64> = s.eig.iter().map(|e| e.0.abs()).collect();
+            rows.push(SummaryRow {
+                layer: i,
+                direction: dir,
+                decay: s.kernels.iter().map(|k| decay_lag(k, 0.01)).collect(),
+                dt: spread(&s.dt).unwrap_or_default(),
+                a_re: spread(&a).unwrap_or_default(),
+                max_abs_k: s.kernels.iter().flatten().fold(0f64, |m, v| m.max(v.abs())),
+            });
+        }
+    }
+    rows
+}
+
+/// "37" or ">128" (never falls below 1% within L).
+pub fn fmt_decay(d: Option<usize>, len: usize) -> String {
+    match d {
+        Some(d) => d.to_string(),
+        None => format!(">{len}"),
+    }
+}
+
+/// The summary table as text (what `ssmlab kernels` prints without `--out`).
+pub fn summary_table(mk: &ModelKernels, layer: Option<usize>) -> String {
+    let mut s = format!(
+        "{}: {} {}, {} layers × 2 directions, {}, L = {}, A init {} (Δt init {}–{})\n",
+        mk.weights.display(),
+        mk.family,
+        mk.label(),
+        mk.layers.len(),
+        mk.channels_note(),
+        mk.len,
+        mk.init.a_init,
+        mk.init.dt_range.0,
+        mk.init.dt_range.1,
+    );
+    s += "decay lag: the lag after which |K| stays below 1% of its maximum\n";
+    s += &format!(
+        "{:>5} {:>4} {:>10} {:>9} {:>9} {:>9} {:>21} {:>9}\n",
+        "layer", "dir", "decay lag", "Δt min", "Δt med", "Δt max", "|A_re| min/med/max", "max|K|"
+    );
+    for r in summary(mk, layer) {
+        let decay = if r.decay.len() == 1 {
+            fmt_decay(r.decay[0], mk.len)
+        } else {
+            let known: Vec<f64> = r.decay.iter().flatten().map(|d| *d as f64).collect();
+            match spread(&known) {
+                Some((_, med, _)) => format!("med {med:.0}"),
+                None => format!(">{}", mk.len),
+            }
+        };
+        s += &format!(
+            "{:>5} {:>4} {:>10} {:>9.4} {:>9.4} {:>9.4} {:>6.3}/{:>6.3}/{:>6.3} {:>9.4}\n",
+            r.layer,
+            r.direction.short(),
+            decay,
+            r.dt.0,
+            r.dt.1,
+            r.dt.2,
+            r.a_re.0,
+            r.a_re.1,
+            r.a_re.2,
+            r.max_abs_k
+        );
+    }
+    s
+}

@@ -1,0 +1,412 @@
+//! The Kernels view: what the state-space layers learned, for the selected run's checkpoints.
+//! Sub-views (`v`): kernel vs lag, layers × lag heatmap, |FFT(K)|, Δt and eigenvalues of A
+//! against their initialisation, evolution over checkpoints (`{`/`}`). The pictures are
+//! [`Figure`]s built by `kernels::figure` (UI-free; `e` exports the same one as a PNG). Weights
+//! load and kernels are computed on a worker thread (`tui::spawn_kernels_worker`).
+
+use std::path::PathBuf;
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::symbols::Marker;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, GraphType, Paragraph};
+
+use crate::kernels::ModelKernels;
+use crate::kernels::export::{heat_bins, series_bounds};
+use crate::kernels::figure::{Figure, HeatRow, Panel, Selection, Tone, figure};
+use crate::probe::sanitize;
+use crate::tui::app::App;
+use crate::tui::chart::fmt_num;
+use crate::tui::theme::Theme;
+
+/// The view's state: the selection and the kernels of the shown run's checkpoints.
+#[derive(Debug, Clone, Default)]
+pub struct KernelsState {
+    pub sel: Selection,
+    /// The run (or model directory) shown.
+    pub model: Option<PathBuf>,
+    /// Its checkpoint steps when they were requested (a new checkpoint triggers a reload).
+    pub requested: Vec<u64>,
+    /// Kernels per checkpoint, ascending by step, as the worker delivers them.
+    pub data: Vec<ModelKernels>,
+    /// Checkpoints the worker is computing.
+    pub total: usize,
+    pub busy: bool,
+    pub error: Option<String>,
+    /// Tags jobs, so results of a job the user moved away from are dropped.
+    pub generation: u64,
+    /// Show the latest checkpoint as it arrives (until `{`/`}` pick one).
+    pub follow_latest: bool,
+}
+
+impl KernelsState {
+    /// Sets the shown model and its kernels at once (what the worker delivers piecewise).
+    pub fn set(&mut self, model: PathBuf, data: Vec<ModelKernels>) {
+        self.requested = data.iter().filter_map(|m| m.step).collect();
+        self.model = Some(model);
+        self.total = data.len();
+        self.data = data;
+        self.busy = false;
+        self.error = None;
+        self.sel.checkpoint = self.data.len().saturating_sub(1);
+        self.sel.clamp(&self.data);
+    }
+
+    /// The figure the view shows now (None before any kernels arrived).
+    pub fn figure(&self) -> Option<Figure> {
+        (!self.data.is_empty()).then(|| figure(&self.data, &self.sel))
+    }
+}
+
+fn tone_color(t: &Theme, tone: Tone) -> Color {
+    let s = &t.series;
+    match tone {
+        Tone::Forward => s[0],
+        Tone::Backward => s[1 % s.len()],
+        Tone::Faint => t.muted,
+    }
+}
+
+fn tick(v: f64, log: bool) -> String {
+    fmt_num(if log { 10f64.powf(v) } else { v })
+}
+
+fn draw_plot(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
+    let Panel::Plot {
+        title,
+        x_label,
+        y_label,
+        series,
+        log_x,
+        log_y,
+    } = p
+    else {
+        return;
+    };
+    let t = &app.theme;
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(format!(" {title} "));
+    let Some((xb, yb)) = series_bounds(series) else {
+        f.render_widget(Paragraph::new("no data").block(block), area);
+        return;
+    };
+    let marker = if app.ascii {
+        Marker::Dot
+    } else {
+        Marker::Braille
+    };
+    // faint series first, so the current ones are drawn on top
+    let mut order: Vec<_> = series.iter().filter(|s| s.tone == Tone::Faint).collect();
+    order.extend(series.iter().filter(|s| s.tone != Tone::Faint));
+    let datasets: Vec<Dataset> = order
+        .iter()
+        .map(|s| {
+            let d = Dataset::default()
+                .marker(marker)
+                .graph_type(if s.scatter {
+                    GraphType::Scatter
+                } else {
+                    GraphType::Line
+                })
+                .style(Style::default().fg(tone_color(t, s.tone)))
+                .data(&s.points);
+            if s.label.is_empty() {
+                d
+            } else {
+                d.name(s.label.clone())
+            }
+        })
+        .collect();
+    let mid = |b: [f64; 2]| (b[0] + b[1]) / 2.0;
+    let chart = Chart::new(datasets)
+        .block(block)
+        .x_axis(
+            Axis::default()
+                .title(Span::styled(x_label.clone(), t.muted()))
+                .bounds(xb)
+                .labels(vec![
+                    Span::raw(tick(xb[0], *log_x)),
+                    Span::raw(tick(mid(xb), *log_x)),
+                    Span::raw(tick(xb[1], *log_x)),
+                ]),
+        )
+        .y_axis(
+            Axis::default()
+                .title(Span::styled(y_label.clone(), t.muted()))
+                .bounds(yb)
+                .labels(vec![
+                    Span::raw(tick(yb[0], *log_y)),
+                    Span::raw(tick(mid(yb), *log_y)),
+                    Span::raw(tick(yb[1], *log_y)),
+                ]),
+        );
+    f.render_widget(chart, area);
+}
+
+/// A heatmap cell: shade by magnitude, colour by sign (red +, blue −).
+fn cell(v: Option<f64>, no_color: bool) -> Span<'static> {
+    let Some(v) = v else {
+        return Span::raw(" ");
+    };
+    let a = v.abs();
+    let ch = if a < 0.02 {
+        " "
+    } else if a < 0.1 {
+        "·"
+    } else if a < 0.3 {
+        "░"
+    } else if a < 0.6 {
+        "▒"
+    } else if a < 0.85 {
+        "▓"
+    } else {
+        "█"
+    };
+    let style = if no_color {
+        Style::default()
+    } else if v >= 0.0 {
+        Style::default().fg(Color::Red)
+    } else {
+        Style::default().fg(Color::Blue)
+    };
+    Span::styled(ch, style)
+}
+
+fn draw_heatmap(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
+    let Panel::Heatmap {
+        title,
+        x_label,
+        rows,
+        log_x,
+        highlight,
+    } = p
+    else {
+        return;
+    };
+    let t = &app.theme;
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(format!(" {title} "));
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    if inner.height < 3 || inner.width < 20 || rows.is_empty() {
+        return;
+    }
+    let label_w = rows
+        .iter()
+        .map(|r| r.label.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(12)
+        + 2;
+    let cols = inner.width as usize - label_w;
+    let (bins, xb) = heat_bins(rows, cols);
+    let avail = inner.height as usize - 2; // axis labels and legend below
+    // rows on screen: repeat short maps (up to 3 lines a row), subsample tall ones
+    let rep = (avail / rows.len()).clamp(1, 3);
+    let shown: Vec<usize> = if rows.len() <= avail {
+        (0..rows.len()).collect()
+    } else {
+        (0..avail).map(|i| i * rows.len() / avail).collect()
+    };
+    let mut lines = Vec::new();
+    for &i in &shown {
+        let row: &HeatRow = &rows[i];
+        for r in 0..rep {
+            let label = if r == 0 {
+                format!("{:<w$}", row.label, w = label_w - 1)
+            } else {
+                " ".repeat(label_w - 1)
+            };
+            let lstyle = if *highlight == Some(i) {
+                t.selected()
+            } else {
+                t.muted()
+            };
+            let mut spans = vec![
+                Span::styled(label, lstyle),
+                Span::styled(if *highlight == Some(i) { "▶" } else { " " }, t.accent()),
+            ];
+            spans.extend(bins[i].iter().map(|v| cell(*v, t.no_color)));
+            lines.push(Line::from(spans));
+        }
+    }
+    let (lo, hi) = (tick(xb[0], *log_x), tick(xb[1], *log_x));
+    let mid = tick((xb[0] + xb[1]) / 2.0, *log_x);
+    let gap = cols.saturating_sub(lo.len() + mid.len() + hi.len()) / 2;
+    lines.push(Line::from(Span::styled(
+        format!(
+            "{}{lo}{}{mid}{}{hi}",
+            " ".repeat(label_w),
+            " ".repeat(gap),
+            " ".repeat(cols.saturating_sub(lo.len() + mid.len() + hi.len() + gap))
+        ),
+        t.muted(),
+    )));
+    lines.push(Line::from(Span::styled(
+        format!(
+            "{}{x_label} · shade |K|/max, red +, blue −",
+            " ".repeat(label_w)
+        ),
+        t.muted(),
+    )));
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
+fn draw_text(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
+    let Panel::Text { title, lines } = p else {
+        return;
+    };
+    let lines: Vec<Line> = lines
+        .iter()
+        .map(|l| Line::from(Span::styled(l.clone(), app.theme.text())))
+        .collect();
+    f.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(format!(" {title} ")),
+        ),
+        area,
+    );
+}
+
+fn draw_panel(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
+    match p {
+        Panel::Plot { .. } => draw_plot(f, app, p, area),
+        Panel::Heatmap { .. } => draw_heatmap(f, app, p, area),
+        Panel::Text { .. } => draw_text(f, app, p, area),
+    }
+}
+
+/// Draws a figure: a title line, the notes, the picture panels side by side, text panels below.
+pub fn draw_figure(f: &mut Frame, app: &App, fig: &Figure, area: Rect) {
+    let t = &app.theme;
+    let head = 1 + fig.notes.len() as u16;
+    let texts: Vec<&Panel> = fig
+        .panels
+        .iter()
+        .filter(|p| matches!(p, Panel::Text { .. }))
+        .collect();
+    let pics: Vec<&Panel> = fig
+        .panels
+        .iter()
+        .filter(|p| !matches!(p, Panel::Text { .. }))
+        .collect();
+    let text_h: u16 = texts
+        .iter()
+        .map(|p| match p {
+            Panel::Text { lines, .. } => lines.len() as u16 + 2,
+            _ => 0,
+        })
+        .sum::<u16>()
+        .min(area.height / 3);
+    let [head_a, pics_a, text_a] = Layout::vertical([
+        Constraint::Length(head),
+        Constraint::Min(5),
+        Constraint::Length(text_h),
+    ])
+    .areas(area);
+    let mut lines = vec![Line::from(Span::styled(sanitize(&fig.title), t.accent()))];
+    lines.extend(
+        fig.notes
+            .iter()
+            .map(|n| Line::from(Span::styled(n.clone(), t.muted()))),
+    );
+    f.render_widget(Paragraph::new(lines), head_a);
+    if !pics.is_empty() {
+        let n = pics.len() as u32;
+        let parts = Layout::horizontal((0..n).map(|_| Constraint::Ratio(1, n))).split(pics_a);
+        for (p, a) in pics.iter().zip(parts.iter()) {
+            draw_panel(f, app, p, *a);
+        }
+    }
+    if !texts.is_empty() {
+        let hs: Vec<Constraint> = texts
+            .iter()
+            .map(|p| match p {
+                Panel::Text { lines, .. } => Constraint::Length(lines.len() as u16 + 2),
+                _ => Constraint::Length(0),
+            })
+            .collect();
+        let parts = Layout::vertical(hs).split(text_a);
+        for (p, a) in texts.iter().zip(parts.iter()) {
+            draw_panel(f, app, p, *a);
+        }
+    }
+}
+
+pub fn draw(f: &mut Frame, app: &App, area: Rect) {
+    let t = &app.theme;
+    let k = &app.kernels;
+    let Some(fig) = k.figure() else {
+        let (msg, style) = match (&k.error, k.busy, &k.model) {
+            (Some(e), _, _) => (sanitize(e), Style::default().fg(t.error)),
+            (None, true, Some(m)) => (
+                format!(
+                    "computing the kernels of {} ({} checkpoint(s))…",
+                    m.display(),
+                    k.total
+                ),
+                t.muted(),
+            ),
+            _ => (
+                "select a run with a checkpoint (↑/↓ here, or in the Runs view)".into(),
+                t.muted(),
+            ),
+        };
+        f.render_widget(
+            Paragraph::new(msg)
+                .style(style)
+                .wrap(ratatui::widgets::Wrap { trim: true })
+                .block(Block::default().borders(Borders::ALL).title(" Kernels ")),
+            area,
+        );
+        return;
+    };
+    let [fig_a, foot] = Layout::vertical([Constraint::Min(8), Constraint::Length(1)]).areas(area);
+    draw_figure(f, app, &fig, fig_a);
+    let steps: Vec<String> = k.data.iter().map(|m| m.label()).collect();
+    let progress = if k.busy {
+        format!(" · loading {}/{}", k.data.len(), k.total)
+    } else {
+        String::new()
+    };
+    let err = k
+        .error
+        .as_ref()
+        .map(|e| format!(" · {}", sanitize(e)))
+        .unwrap_or_default();
+    let cur = k.sel.checkpoint.min(steps.len().saturating_sub(1));
+    f.render_widget(
+        Paragraph::new(Line::from(vec![
+            Span::styled(
+                format!(
+                    " checkpoint {}/{} ({}){}{}",
+                    cur + 1,
+                    steps.len(),
+                    steps.get(cur).cloned().unwrap_or_default(),
+                    progress,
+                    err
+                ),
+                t.muted(),
+            ),
+            Span::styled(
+                format!(
+                    " · {}{}",
+                    k.model
+                        .as_ref()
+                        .and_then(|m| m.file_name())
+                        .map(|m| m.to_string_lossy().to_string())
+                        .unwrap_or_default(),
+                    if k.sel.log_lag { " · log lag" } else { "" }
+                ),
+                t.muted(),
+            ),
+        ])),
+        foot,
+    );
+}

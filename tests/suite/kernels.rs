@@ -1,0 +1,399 @@
+//! Kernels from weights (`ssmlab kernels`, the Kernels view): equal to the engine's kernels as
+//! the model uses them, frequency response against a direct DFT, the 2-D folding, bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+use ssmlab::engine::bigs::{BigsConfig, load_bigs};
+use ssmlab::engine::s4d::{Discretization, s4_kernel};
+use ssmlab::kernels::figure::{DirSel, Panel, Selection, SubView, figure};
+use ssmlab::kernels::{
+    Direction, decay_lag, fold_receptive_field, frequency_response, load_model, s4_channel_kernels,
+    signed_response, summary,
+};
+
+use crate::common::{fixture, load_st, shipped_run, two_checkpoint_run};
+
+/// The engine's kernels as the loaded model uses them (`BigsSsm::kernel`, called by its forward).
+fn model_kernels(config: &Path, weights: &Path) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let cfg = BigsConfig::from_json_file(config).unwrap();
+    let m = load_bigs(&cfg, weights, DType::F32, &Device::Cpu)
+        .unwrap()
+        .model;
+    let l = cfg.max_position_embeddings;
+    let v = |t: Tensor| t.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    m.layers
+        .iter()
+        .map(|x| (v(x.fs4.kernel(l).unwrap()), v(x.bs4.kernel(l).unwrap())))
+        .collect()
+}
+
+#[test]
+fn kernels_of_the_view_equal_the_engines_kernels_of_the_model() {
+    let ck = shipped_run().join("step-2500");
+    let want = model_kernels(&ck.join("config.json"), &ck.join("model.safetensors"));
+    // the run directory resolves to its latest checkpoint, as the view and the CLI read it
+    let mk = load_model(&shipped_run(), None).unwrap();
+    assert_eq!((mk.step, mk.len, mk.layers.len()), (Some(2500), 128, 4));
+    assert!(mk.shared && mk.width == 128);
+    for (i, (f, b)) in want.iter().enumerate() {
+        assert_eq!(&mk.layers[i].fwd.kernels, &vec![f.clone()], "layer {i} fwd");
+        assert_eq!(&mk.layers[i].bwd.kernels, &vec![b.clone()], "layer {i} bwd");
+    }
+    // and the view plots exactly those values: forward at d ≥ 0, backward at d < 0
+    let sel = Selection {
+        layer: 2,
+        dir: DirSel::Both,
+        ..Default::default()
+    };
+    let fig = figure(std::slice::from_ref(&mk), &sel);
+    let Panel::Plot { series, .. } = &fig.panels[0] else {
+        panic!("lag view starts with a plot")
+    };
+    let (f, b) = &want[2];
+    let fwd: Vec<f64> = series[0].points.iter().map(|p| p.1).collect();
+    assert_eq!(&fwd, f);
+    assert!(
+        series[0]
+            .points
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.0 == i as f64)
+    );
+    let bwd = &series[1].points;
+    assert_eq!(bwd.len(), 127);
+    assert!(bwd.iter().all(|(d, v)| *d < 0.0 && *v == b[(-d) as usize]));
+    assert!(
+        fig.notes[0].contains("not an attention map"),
+        "{:?}",
+        fig.notes
+    );
+    // the signed response is the same pairing
+    let sr = signed_response(f, b);
+    assert_eq!(sr.len(), 255);
+    assert_eq!(sr[0], (-127, b[127]));
+    assert_eq!(sr[127], (0, f[0]));
+    assert_eq!(sr[254], (127, f[127]));
+}
+
+#[test]
+fn kernels_of_hf_directories_both_formats_equal_the_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    for w in ["model.safetensors", "pytorch_model.bin"] {
+        let d = tmp.path().join(w.replace('.', "_"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(fixture("bigs_tiny/config.json"), d.join("config.json")).unwrap();
+        std::fs::copy(fixture(&format!("bigs_tiny/{w}")), d.join(w)).unwrap();
+        let mk = load_model(&d, None).unwrap();
+        let want = model_kernels(&d.join("config.json"), &d.join(w));
+        assert_eq!(mk.layers.len(), want.len());
+        for (l, (f, b)) in mk.layers.iter().zip(&want) {
+            assert_eq!((&l.fwd.kernels[0], &l.bwd.kernels[0]), (f, b), "{w}");
+        }
+        assert_eq!(mk.step, None);
+        let e = load_model(&d, Some(3)).unwrap_err().to_string();
+        assert!(e.contains("drop --step"), "{e}");
+    }
+}
+
+#[test]
+fn kernels_per_channel_family_uses_the_engines_s4_kernel() {
+    let v = load_st("s4d_kernel.safetensors");
+    let a_re = v["s4.log_A_real"].exp().unwrap().neg().unwrap();
+    let k = s4_channel_kernels(
+        &v["s4.log_dt"],
+        &a_re,
+        &v["s4.A_imag"],
+        &v["s4.C"],
+        &v["s4.D"],
+        64,
+        Discretization::Zoh,
+    )
+    .unwrap();
+    let want = s4_kernel(
+        &v["s4.log_dt"],
+        &a_re,
+        &v["s4.A_imag"],
+        &v["s4.C"],
+        64,
+        Discretization::Zoh,
+    )
+    .unwrap()
+    .to_dtype(DType::F64)
+    .unwrap()
+    .to_vec2::<f64>()
+    .unwrap();
+    assert_eq!(k.kernels, want);
+    assert_eq!(k.channels(), v["s4.log_dt"].dim(0).unwrap());
+    assert_eq!(k.dt.len(), k.channels());
+}
+
+/// Direct O(n²) DFT magnitude.
+fn dft_mag(x: &[f64], n: usize) -> Vec<f64> {
+    (0..=n / 2)
+        .map(|f| {
+            let (mut re, mut im) = (0.0, 0.0);
+            for (t, v) in x.iter().enumerate() {
+                let a = -2.0 * std::f64::consts::PI * (f * t) as f64 / n as f64;
+                re += v * a.cos();
+                im += v * a.sin();
+            }
+            (re * re + im * im).sqrt()
+        })
+        .collect()
+}
+
+#[test]
+fn kernels_frequency_response_equals_a_direct_dft() {
+    let k: Vec<f64> = (0..37)
+        .map(|i| (-(i as f64) / 9.0).exp() * (0.7 * i as f64).cos() + 0.01 * (i % 5) as f64)
+        .collect();
+    for n in [37usize, 64, 128, 75] {
+        let got = frequency_response(&k, n);
+        let want = dft_mag(&k, n);
+        assert_eq!(got.len(), n / 2 + 1);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-9 * (1.0 + w), "n={n}: {g} vs {w}");
+        }
+    }
+    // a real checkpoint's kernel too
+    let mk = load_model(&shipped_run(), None).unwrap();
+    let k = &mk.layers[0].bwd.kernels[0];
+    let (got, want) = (frequency_response(k, 256), dft_mag(k, 256));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-9 * (1.0 + w));
+    }
+}
+
+#[test]
+fn kernels_fold_onto_a_28x28_image() {
+    let (h, w) = (28usize, 28usize);
+    // hand-made: forward k_f[d] = 1000 + d, backward k_b[d] = −d (k_b[0] never used)
+    let k_f: Vec<f64> = (0..h * w).map(|d| 1000.0 + d as f64).collect();
+    let k_b: Vec<f64> = (0..h * w).map(|d| -(d as f64)).collect();
+    let (r, c) = (10usize, 5usize);
+    let m = fold_receptive_field(&k_f, &k_b, h, w, r, c);
+    assert_eq!(m.len(), h * w);
+    let at = |rr: usize, cc: usize| m[rr * w + cc];
+    assert_eq!(at(10, 5), 1000.0); // the pixel itself: k_f[0]
+    assert_eq!(at(10, 4), 1001.0); // one to the left: earlier in raster order, d = 1
+    assert_eq!(at(10, 6), -1.0); // one to the right: later, backward kernel k_b[1]
+    assert_eq!(at(9, 5), 1028.0); // the row above: d = W
+    assert_eq!(at(11, 5), -28.0); // the row below: k_b[W]
+    assert_eq!(at(9, 27), 1006.0); // end of the row above: d = 28 − 22 = 6
+    assert_eq!(at(0, 0), 1000.0 + 285.0); // d = 10·28 + 5
+    assert_eq!(at(27, 27), -(27.0 * 28.0 + 27.0 - 285.0));
+    // every cell against the definition written with (Δrow, Δcol)
+    for rr in 0..h {
+        for cc in 0..w {
+            let d = (r as i64 - rr as i64) * w as i64 + (c as i64 - cc as i64);
+            let want = if d >= 0 { 1000.0 + d as f64 } else { d as f64 };
+            assert_eq!(at(rr, cc), want, "({rr}, {cc})");
+        }
+    }
+    // short kernels: zero beyond their length
+    let m = fold_receptive_field(&k_f[..30], &k_b[..30], h, w, r, c);
+    assert_eq!(m[9 * w + 5], 1028.0);
+    assert_eq!(m[8 * w + 5], 0.0, "d = 56 is beyond a 30-tap kernel");
+    assert_eq!(m[12 * w + 5], 0.0);
+    assert_eq!(m.iter().filter(|v| **v != 0.0).count(), 30 + 29);
+}
+
+#[test]
+fn kernels_decay_lag_and_summary() {
+    let k: Vec<f64> = (0..100).map(|l| 0.9f64.powi(l)).collect();
+    assert_eq!(decay_lag(&k, 0.01), Some(44)); // 0.9^43 ≥ 0.01 > 0.9^44
+    let flat = vec![1.0; 50];
+    assert_eq!(decay_lag(&flat, 0.01), None);
+    assert_eq!(decay_lag(&[0.0; 4], 0.01), Some(0));
+    let mk = load_model(&shipped_run(), None).unwrap();
+    let rows = summary(&mk, None);
+    assert_eq!(rows.len(), 8);
+    assert_eq!((rows[1].layer, rows[1].direction), (0, Direction::Backward));
+    for r in &rows {
+        let s = mk.layers[r.layer].get(r.direction);
+        assert_eq!(r.decay, vec![decay_lag(&s.kernels[0], 0.01)]);
+        assert_eq!(r.dt, (s.dt[0], s.dt[0], s.dt[0]), "BiGS: one Δt per SSM");
+        assert!(r.a_re.0 <= r.a_re.1 && r.a_re.1 <= r.a_re.2 && r.a_re.0 >= 1e-4);
+    }
+    assert_eq!(summary(&mk, Some(3)).len(), 2);
+    // the init reference: hippo, N modes with Re −0.5
+    assert_eq!(mk.init.a_init, "hippo");
+    assert_eq!(mk.init.eig.len(), 64);
+    assert!(mk.init.eig.iter().all(|e| e.0 == -0.5));
+    assert_eq!(mk.init.dt_range, (0.01, 1.0));
+    // every sub-view builds, for every direction choice
+    for view in SubView::ALL {
+        for dir in [DirSel::Forward, DirSel::Backward, DirSel::Both] {
+            for log_lag in [false, true] {
+                let sel = Selection {
+                    view,
+                    dir,
+                    log_lag,
+                    layer: 3,
+                    ..Default::default()
+                };
+                let f = figure(std::slice::from_ref(&mk), &sel);
+                assert!(!f.panels.is_empty(), "{view:?} {dir:?}");
+            }
+        }
+    }
+}
+
+fn ssmlab(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ssmlab"))
+        .arg("kernels")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn os(s: &str) -> std::ffi::OsString {
+    s.into()
+}
+
+#[test]
+fn kernels_cli_table_png_and_csv() {
+    let out = ssmlab(&[&os("--model"), &os("checkpoints/bigs-mobydick")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("BiGS step-2500, 4 layers × 2 directions"), "{s}");
+    assert!(
+        s.contains("shared by 128 channels") && s.contains("A init hippo"),
+        "{s}"
+    );
+    let rows: Vec<&str> = s
+        .lines()
+        .filter(|l| l.contains(" fwd ") || l.contains(" bwd "))
+        .collect();
+    assert_eq!(rows.len(), 8, "{s}");
+    let mk = load_model(&shipped_run(), None).unwrap();
+    let want = format!(
+        "{:>10}",
+        ssmlab::kernels::fmt_decay(decay_lag(&mk.layers[1].bwd.kernels[0], 0.01), 128)
+    );
+    assert!(
+        rows[3].starts_with("    1  bwd") && rows[3].contains(&want),
+        "{}",
+        rows[3]
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("k.png");
+    let csv = tmp.path().join("k.csv");
+    let out = ssmlab(&[
+        &os("--model"),
+        &os("checkpoints/bigs-mobydick"),
+        &os("--out"),
+        png.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = image::open(&png).unwrap();
+    assert!(img.width() >= 800 && img.height() >= 400);
+    let out = ssmlab(&[
+        &os("--model"),
+        &os("checkpoints/bigs-mobydick"),
+        &os("--layer"),
+        &os("2"),
+        &os("--out"),
+        csv.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "step,layer,direction,channel,lag,k");
+    assert_eq!(lines.len(), 1 + 2 * 128);
+    let f: Vec<&str> = lines[1 + 128 + 5].split(',').collect();
+    assert_eq!(&f[..5], ["2500", "2", "bwd", "0", "5"]);
+    let v: f64 = f[5].parse().unwrap();
+    assert_eq!(
+        v, mk.layers[2].bwd.kernels[0][5],
+        "CSV keeps full precision"
+    );
+}
+
+fn one_line_error(out: &std::process::Output) -> String {
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "one line: {e}");
+    e
+}
+
+#[test]
+fn kernels_bad_input_is_a_clear_one_line_message() {
+    let e = one_line_error(&ssmlab(&[&os("--layer"), &os("9")]));
+    assert!(
+        e.contains("layer 9 is out of range")
+            && e.contains("has 4 layers; pass a layer from 0 to 3"),
+        "{e}"
+    );
+    let e = one_line_error(&ssmlab(&[&os("--step"), &os("7")]));
+    assert!(
+        e.contains("no checkpoint step-7; its checkpoints are step-2500"),
+        "{e}"
+    );
+    let e = one_line_error(&ssmlab(&[&os("--out"), &os("k.txt")]));
+    assert!(e.contains("must end in .png") && e.contains(".csv"), "{e}");
+    let e = one_line_error(&ssmlab(&[&os("--model"), &os("/nonexistent/dir")]));
+    assert!(e.contains("unknown model directory layout"), "{e}");
+    // a checkpoint whose SSM parameters were stripped
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("no-ssm");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(fixture("bigs_tiny/config.json"), d.join("config.json")).unwrap();
+    let kept: std::collections::HashMap<String, Tensor> = load_st("bigs_tiny/model.safetensors")
+        .into_iter()
+        .filter(|(k, _)| !k.contains(".kernel."))
+        .collect();
+    candle_core::safetensors::save(&kept, d.join("model.safetensors")).unwrap();
+    let e = one_line_error(&ssmlab(&[&os("--model"), d.as_os_str()]));
+    assert!(
+        e.contains("model.safetensors has no SSM parameters")
+            && e.contains("bigs.encoder.layer.0.fs4.kernel.A_re")
+            && e.contains("pass a run directory"),
+        "{e}"
+    );
+    // the same message reaches the TUI's worker path
+    let err = load_model(&d, None).unwrap_err().to_string();
+    assert!(err.contains("has no SSM parameters"), "{err}");
+}
+
+#[test]
+fn kernels_of_every_checkpoint_of_a_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run: PathBuf = two_checkpoint_run(tmp.path());
+    let ck = ssmlab::kernels::checkpoints(&run).unwrap();
+    assert_eq!(
+        ck.iter().map(|f| f.step).collect::<Vec<_>>(),
+        [Some(0), Some(2500)]
+    );
+    let init = load_model(&run, Some(0)).unwrap();
+    let last = load_model(&run, None).unwrap();
+    assert_eq!(last.step, Some(2500));
+    // at initialisation A is exactly the hippo init (Re −0.5) and Δt lies in its range
+    for l in &init.layers {
+        for d in [&l.fwd, &l.bwd] {
+            for (e, i) in d.eig.iter().zip(&init.init.eig) {
+                assert_eq!(e.0, -0.5);
+                assert!((e.1 - i.1).abs() < 1e-4 * (1.0 + i.1.abs()));
+            }
+            assert!((0.01..=1.0).contains(&d.dt[0]));
+        }
+    }
+    assert_ne!(init.layers[0].fwd.kernels, last.layers[0].fwd.kernels);
+}
