@@ -15,8 +15,8 @@
 //! renamed when complete. A reader treats only newline-terminated lines of `metrics.jsonl` as data.
 
 pub mod index;
-pub mod samples;
 mod metrics;
+pub mod samples;
 mod status;
 
 pub use metrics::{Metric, MetricsTail, read_metrics};
