@@ -11,6 +11,7 @@ pub enum Scope {
     Runs,
     Curves,
     Probe,
+    Samples,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,6 +43,20 @@ pub enum Action {
     ProbeRun,
     ProbeSetA,
     ProbeSetB,
+    SamplePrev,
+    SampleNext,
+    SampleBack10,
+    SampleFwd10,
+    SampleFirst,
+    SampleLast,
+    TrajNoisier,
+    TrajCleaner,
+    SampleNow,
+    SampleClass,
+    GuidanceLess,
+    GuidanceMore,
+    ImageProtocol,
+    FullScreen,
 }
 
 pub struct Binding {
@@ -105,13 +120,28 @@ pub const BINDINGS: &[Binding] = &[
     b(ProbeRun,      "probe_run",     &["enter"],       Probe,  "run the prompt", true),
     b(ProbeSetA,     "probe_a",       &["a"],           Probe,  "model A = selected run", true),
     b(ProbeSetB,     "probe_b",       &["b"],           Probe,  "model B = selected run (A/B)", true),
+    b(SamplePrev,    "sample_prev",   &["left", "h"],   Samples, "previous sample step", false),
+    b(SampleNext,    "sample_next",   &["right", "l"],  Samples, "next sample step", false),
+    b(SampleBack10,  "sample_back10", &["up"],          Samples, "10 sample steps back", false),
+    b(SampleFwd10,   "sample_fwd10",  &["down"],        Samples, "10 sample steps on", false),
+    b(SampleFirst,   "sample_first",  &["home"],        Samples, "first sample step", false),
+    b(SampleLast,    "sample_last",   &["end"],         Samples, "latest sample step", false),
+    b(TrajNoisier,   "traj_back",     &[","],           Samples, "trajectory: noisier t", false),
+    b(TrajCleaner,   "traj_fwd",      &["."],           Samples, "trajectory: cleaner, x₀", true),
+    b(SampleNow,     "sample_now",    &["enter"],       Samples, "sample now: this seed", true),
+    b(SampleClass,   "sample_class",  &["c"],           Samples, "sample-now class", false),
+    b(GuidanceLess,  "guidance_less", &["g"],           Samples, "sample-now guidance −0.5", false),
+    b(GuidanceMore,  "guidance_more", &["G"],           Samples, "sample-now guidance +0.5", false),
+    b(FullScreen,    "full_screen",   &["f"],           Samples, "full screen (any key back)", true),
+    b(ImageProtocol, "image_protocol",&["P"],           Samples, "protocol (kitty, sixel, …)", true),
 ];
 
 /// Name of a key event as the table writes it ("q", "ctrl-c", "enter", "space", "f1"…).
 pub fn key_name(k: &KeyEvent) -> String {
     let base = match k.code {
         KeyCode::Char(' ') => "space".to_string(),
-        KeyCode::Char(c) => c.to_lowercase().to_string(),
+        // case is kept: `g` and `G` are different keys
+        KeyCode::Char(c) => c.to_string(),
         KeyCode::Tab => "tab".into(),
         KeyCode::BackTab => "backtab".into(),
         KeyCode::Enter => "enter".into(),
@@ -130,7 +160,7 @@ pub fn key_name(k: &KeyEvent) -> String {
         _ => "?unknown".into(),
     };
     if k.modifiers.contains(KeyModifiers::CONTROL) {
-        format!("ctrl-{base}")
+        format!("ctrl-{}", base.to_lowercase())
     } else {
         base
     }
@@ -154,7 +184,13 @@ impl Keymap {
         for (name, key) in names {
             match BINDINGS.iter().find(|b| b.name == name) {
                 Some(b) => {
-                    keys.insert(b.action, vec![key.to_lowercase()]);
+                    // named keys ("Enter", "Ctrl-X") are case-blind; a single character is not
+                    let key = if key.chars().count() == 1 {
+                        key.clone()
+                    } else {
+                        key.to_lowercase()
+                    };
+                    keys.insert(b.action, vec![key]);
                 }
                 None => errors.push(format!(
                     "[keys] `{name}` is not an action (known: {})",

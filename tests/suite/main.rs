@@ -9,3 +9,4 @@ mod engine_kernels;
 mod probe;
 mod train;
 mod tui;
+mod tui_samples;

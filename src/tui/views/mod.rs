@@ -4,6 +4,7 @@ pub mod curves;
 pub mod form;
 pub mod probe;
 pub mod runs;
+pub mod samples;
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -45,6 +46,7 @@ pub fn draw(f: &mut Frame, app: &App) {
         View::Runs => runs::draw(f, app, body),
         View::Curves => curves::draw(f, app, body),
         View::Probe => probe::draw(f, app, body),
+        View::Samples => samples::draw(f, app, body),
         v => draw_placeholder(f, app, v, body),
     }
     draw_status(f, app, status);
@@ -101,14 +103,6 @@ fn draw_bar(f: &mut Frame, app: &App, area: Rect) {
 fn draw_placeholder(f: &mut Frame, app: &App, v: View, area: Rect) {
     let t = &app.theme;
     let text = match v {
-        View::Samples => vec![
-            "Samples: generated images of DiffuSSM runs.",
-            "",
-            "This view will show a diffusion run's sample grids by step, the denoising",
-            "trajectory, and sample-now with class and guidance, drawn in the terminal.",
-            "",
-            "It is not built yet (issue: DiffuSSM). BiGS runs have no samples.",
-        ],
         View::Kernels => vec![
             "Kernels: what the state-space layers learned.",
             "",
@@ -131,6 +125,44 @@ fn draw_placeholder(f: &mut Frame, app: &App, v: View, area: Rect) {
                 .title(format!(" {} ", v.title())),
         ),
         area,
+    );
+}
+
+/// The help overlay in two columns (scopes with many keys on short terminals).
+fn draw_help_columns(f: &mut Frame, app: &App, area: Rect) {
+    let t = &app.theme;
+    let items = app.keymap.help(app.scope());
+    let kw = items
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(4);
+    let half = items.len().div_ceil(2);
+    let r = centered(area, 120, half as u16 + 3);
+    let col_w = (r.width.saturating_sub(2) / 2) as usize;
+    let cell = |i: usize| -> Vec<Span> {
+        match items.get(i) {
+            Some((k, h)) => {
+                let room = col_w.saturating_sub(kw + 3);
+                let h: String = h.chars().take(room).collect();
+                vec![
+                    Span::styled(format!("{k:>kw$}  "), t.accent()),
+                    Span::styled(format!("{h:<room$} "), t.text()),
+                ]
+            }
+            None => vec![],
+        }
+    };
+    let mut lines = vec![Line::from(Span::styled("keys (any key closes)", t.muted()))];
+    for i in 0..half {
+        let mut spans = cell(i);
+        spans.extend(cell(i + half));
+        lines.push(Line::from(spans));
+    }
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" help ")),
+        r,
     );
 }
 
@@ -159,6 +191,10 @@ fn draw_popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
                 ]));
             }
             let r = centered(area, 60, lines.len() as u16 + 2);
+            if lines.len() as u16 + 2 > r.height {
+                // too many keys for the height: two columns
+                return draw_help_columns(f, app, area);
+            }
             f.render_widget(Clear, r);
             f.render_widget(
                 Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" help ")),
