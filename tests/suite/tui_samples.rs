@@ -261,6 +261,21 @@ fn samples_view_snapshots() {
         app.samples.output.forced, None,
         "the cycle comes back to auto"
     );
+    // graphics protocols: after a frame the shown grid is encoded for the pane (inline here,
+    // on the image worker in the TUI) and drawn through ratatui-image instead of half blocks
+    for proto in [Protocol::Kitty, Protocol::Sixel, Protocol::Iterm2] {
+        app.samples.output.forced = Some(proto);
+        render(&app, 120, 40);
+        app.after_draw();
+        let (k, r) = app.samples.encoded.as_ref().expect("encoded");
+        assert_eq!(k.protocol, proto);
+        let size = r.as_ref().expect("encodes").size();
+        let pane = app.samples.pane.get();
+        assert!(size.width <= pane.width && size.height <= pane.height && size.width > 0);
+        let (s, _) = render(&app, 120, 40);
+        assert!(s.contains(proto.name()), "{s}");
+    }
+    app.samples.output.forced = None;
     // the help lists every samples key, in two columns when they do not fit one
     app.on_key(key('?'));
     let (s, _) = render(&app, 80, 24);
