@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, MouseEvent, MouseEventKind};
 
+use super::image::{EncodeKey, ImageEvent, ImageJob, Protocol};
 use super::keymap::{Action, Keymap, Scope, key_name};
 use super::theme::Theme;
 use super::views::form::LaunchForm;
+use super::views::samples::{SampleEvent, SampleRequest};
 use crate::runs::index::RunSummary;
 use crate::runs::{Control, RunDir};
 
@@ -42,6 +44,7 @@ impl View {
             View::Curves => Scope::Curves,
             View::Probe => Scope::Probe,
             View::Kernels => Scope::Kernels,
+            View::Samples => Scope::Samples,
             _ => Scope::Runs,
         }
     }
@@ -153,6 +156,8 @@ pub enum Popup {
 pub enum Effect {
     None,
     Quit,
+    /// Suspend the TUI and show this image full screen (viuer) until a key is pressed.
+    FullScreen(PathBuf),
 }
 
 pub struct App {
@@ -178,6 +183,16 @@ pub struct App {
     pub kernels: super::views::kernels::KernelsState,
     /// Where kernel jobs go (the kernels worker); None in headless tests.
     pub kernels_tx: Option<std::sync::mpsc::Sender<KernelsJob>>,
+    pub samples: super::views::samples::SamplesState,
+    /// The image worker (listing, decoding, encoding); None in headless tests, where that
+    /// work is done inline.
+    pub image_tx: Option<std::sync::mpsc::Sender<ImageJob>>,
+    /// The sampler worker ("sample now"); None in headless tests.
+    pub sample_tx: Option<std::sync::mpsc::Sender<SampleRequest>>,
+    /// The next frame must repaint the whole terminal (graphics protocol changed).
+    pub clear_screen: bool,
+    /// How images should be drawn (detection runs at start-up in the real terminal).
+    pub image_choice: super::image::ProtocolChoice,
 }
 
 /// Compute the kernels of every checkpoint of a model path (the kernels worker).
@@ -236,6 +251,11 @@ impl App {
             probe_tx: None,
             kernels: Default::default(),
             kernels_tx: None,
+            samples: Default::default(),
+            image_tx: None,
+            sample_tx: None,
+            clear_screen: false,
+            image_choice: super::image::ProtocolChoice::Auto,
         }
     }
 
@@ -263,6 +283,7 @@ impl App {
                 .map(|r| r.path.clone());
         }
         self.sync_kernels();
+        self.sync_samples();
     }
 
     /// In the Kernels view, asks the worker for the selected run's kernels when the run or its
@@ -367,6 +388,196 @@ impl App {
         self.notices.push(format!("cannot export: {last_err}"));
     }
 
+    /// Hands a job to the image worker, or does it now when there is none (tests).
+    fn image_job(&mut self, job: ImageJob) {
+        match &self.image_tx {
+            Some(tx) => {
+                if let Err(e) = tx.send(job) {
+                    let ev = super::image::handle(e.0);
+                    self.on_image_event(ev);
+                }
+            }
+            None => {
+                let ev = super::image::handle(job);
+                self.on_image_event(ev);
+            }
+        }
+    }
+
+    /// Keeps the samples view's data in step with the selection: lists the selected run's
+    /// sample folders when the run changed, decodes the image shown (and, with a worker,
+    /// its neighbours).
+    pub fn sync_samples(&mut self) {
+        if self.view != View::Samples {
+            return;
+        }
+        let run = self.selected_run().map(|r| r.path.clone());
+        if run != self.samples.run {
+            self.samples.reset(run.clone());
+            self.samples.error = None;
+            if let Some(r) = run {
+                self.image_job(ImageJob::List(r));
+            }
+            return; // the listing calls back here
+        }
+        let mut want: Vec<PathBuf> = self
+            .samples
+            .current_image()
+            .map(|c| c.0)
+            .into_iter()
+            .collect();
+        if self.image_tx.is_some() {
+            // prefetch: the neighbouring steps at the same trajectory position
+            let (sel, frame) = (self.samples.sel, self.samples.frame);
+            for i in [sel + 1, sel.wrapping_sub(1)] {
+                if let Some(s) = self.samples.sets.get(i) {
+                    want.push(match frame.and_then(|f| s.meta.trajectory.get(f)) {
+                        Some(fr) => s.path.join(&fr.file),
+                        None => s.grid_path(),
+                    });
+                }
+            }
+        }
+        if self.samples.pictures.len() > 64 {
+            let keep: Vec<PathBuf> = want.clone();
+            self.samples.pictures.retain(|p, _| keep.contains(p));
+        }
+        for p in want {
+            if !self.samples.pictures.contains_key(&p) && self.samples.pending.insert(p.clone()) {
+                self.image_job(ImageJob::Decode(p));
+            }
+        }
+    }
+
+    /// Called every quarter second or so: re-lists the samples of the selected run every 2 s
+    /// while the samples view is shown (new steps appear as the trainer writes them).
+    pub fn tick(&mut self) {
+        if self.view != View::Samples {
+            return;
+        }
+        let due = self
+            .samples
+            .listed_at
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(2));
+        if due && let Some(r) = self.samples.run.clone() {
+            self.samples.listed_at = Some(std::time::Instant::now());
+            self.image_job(ImageJob::List(r));
+        }
+    }
+
+    /// After a frame: encode the shown image for a graphics protocol at the pane's size (the
+    /// size is known only once drawn).
+    pub fn after_draw(&mut self) {
+        let s = &self.samples;
+        let protocol = s.output.active();
+        if self.view != View::Samples || protocol == Protocol::Halfblocks {
+            return;
+        }
+        let Some((path, _)) = s.current_image() else {
+            return;
+        };
+        let pane = s.pane.get();
+        let key = EncodeKey {
+            path: path.clone(),
+            cols: pane.width,
+            rows: pane.height,
+            protocol,
+        };
+        if pane.width == 0
+            || pane.height == 0
+            || s.encoded.as_ref().is_some_and(|(k, _)| *k == key)
+            || s.encoding.as_ref() == Some(&key)
+        {
+            return;
+        }
+        let Some(Ok(pic)) = s.pictures.get(&path) else {
+            return;
+        };
+        let job = ImageJob::Encode {
+            key: key.clone(),
+            picture: pic.clone(),
+            picker: Box::new(s.output.picker_for(protocol)),
+        };
+        self.samples.encoding = Some(key);
+        self.image_job(job);
+    }
+
+    /// A result of the image worker.
+    pub fn on_image_event(&mut self, ev: ImageEvent) {
+        match ev {
+            ImageEvent::Listed(run, sets) => {
+                if Some(&run) == self.samples.run.as_ref() {
+                    self.samples.set_sets(sets);
+                    self.sync_samples();
+                }
+            }
+            ImageEvent::Decoded(path, r) => {
+                self.samples.pending.remove(&path);
+                self.samples.pictures.insert(path, r);
+            }
+            ImageEvent::Encoded(key, r) => {
+                if self.samples.encoding.as_ref() == Some(&key) {
+                    self.samples.encoding = None;
+                }
+                if let Err(e) = &r {
+                    self.notices.push(e.clone());
+                }
+                // sixel and iTerm2 images leave pixels behind that cell diffs do not erase
+                self.clear_screen |= matches!(key.protocol, Protocol::Sixel | Protocol::Iterm2);
+                self.samples.encoded = Some((key, r));
+            }
+        }
+    }
+
+    /// Sends "sample now" for the selected run to the sampler worker.
+    pub fn sample_now(&mut self) {
+        let Some(run) = self.selected_run() else {
+            return;
+        };
+        if run.model.to_lowercase().contains("bigs") {
+            self.popup = Some(Popup::Message(format!(
+                "{} is a BiGS run (masked LM): sampling needs a diffusion run. Train one: ssmlab train --preset diffussm-fashion",
+                run.id
+            )));
+            return;
+        }
+        if self.samples.job.is_some() {
+            self.notices.push("sampling is already running".into());
+            return;
+        }
+        let req = self.samples.request(run.path.clone());
+        self.samples.error = None;
+        match &self.sample_tx {
+            Some(tx) if tx.send(req).is_ok() => self.samples.job = Some(0.0),
+            _ => self.samples.error = Some("the sampler worker is not running".into()),
+        }
+    }
+
+    /// A message of the sampler worker.
+    pub fn on_sample_event(&mut self, ev: SampleEvent) {
+        match ev {
+            SampleEvent::Progress(p) => {
+                if self.samples.job.is_some() {
+                    self.samples.job = Some(p);
+                }
+            }
+            SampleEvent::Done(Ok(dir)) => {
+                self.samples.job = None;
+                self.notices
+                    .push(format!("samples written to {}", dir.display()));
+                self.samples.select_path = Some(dir);
+                if let Some(r) = self.samples.run.clone() {
+                    self.image_job(ImageJob::List(r));
+                }
+            }
+            SampleEvent::Done(Err(e)) => {
+                self.samples.job = None;
+                self.notices.push(format!("sample now failed: {e}"));
+                self.samples.error = Some(e);
+            }
+        }
+    }
+
     /// Sends the prompt to the probe worker for each side that has a model.
     pub fn run_probe(&mut self) {
         let text = self.probe.prompt.trim().to_string();
@@ -465,8 +676,14 @@ impl App {
 
     pub fn on_mouse(&mut self, m: MouseEvent) {
         match m.kind {
-            MouseEventKind::ScrollDown => self.move_sel(1),
-            MouseEventKind::ScrollUp => self.move_sel(-1),
+            MouseEventKind::ScrollDown => {
+                self.move_sel(1);
+                self.sync_samples();
+            }
+            MouseEventKind::ScrollUp => {
+                self.move_sel(-1);
+                self.sync_samples();
+            }
             MouseEventKind::Down(_) if self.view == View::Runs && self.popup.is_none() => {
                 // rows start below the tab bar (1), the table border (1) and its header (1)
                 let row = m.row as usize;
@@ -487,6 +704,12 @@ impl App {
     }
 
     pub fn on_key(&mut self, k: KeyEvent) -> Effect {
+        let e = self.on_key_inner(k);
+        self.sync_samples();
+        e
+    }
+
+    fn on_key_inner(&mut self, k: KeyEvent) -> Effect {
         if let Some(p) = self.popup.take() {
             return self.on_popup_key(p, k);
         }
@@ -630,6 +853,31 @@ impl App {
                 };
                 self.curves.cursor = Some((self.curves.cursor.unwrap_or(1.0) + d).clamp(0.0, 1.0));
             }
+            Action::SamplePrev => self.samples.move_sel(-1),
+            Action::SampleNext => self.samples.move_sel(1),
+            Action::SampleBack10 => self.samples.move_sel(-10),
+            Action::SampleFwd10 => self.samples.move_sel(10),
+            Action::SampleFirst => self.samples.move_sel(i64::MIN / 2),
+            Action::SampleLast => self.samples.move_sel(i64::MAX / 2),
+            Action::TrajNoisier => self.samples.scrub(-1),
+            Action::TrajCleaner => self.samples.scrub(1),
+            Action::SampleNow => self.sample_now(),
+            Action::SampleClass => self.samples.cycle_class(),
+            Action::GuidanceLess => self.samples.change_guidance(-0.5),
+            Action::GuidanceMore => self.samples.change_guidance(0.5),
+            Action::ImageProtocol => {
+                self.samples.output.cycle();
+                self.notices.push(self.samples.output.describe());
+                self.samples.encoded = None;
+                self.samples.encoding = None;
+                self.clear_screen = true;
+            }
+            Action::FullScreen => match self.samples.current_image() {
+                Some((p, _)) => return Effect::FullScreen(p),
+                None => self
+                    .notices
+                    .push("no image to show: select a run with samples".into()),
+            },
         }
         let k = &mut self.kernels;
         k.sel.clamp(&k.data);

@@ -12,6 +12,7 @@ pub enum Scope {
     Curves,
     Probe,
     Kernels,
+    Samples,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,6 +54,20 @@ pub enum Action {
     KernelStepPrev,
     KernelStepNext,
     KernelExport,
+    SamplePrev,
+    SampleNext,
+    SampleBack10,
+    SampleFwd10,
+    SampleFirst,
+    SampleLast,
+    TrajNoisier,
+    TrajCleaner,
+    SampleNow,
+    SampleClass,
+    GuidanceLess,
+    GuidanceMore,
+    ImageProtocol,
+    FullScreen,
 }
 
 pub struct Binding {
@@ -126,6 +141,20 @@ pub const BINDINGS: &[Binding] = &[
     b(KernelStepPrev, "kernel_step_prev", &["{"],       Kernels, "previous checkpoint", false),
     b(KernelStepNext, "kernel_step_next", &["}"],       Kernels, "next checkpoint ({ } step)", true),
     b(KernelExport,  "kernel_export", &["e"],           Kernels, "export PNG (into the run dir, else cwd)", true),
+    b(SamplePrev,    "sample_prev",   &["left", "h"],   Samples, "previous sample step", false),
+    b(SampleNext,    "sample_next",   &["right", "l"],  Samples, "next sample step", false),
+    b(SampleBack10,  "sample_back10", &["up"],          Samples, "10 sample steps back", false),
+    b(SampleFwd10,   "sample_fwd10",  &["down"],        Samples, "10 sample steps on", false),
+    b(SampleFirst,   "sample_first",  &["home"],        Samples, "first sample step", false),
+    b(SampleLast,    "sample_last",   &["end"],         Samples, "latest sample step", false),
+    b(TrajNoisier,   "traj_back",     &[","],           Samples, "trajectory: noisier t", false),
+    b(TrajCleaner,   "traj_fwd",      &["."],           Samples, "trajectory: cleaner, x₀", true),
+    b(SampleNow,     "sample_now",    &["enter"],       Samples, "sample now: this seed", true),
+    b(SampleClass,   "sample_class",  &["c"],           Samples, "sample-now class", false),
+    b(GuidanceLess,  "guidance_less", &["g"],           Samples, "sample-now guidance −0.5", false),
+    b(GuidanceMore,  "guidance_more", &["G"],           Samples, "sample-now guidance +0.5", false),
+    b(FullScreen,    "full_screen",   &["f"],           Samples, "full screen (any key back)", true),
+    b(ImageProtocol, "image_protocol",&["P"],           Samples, "protocol (kitty, sixel, …)", true),
 ];
 
 /// Name of a key event as the table writes it ("q", "L", "ctrl-c", "enter", "space", "f1"…).
@@ -156,7 +185,7 @@ pub fn key_name(k: &KeyEvent) -> String {
         _ => "?unknown".into(),
     };
     if k.modifiers.contains(KeyModifiers::CONTROL) {
-        format!("ctrl-{base}")
+        format!("ctrl-{}", base.to_lowercase())
     } else {
         base
     }

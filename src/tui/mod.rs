@@ -4,12 +4,13 @@
 
 pub mod app;
 pub mod chart;
+pub mod image;
 pub mod keymap;
 pub mod settings;
 pub mod theme;
 pub mod views;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -18,6 +19,9 @@ use std::time::{Duration, Instant};
 use crossterm::event::{self, Event, KeyEventKind};
 use crossterm::execute;
 use crossterm::terminal::{BeginSynchronizedUpdate, EndSynchronizedUpdate};
+
+use self::image::{ImageEvent, ImageOutput, Protocol, ProtocolChoice};
+use self::views::samples::{SampleEvent, SamplerFn};
 
 use crate::runs::index::{RunSummary, RunsIndex};
 use app::{App, Effect};
@@ -37,6 +41,8 @@ enum Msg {
     Runs(Vec<RunSummary>),
     Probe(usize, Result<crate::probe::ProbeOutput, String>),
     Kernels(app::KernelsMsg),
+    Image(ImageEvent),
+    Sample(SampleEvent),
 }
 
 /// Computes the kernels of every checkpoint of a model path off the UI thread, one message per
@@ -128,6 +134,40 @@ fn spawn_kernels_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::KernelsJob> 
     jtx
 }
 
+/// The sampler behind "sample now" in the samples view (runs on the sampler worker).
+pub fn sampler() -> SamplerFn {
+    Box::new(|req, progress| {
+        let r = crate::sample::NowRequest {
+            run: req.run,
+            step: req.step,
+            class: req.class,
+            n: req.n,
+            guidance: req.guidance,
+            steps: req.steps,
+            seed: req.seed,
+        };
+        Ok(crate::sample::sample_now(&r, progress)?)
+    })
+}
+
+/// How images should be drawn: `SSMLAB_IMAGE_PROTOCOL`, else the settings file, else auto.
+/// A bad value becomes a notice (and auto).
+pub fn image_choice(setting: Option<&str>) -> (ProtocolChoice, Option<String>) {
+    let env = std::env::var("SSMLAB_IMAGE_PROTOCOL").ok();
+    let (value, origin) = match (&env, setting) {
+        (Some(v), _) => (v.as_str(), "SSMLAB_IMAGE_PROTOCOL"),
+        (None, Some(v)) => (v, "image_protocol in the settings file"),
+        (None, None) => return (ProtocolChoice::Auto, None),
+    };
+    match ProtocolChoice::parse(value) {
+        Ok(c) => (c, None),
+        Err(e) => (
+            ProtocolChoice::Auto,
+            Some(format!("{origin}: {e}; using auto")),
+        ),
+    }
+}
+
 /// Loads models and runs fill-mask off the UI thread. A model is kept loaded until its weights
 /// file changes (a running run's latest checkpoint is picked up when a new one appears; probing
 /// only reads files, so it never disturbs the run).
@@ -186,7 +226,10 @@ pub fn build_app(opts: &TuiOptions) -> App {
         .clone()
         .or(settings.runs_dir.clone())
         .unwrap_or_else(|| PathBuf::from("checkpoints"));
+    let (choice, choice_err) = image_choice(settings.image_protocol.as_deref());
+    notices.extend(choice_err);
     let mut app = App::new(runs_dir, keymap, theme);
+    app.image_choice = choice;
     app.ascii = opts.ascii || settings.ascii;
     app.notices = notices;
     app
@@ -223,9 +266,37 @@ fn spawn_worker(dir: PathBuf, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
     });
 }
 
-fn spawn_input(tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
+/// Lets the UI thread take the terminal's input for itself (the full-screen image view reads
+/// its "any key" directly, and viuer may query the terminal).
+#[derive(Default)]
+struct InputGate {
+    paused: AtomicBool,
+    parked: AtomicBool,
+}
+
+impl InputGate {
+    /// Stops the input thread reading and waits (at most a second) until it has stopped.
+    fn pause(&self) {
+        self.parked.store(false, Ordering::SeqCst);
+        self.paused.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        while !self.parked.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+}
+
+fn spawn_input(tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>, gate: Arc<InputGate>) {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
+            if gate.paused.load(Ordering::SeqCst) {
+                gate.parked.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
             match event::poll(Duration::from_millis(100)) {
                 Ok(true) => match event::read() {
                     Ok(e) => {
@@ -253,6 +324,8 @@ pub fn run(opts: TuiOptions) -> anyhow::Result<()> {
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
     let mut terminal = ratatui::init(); // raw mode, alternate screen, panic hook that restores
+    // the graphics query: once, in the alternate screen, before anything reads input
+    app.samples.output = ImageOutput::detect(app.image_choice, std::env::var_os("TMUX").is_some());
     let _ = execute!(std::io::stdout(), crossterm::event::EnableMouseCapture);
     let res = event_loop(&mut terminal, &mut app, stop.clone());
     stop.store(true, Ordering::SeqCst);
@@ -270,15 +343,29 @@ fn event_loop(
     spawn_worker(app.runs_dir.clone(), tx.clone(), stop.clone());
     app.probe_tx = Some(spawn_probe_worker(tx.clone()));
     app.kernels_tx = Some(spawn_kernels_worker(tx.clone()));
-    spawn_input(tx, stop.clone());
+    app.image_tx = Some(image::spawn_image_worker({
+        let tx = tx.clone();
+        move |e| tx.send(Msg::Image(e)).is_ok()
+    }));
+    app.sample_tx = Some(views::samples::spawn_sample_worker(sampler(), {
+        let tx = tx.clone();
+        move |e| tx.send(Msg::Sample(e)).is_ok()
+    }));
+    let gate = Arc::new(InputGate::default());
+    spawn_input(tx, stop.clone(), gate.clone());
     let frame_gap = Duration::from_millis(50);
     let mut dirty = true;
     let mut last_draw = Instant::now() - frame_gap;
     while !stop.load(Ordering::SeqCst) {
+        app.tick();
         if dirty && last_draw.elapsed() >= frame_gap {
+            if std::mem::take(&mut app.clear_screen) {
+                terminal.clear()?;
+            }
             execute!(std::io::stdout(), BeginSynchronizedUpdate)?;
             terminal.draw(|f| views::draw(f, app))?;
             execute!(std::io::stdout(), EndSynchronizedUpdate)?;
+            app.after_draw();
             last_draw = Instant::now();
             dirty = false;
         }
@@ -300,10 +387,25 @@ fn event_loop(
                 app.on_kernels_msg(m);
                 dirty = true;
             }
+            Ok(Msg::Image(e)) => {
+                app.on_image_event(e);
+                dirty = true;
+            }
+            Ok(Msg::Sample(e)) => {
+                app.on_sample_event(e);
+                dirty = true;
+            }
             Ok(Msg::Input(Event::Key(k))) if k.kind != KeyEventKind::Release => {
                 dirty = true;
-                if app.on_key(k) == Effect::Quit {
-                    break;
+                match app.on_key(k) {
+                    Effect::Quit => break,
+                    Effect::FullScreen(path) => {
+                        let protocol = app.samples.output.active();
+                        if let Err(e) = full_screen(terminal, &path, protocol, &gate) {
+                            app.notices.push(format!("full-screen view: {e:#}"));
+                        }
+                    }
+                    Effect::None => {}
                 }
             }
             Ok(Msg::Input(Event::Mouse(m))) => {
@@ -317,4 +419,91 @@ fn event_loop(
         }
     }
     Ok(())
+}
+
+/// `f` in the samples view: leaves the alternate screen and raw mode, prints the image with
+/// viuer at the terminal's size (kitty / iTerm2 when that protocol is selected, else half
+/// blocks), waits for a key, and comes back with a full redraw.
+fn full_screen(
+    terminal: &mut ratatui::DefaultTerminal,
+    path: &Path,
+    protocol: Protocol,
+    gate: &InputGate,
+) -> anyhow::Result<()> {
+    use crossterm::terminal::{EnterAlternateScreen, enable_raw_mode};
+    gate.pause();
+    let _ = execute!(std::io::stdout(), crossterm::event::DisableMouseCapture);
+    ratatui::restore();
+    let shown = print_full_screen(path, protocol);
+    let back = (|| -> anyhow::Result<()> {
+        enable_raw_mode()?;
+        execute!(
+            std::io::stdout(),
+            EnterAlternateScreen,
+            crossterm::event::EnableMouseCapture
+        )?;
+        terminal.clear()?;
+        Ok(())
+    })();
+    gate.resume();
+    back?;
+    shown
+}
+
+fn print_full_screen(path: &Path, protocol: Protocol) -> anyhow::Result<()> {
+    use crossterm::cursor::MoveTo;
+    use crossterm::terminal::{Clear, ClearType, enable_raw_mode};
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    execute!(out, Clear(ClearType::All), MoveTo(0, 0))?;
+    let pic = image::decode_file(path).map_err(anyhow::Error::msg)?;
+    let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
+    let room = rows.saturating_sub(2).max(1);
+    // half-block pixels: 1 per column, 2 per row; enlarged by whole factors (crisp pixels)
+    let (pw, ph) = image::fit(pic.w, pic.h, cols as usize, room as usize);
+    let graphics = matches!(protocol, Protocol::Kitty | Protocol::Iterm2);
+    // graphics protocols get more pixels than cells, so the terminal does not blur them
+    let k = if graphics {
+        (1024 / pw.max(ph).max(1)).max(1)
+    } else {
+        1
+    };
+    let img = pic.to_dynamic().resize_exact(
+        (pw * k) as u32,
+        (ph * k) as u32,
+        ::image::imageops::FilterType::Nearest,
+    );
+    let conf = viuer::Config {
+        absolute_offset: true,
+        x: (cols.saturating_sub(pw as u16)) / 2,
+        y: 0,
+        width: Some(pw as u32),
+        height: Some(ph.div_ceil(2) as u32),
+        use_kitty: protocol == Protocol::Kitty,
+        use_iterm: protocol == Protocol::Iterm2,
+        ..Default::default()
+    };
+    viuer::print(&img, &conf).map_err(|e| anyhow::anyhow!("viuer: {e}"))?;
+    let how = if graphics {
+        protocol.name()
+    } else {
+        "half blocks"
+    };
+    execute!(out, MoveTo(0, rows.saturating_sub(1)))?;
+    write!(
+        out,
+        "{} · {}×{} px · {how} · any key returns to ssmlab",
+        path.display(),
+        pic.w,
+        pic.h
+    )?;
+    out.flush()?;
+    enable_raw_mode()?;
+    loop {
+        if let Event::Key(k) = event::read()?
+            && k.kind == KeyEventKind::Press
+        {
+            return Ok(());
+        }
+    }
 }

@@ -19,6 +19,10 @@ pub struct Settings {
     /// Draw charts with ASCII dots instead of braille (terminals without braille fonts).
     #[serde(default)]
     pub ascii: bool,
+    /// How images are drawn: auto (query the terminal), halfblocks, kitty, sixel, iterm2.
+    /// `SSMLAB_IMAGE_PROTOCOL` wins over it.
+    #[serde(default)]
+    pub image_protocol: Option<String>,
     /// Key remaps: action name → key (see the help overlay for names).
     #[serde(default)]
     pub keys: HashMap<String, String>,

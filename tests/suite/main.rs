@@ -11,3 +11,4 @@ mod kernels;
 mod probe;
 mod train;
 mod tui;
+mod tui_samples;

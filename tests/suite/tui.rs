@@ -173,9 +173,14 @@ fn views_render_at_both_sizes() {
         app.curves = Default::default();
         app.marked.clear();
 
+        // the selected run is a BiGS run: the samples view says what to do
         app.view = View::Samples;
+        app.sync_samples();
         let s = render(&app, w, h);
-        assert!(s.contains("DiffuSSM") && s.contains("not built yet"), "{s}");
+        assert!(
+            s.contains("is a BiGS run") && s.contains("diffussm-fashion"),
+            "{s}"
+        );
         insta::assert_snapshot!(format!("samples_{w}x{h}"), s);
     }
 }

@@ -5,6 +5,7 @@ pub mod form;
 pub mod kernels;
 pub mod probe;
 pub mod runs;
+pub mod samples;
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -47,7 +48,7 @@ pub fn draw(f: &mut Frame, app: &App) {
         View::Curves => curves::draw(f, app, body),
         View::Probe => probe::draw(f, app, body),
         View::Kernels => kernels::draw(f, app, body),
-        v => draw_placeholder(f, app, v, body),
+        View::Samples => samples::draw(f, app, body),
     }
     draw_status(f, app, status);
     draw_bar(f, app, bar);
@@ -100,31 +101,41 @@ fn draw_bar(f: &mut Frame, app: &App, area: Rect) {
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
-fn draw_placeholder(f: &mut Frame, app: &App, v: View, area: Rect) {
+/// The help overlay in two columns (scopes with many keys on short terminals).
+fn draw_help_columns(f: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
-    let text = match v {
-        View::Samples => vec![
-            "Samples: generated images of DiffuSSM runs.",
-            "",
-            "This view will show a diffusion run's sample grids by step, the denoising",
-            "trajectory, and sample-now with class and guidance, drawn in the terminal.",
-            "",
-            "It is not built yet (issue: DiffuSSM). BiGS runs have no samples.",
-        ],
-        _ => vec![],
+    let items = app.keymap.help(app.scope());
+    let kw = items
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(4);
+    let half = items.len().div_ceil(2);
+    let r = centered(area, 120, half as u16 + 3);
+    let col_w = (r.width.saturating_sub(2) / 2) as usize;
+    let cell = |i: usize| -> Vec<Span> {
+        match items.get(i) {
+            Some((k, h)) => {
+                let room = col_w.saturating_sub(kw + 3);
+                let h: String = h.chars().take(room).collect();
+                vec![
+                    Span::styled(format!("{k:>kw$}  "), t.accent()),
+                    Span::styled(format!("{h:<room$} "), t.text()),
+                ]
+            }
+            None => vec![],
+        }
     };
-    let lines: Vec<Line> = text
-        .into_iter()
-        .enumerate()
-        .map(|(i, l)| Line::from(Span::styled(l, if i == 0 { t.accent() } else { t.text() })))
-        .collect();
+    let mut lines = vec![Line::from(Span::styled("keys (any key closes)", t.muted()))];
+    for i in 0..half {
+        let mut spans = cell(i);
+        spans.extend(cell(i + half));
+        lines.push(Line::from(spans));
+    }
+    f.render_widget(Clear, r);
     f.render_widget(
-        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title(format!(" {} ", v.title())),
-        ),
-        area,
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" help ")),
+        r,
     );
 }
 
@@ -153,6 +164,10 @@ fn draw_popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
                 ]));
             }
             let r = centered(area, 60, lines.len() as u16 + 2);
+            if lines.len() as u16 + 2 > r.height {
+                // too many keys for the height: two columns
+                return draw_help_columns(f, app, area);
+            }
             f.render_widget(Clear, r);
             f.render_widget(
                 Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" help ")),

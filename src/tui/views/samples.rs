@@ -1,0 +1,653 @@
+//! The samples view: a diffusion run's sample grids by training step (the same seed at every
+//! checkpoint), a denoising-trajectory scrubber, class captions, and "sample now" on a worker.
+//! Folders follow the contract in `runs::samples`; PNGs are decoded (and encoded for kitty /
+//! sixel / iTerm2) by the image worker (`tui::image`), never on the UI thread.
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Style;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, LineGauge, Paragraph, Wrap};
+
+use crate::runs::samples::SampleSet;
+use crate::tui::app::App;
+use crate::tui::image::{EncodeKey, HalfBlocks, ImageOutput, Picture, Protocol, halfblock_rect};
+
+/// A "sample now" job for the sampler worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRequest {
+    /// The run directory.
+    pub run: PathBuf,
+    /// The checkpoint (training step) to sample from; `None` = the latest.
+    pub step: Option<u64>,
+    /// Class of every image; `None` = unconditional.
+    pub class: Option<u32>,
+    /// Number of images.
+    pub n: usize,
+    /// Classifier-free guidance scale.
+    pub guidance: f64,
+    /// Sampling (denoising) steps.
+    pub steps: usize,
+    pub seed: u64,
+}
+
+/// The sampler: draws the samples of a request, calls the progress callback with a fraction
+/// in [0, 1], and returns the `samples/now-*` folder it wrote (per `runs::samples`).
+pub type SamplerFn = Box<dyn Fn(SampleRequest, &dyn Fn(f64)) -> anyhow::Result<PathBuf> + Send>;
+
+/// Messages of the sampler worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SampleEvent {
+    Progress(f64),
+    Done(Result<PathBuf, String>),
+}
+
+/// Runs `sampler` on its own thread, one request at a time; `send` returns false when the
+/// receiver is gone (the worker ends).
+pub fn spawn_sample_worker(
+    sampler: SamplerFn,
+    send: impl Fn(SampleEvent) -> bool + Send + 'static,
+) -> mpsc::Sender<SampleRequest> {
+    let (tx, rx) = mpsc::channel::<SampleRequest>();
+    std::thread::spawn(move || {
+        while let Ok(req) = rx.recv() {
+            let progress = |f: f64| {
+                send(SampleEvent::Progress(f.clamp(0.0, 1.0)));
+            };
+            let r = sampler(req, &progress).map_err(|e| format!("{e:#}"));
+            if !send(SampleEvent::Done(r)) {
+                return;
+            }
+        }
+    });
+    tx
+}
+
+/// State of the samples view.
+#[derive(Default)]
+pub struct SamplesState {
+    /// The run whose sample folders are listed.
+    pub run: Option<PathBuf>,
+    pub sets: Vec<SampleSet>,
+    /// A listing of `run` has arrived.
+    pub listed: bool,
+    pub listed_at: Option<Instant>,
+    /// Index into `sets`.
+    pub sel: usize,
+    /// Trajectory frame shown (index into the set's `trajectory`); `None` = the final grid.
+    pub frame: Option<usize>,
+    /// Sample-now class (`None` = unconditional).
+    pub class: Option<u32>,
+    /// Sample-now guidance (`None` = the selected grid's).
+    pub guidance: Option<f64>,
+    /// Progress of a running sample-now job.
+    pub job: Option<f64>,
+    pub error: Option<String>,
+    /// Folder to select when the next listing shows it (a finished sample-now).
+    pub select_path: Option<PathBuf>,
+    /// Decoded PNGs by path.
+    pub pictures: HashMap<PathBuf, Result<Arc<Picture>, String>>,
+    pub pending: HashSet<PathBuf>,
+    /// The last protocol image encoded, for `encoded.0`.
+    pub encoded: Option<(
+        EncodeKey,
+        Result<Box<ratatui_image::protocol::Protocol>, String>,
+    )>,
+    pub encoding: Option<EncodeKey>,
+    /// The image area of the last frame (protocol images are encoded for it).
+    pub pane: Cell<Rect>,
+    pub output: ImageOutput,
+}
+
+impl SamplesState {
+    pub fn current(&self) -> Option<&SampleSet> {
+        self.sets.get(self.sel)
+    }
+
+    /// The file shown now and its diffusion time (`None` for the final grid).
+    pub fn current_image(&self) -> Option<(PathBuf, Option<u32>)> {
+        let s = self.current()?;
+        match self.frame.and_then(|i| s.meta.trajectory.get(i)) {
+            Some(f) => Some((s.path.join(&f.file), Some(f.t))),
+            None => Some((s.grid_path(), None)),
+        }
+    }
+
+    /// Forget everything about the previous run.
+    pub fn reset(&mut self, run: Option<PathBuf>) {
+        self.run = run;
+        self.sets.clear();
+        self.listed = false;
+        self.listed_at = None;
+        self.sel = 0;
+        self.frame = None;
+        self.select_path = None;
+    }
+
+    /// A new listing: keeps the selected folder, follows new steps when the latest one was
+    /// selected, selects a finished sample-now folder. First listing: the latest trainer step.
+    pub fn set_sets(&mut self, sets: Vec<SampleSet>) {
+        let old = self.current().map(|s| s.path.clone());
+        let was_latest_step = self.current().is_some_and(|s| !s.manual)
+            && self.sets.iter().rposition(|s| !s.manual) == Some(self.sel);
+        let first = !self.listed;
+        // a folder rewritten in place (a resumed run) must be decoded again
+        for s in &sets {
+            if let Some(o) = self.sets.iter().find(|o| o.path == s.path)
+                && o.meta != s.meta
+            {
+                self.pictures.retain(|p, _| !p.starts_with(&s.path));
+            }
+        }
+        self.sets = sets;
+        self.listed = true;
+        self.listed_at = Some(Instant::now());
+        let latest_step = self.sets.iter().rposition(|s| !s.manual);
+        let by_path = |p: &PathBuf| self.sets.iter().position(|s| &s.path == p);
+        self.sel = if let Some(i) = self.select_path.as_ref().and_then(by_path) {
+            self.select_path = None;
+            self.frame = None;
+            i
+        } else if first || was_latest_step {
+            latest_step.unwrap_or(self.sets.len().saturating_sub(1))
+        } else if let Some(i) = old.as_ref().and_then(by_path) {
+            i
+        } else {
+            self.sel.min(self.sets.len().saturating_sub(1))
+        };
+        self.clamp_frame();
+    }
+
+    fn clamp_frame(&mut self) {
+        let n = self.current().map_or(0, |s| s.meta.trajectory.len());
+        if self.frame.is_some_and(|i| i >= n) {
+            self.frame = None;
+        }
+    }
+
+    /// Moves the selection by `d` folders (clamped).
+    pub fn move_sel(&mut self, d: i64) {
+        if self.sets.is_empty() {
+            return;
+        }
+        self.sel = (self.sel as i64 + d).clamp(0, self.sets.len() as i64 - 1) as usize;
+        self.clamp_frame();
+    }
+
+    /// `,` (−1, noisier) and `.` (+1, cleaner) through the trajectory, then the final grid.
+    pub fn scrub(&mut self, d: i64) {
+        let n = self.current().map_or(0, |s| s.meta.trajectory.len()) as i64;
+        // positions 0..n are trajectory frames, n is the final grid
+        let pos = self.frame.map_or(n, |i| i as i64);
+        let pos = (pos + d).clamp(0, n);
+        self.frame = if pos == n { None } else { Some(pos as usize) };
+    }
+
+    /// Class names of the selected grid (index = class id); ten numbered ones if it has none.
+    pub fn class_names(&self) -> Vec<String> {
+        match self.current() {
+            Some(s) if !s.meta.class_names.is_empty() => s.meta.class_names.clone(),
+            _ => (0..10).map(|i| i.to_string()).collect(),
+        }
+    }
+
+    /// `c`: none → 0 → 1 → … → last class → none.
+    pub fn cycle_class(&mut self) {
+        let n = self.class_names().len() as u32;
+        self.class = match self.class {
+            None if n > 0 => Some(0),
+            Some(c) if c + 1 < n => Some(c + 1),
+            _ => None,
+        };
+    }
+
+    pub fn effective_guidance(&self) -> f64 {
+        self.guidance
+            .or(self.current().map(|s| s.meta.guidance))
+            .unwrap_or(1.0)
+    }
+
+    pub fn change_guidance(&mut self, d: f64) {
+        let g = (self.effective_guidance() + d).max(0.0);
+        self.guidance = Some((g * 2.0).round() / 2.0);
+    }
+
+    /// The sample-now request for the selected grid's seed, checkpoint and sampler.
+    pub fn request(&self, run: PathBuf) -> SampleRequest {
+        let s = self.current().filter(|s| !s.manual).or(self.current());
+        SampleRequest {
+            run,
+            step: s.map(|s| s.meta.step),
+            class: self.class,
+            n: s.map_or(16, |s| (s.meta.rows * s.meta.cols).max(1)),
+            guidance: self.effective_guidance(),
+            steps: s.map_or(50, |s| s.meta.sampling_steps.max(1)),
+            seed: s.map_or(0, |s| s.meta.seed),
+        }
+    }
+}
+
+fn class_name(names: &[String], c: Option<u32>) -> String {
+    match c {
+        None => "uncond.".into(),
+        Some(c) => names
+            .get(c as usize)
+            .cloned()
+            .unwrap_or_else(|| c.to_string()),
+    }
+}
+
+fn set_label(s: &SampleSet) -> String {
+    if s.manual {
+        format!("now @{}", s.meta.step)
+    } else {
+        format!("step {}", s.meta.step)
+    }
+}
+
+/// The class of each tile row (or column) when it is the same across that row, and not the
+/// same for all tiles.
+fn uniform_lines(set: &SampleSet, by_row: bool) -> Option<Vec<Option<u32>>> {
+    let m = &set.meta;
+    if m.classes.len() < m.rows * m.cols || m.rows * m.cols == 0 {
+        return None;
+    }
+    let (outer, inner) = if by_row {
+        (m.rows, m.cols)
+    } else {
+        (m.cols, m.rows)
+    };
+    let at = |o: usize, i: usize| {
+        if by_row {
+            m.classes[o * m.cols + i]
+        } else {
+            m.classes[i * m.cols + o]
+        }
+    };
+    let mut out = Vec::with_capacity(outer);
+    for o in 0..outer {
+        let c = at(o, 0);
+        if (1..inner).any(|i| at(o, i) != c) {
+            return None;
+        }
+        out.push(c);
+    }
+    if outer < 2 || out.iter().all(|c| *c == out[0]) {
+        return None;
+    }
+    Some(out)
+}
+
+/// The one class of all tiles, if they share it.
+fn single_class(set: &SampleSet) -> Option<Option<u32>> {
+    let c = set.meta.classes.first()?;
+    set.meta.classes.iter().all(|x| x == c).then_some(*c)
+}
+
+fn message(f: &mut Frame, app: &App, area: Rect, title: &str, lines: Vec<String>) {
+    let t = &app.theme;
+    let lines: Vec<Line> = lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| Line::from(Span::styled(l, if i == 0 { t.accent() } else { t.text() })))
+        .collect();
+    f.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(title.to_string()),
+        ),
+        area,
+    );
+}
+
+fn is_bigs(model: &str) -> bool {
+    model.to_lowercase().contains("bigs")
+}
+
+pub fn draw(f: &mut Frame, app: &App, area: Rect) {
+    let s = &app.samples;
+    let Some(run) = app.selected_run() else {
+        message(
+            f,
+            app,
+            area,
+            " Samples ",
+            vec![
+                format!("No runs under {}.", app.runs_dir.display()),
+                String::new(),
+                "Train a diffusion model to see its samples here:".into(),
+                "  ssmlab train --preset diffussm-fashion".into(),
+            ],
+        );
+        return;
+    };
+    if s.sets.is_empty() {
+        let title = format!(" Samples · {} ", run.id);
+        let mut lines = if !s.listed {
+            vec![format!("Reading the samples of {}…", run.id)]
+        } else if is_bigs(&run.model) {
+            vec![
+                format!(
+                    "{} is a BiGS run (masked LM): it has no image samples.",
+                    run.id
+                ),
+                String::new(),
+                "Select a diffusion run with j/k, or train one:".into(),
+                "  ssmlab train --preset diffussm-fashion".into(),
+            ]
+        } else {
+            vec![
+                format!("{} has no samples yet.", run.id),
+                String::new(),
+                "The trainer writes samples/step-N/ every train.sample_every steps; Enter samples now from the latest checkpoint.".into(),
+                "A diffusion run to start from: ssmlab train --preset diffussm-fashion".into(),
+            ]
+        };
+        if let Some(e) = &s.error {
+            lines.push(String::new());
+            lines.push(e.clone());
+        }
+        if !s.listed || is_bigs(&run.model) {
+            message(f, app, area, &title, lines);
+        } else {
+            let [top, bottom] =
+                Layout::vertical([Constraint::Min(3), Constraint::Length(1)]).areas(area);
+            message(f, app, top, &title, lines);
+            draw_sample_now(f, app, bottom);
+        }
+        return;
+    }
+    let list_w = if area.width >= 100 { 18 } else { 14 };
+    let [list, main] =
+        Layout::horizontal([Constraint::Length(list_w), Constraint::Min(20)]).areas(area);
+    draw_list(f, app, list);
+    let [caption, pane, now] = Layout::vertical([
+        Constraint::Length(3),
+        Constraint::Min(4),
+        Constraint::Length(1),
+    ])
+    .areas(main);
+    draw_caption(f, app, &run.id, caption);
+    draw_pane(f, app, pane);
+    draw_sample_now(f, app, now);
+}
+
+fn draw_list(f: &mut Frame, app: &App, area: Rect) {
+    let t = &app.theme;
+    let s = &app.samples;
+    let h = area.height.saturating_sub(2) as usize;
+    let start = if h == 0 {
+        0
+    } else {
+        (s.sel + 1)
+            .saturating_sub(h)
+            .min(s.sets.len().saturating_sub(h))
+    };
+    let lines: Vec<Line> = s
+        .sets
+        .iter()
+        .enumerate()
+        .skip(start)
+        .take(h)
+        .map(|(i, set)| {
+            let style = if i == s.sel { t.selected() } else { t.text() };
+            Line::from(Span::styled(format!(" {} ", set_label(set)), style))
+        })
+        .collect();
+    f.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(format!(
+            " {}/{} ",
+            s.sel + 1,
+            s.sets.len()
+        ))),
+        area,
+    );
+}
+
+fn draw_caption(f: &mut Frame, app: &App, run_id: &str, area: Rect) {
+    let t = &app.theme;
+    let s = &app.samples;
+    let Some(set) = s.current() else { return };
+    let m = &set.meta;
+    let steps: Vec<&SampleSet> = s.sets.iter().filter(|x| !x.manual).collect();
+    let same = if steps.len() > 1 && steps.iter().all(|x| x.meta.seed == m.seed) {
+        format!(", the same at all {} steps", steps.len())
+    } else if steps.len() > 1 {
+        ", differs across steps".into()
+    } else {
+        String::new()
+    };
+    let class = match single_class(set) {
+        Some(c) => format!(" · class {}", class_name(&m.class_names, c)),
+        None => String::new(),
+    };
+    let what = if set.manual {
+        format!("drawn now from step {}", m.step)
+    } else {
+        format!("step {}", m.step)
+    };
+    let line1 = Line::from(vec![
+        Span::styled(format!("{run_id} · {what}"), t.accent()),
+        Span::styled(
+            format!(
+                " · seed {}{same} · {} {} steps · guidance {:.1} · {}{class}",
+                m.seed,
+                m.sampler,
+                m.sampling_steps,
+                m.guidance,
+                if m.ema { "EMA" } else { "raw weights" },
+            ),
+            t.text(),
+        ),
+    ]);
+    // the trajectory: every kept t, then x₀
+    let mut spans = vec![Span::styled("trajectory (, .) ", t.muted())];
+    let n = m.trajectory.len();
+    let cur = s.frame.unwrap_or(n);
+    let mut items: Vec<String> = m
+        .trajectory
+        .iter()
+        .map(|fr| format!("t={}", fr.t))
+        .collect();
+    items.push("x₀".into());
+    let full: usize = items.iter().map(|i| i.chars().count() + 2).sum::<usize>() + 17;
+    if full <= area.width as usize {
+        for (i, it) in items.iter().enumerate() {
+            let style = if i == cur { t.selected() } else { t.muted() };
+            spans.push(Span::styled(format!(" {it} "), style));
+        }
+    } else {
+        spans.push(Span::styled(
+            format!(" {} ", items[cur.min(n)]),
+            t.selected(),
+        ));
+        spans.push(Span::styled(
+            format!(" frame {}/{}", cur + 1, n + 1),
+            t.muted(),
+        ));
+    }
+    f.render_widget(
+        Paragraph::new(vec![line1, Line::from(spans)])
+            .wrap(Wrap { trim: false })
+            .block(Block::default()),
+        area,
+    );
+}
+
+fn draw_pane(f: &mut Frame, app: &App, area: Rect) {
+    let t = &app.theme;
+    let s = &app.samples;
+    let (Some(set), Some((path, _))) = (s.current(), s.current_image()) else {
+        return;
+    };
+    let m = &set.meta;
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let title = format!(
+        " {file} · {}×{} of {}×{} · {} (P) ",
+        m.rows,
+        m.cols,
+        m.tile_h,
+        m.tile_w,
+        s.output.label()
+    );
+    let block = Block::default().borders(Borders::ALL).title(title);
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let pic = match s.pictures.get(&path) {
+        None => {
+            f.render_widget(
+                Paragraph::new(Span::styled(format!("decoding {file}…"), t.muted())),
+                inner,
+            );
+            s.pane.set(inner);
+            return;
+        }
+        Some(Err(e)) => {
+            f.render_widget(
+                Paragraph::new(Span::styled(e.clone(), Style::default().fg(t.error)))
+                    .wrap(Wrap { trim: false }),
+                inner,
+            );
+            return;
+        }
+        Some(Ok(p)) => p.clone(),
+    };
+    // room for class names: a column on the left (one class per tile row) or a row on top
+    let names = &m.class_names;
+    let rows = uniform_lines(set, true);
+    let cols = if rows.is_none() {
+        uniform_lines(set, false)
+    } else {
+        None
+    };
+    let mut img_area = inner;
+    let mut label_w = 0u16;
+    if let Some(r) = &rows {
+        let longest = r
+            .iter()
+            .map(|c| class_name(names, *c).chars().count())
+            .max()
+            .unwrap_or(0);
+        label_w = (longest.min(12) + 1) as u16;
+        if inner.width >= label_w + 20 {
+            img_area.x += label_w;
+            img_area.width -= label_w;
+        } else {
+            label_w = 0;
+        }
+    } else if cols.is_some() && inner.height >= 6 {
+        img_area.y += 1;
+        img_area.height -= 1;
+    }
+    s.pane.set(img_area);
+    // the image: a protocol image once encoded for this pane, else half blocks
+    let key = EncodeKey {
+        path: path.clone(),
+        cols: img_area.width,
+        rows: img_area.height,
+        protocol: s.output.active(),
+    };
+    let mut place = halfblock_rect(pic.w, pic.h, img_area);
+    match &s.encoded {
+        Some((k, Ok(proto))) if *k == key && key.protocol != Protocol::Halfblocks => {
+            let size = proto.size();
+            place = Rect {
+                x: img_area.x + img_area.width.saturating_sub(size.width) / 2,
+                y: img_area.y + img_area.height.saturating_sub(size.height) / 2,
+                width: size.width.min(img_area.width),
+                height: size.height.min(img_area.height),
+            };
+            f.render_widget(ratatui_image::Image::new(proto), place);
+        }
+        _ => f.render_widget(HalfBlocks { picture: &pic }, img_area),
+    }
+    if place.width == 0 || place.height == 0 || m.rows == 0 || m.cols == 0 {
+        return;
+    }
+    // tile centres as fractions of the grid (tiles are separated by a 1-pixel gap)
+    let centre = |i: usize, n: usize, tile: usize| {
+        (i * (tile + 1) + tile / 2) as f64 / (n * (tile + 1) - 1).max(1) as f64
+    };
+    if let (Some(r), true) = (&rows, label_w > 0) {
+        let mut last_y = None;
+        for (i, c) in r.iter().enumerate() {
+            let y = place.y + (centre(i, m.rows, m.tile_h) * place.height as f64) as u16;
+            if last_y == Some(y) || y >= place.y + place.height {
+                continue;
+            }
+            last_y = Some(y);
+            let name: String = class_name(names, *c)
+                .chars()
+                .take(label_w as usize - 1)
+                .collect();
+            let w = name.chars().count() as u16;
+            let x = place.x.saturating_sub(w + 1).max(inner.x);
+            f.render_widget(
+                Paragraph::new(Span::styled(name, t.muted())),
+                Rect::new(x, y, w, 1),
+            );
+        }
+    } else if let Some(c) = &cols
+        && place.y > inner.y
+    {
+        let tile_cells = (place.width as usize / m.cols).saturating_sub(1);
+        if tile_cells >= 3 {
+            for (i, cl) in c.iter().enumerate() {
+                let name: String = class_name(names, *cl).chars().take(tile_cells).collect();
+                let w = name.chars().count() as u16;
+                let cx = place.x + (centre(i, m.cols, m.tile_w) * place.width as f64) as u16;
+                let x = cx.saturating_sub(w / 2).max(inner.x);
+                f.render_widget(
+                    Paragraph::new(Span::styled(name, t.muted())),
+                    Rect::new(x, place.y - 1, w.min(inner.right().saturating_sub(x)), 1),
+                );
+            }
+        }
+    }
+}
+
+fn draw_sample_now(f: &mut Frame, app: &App, area: Rect) {
+    let t = &app.theme;
+    let s = &app.samples;
+    if let Some(p) = s.job {
+        f.render_widget(
+            LineGauge::default()
+                .filled_style(Style::default().fg(t.accent))
+                .label(format!("sampling {:>3.0}% ", p * 100.0))
+                .ratio(p.clamp(0.0, 1.0)),
+            area,
+        );
+        return;
+    }
+    let names = s.class_names();
+    let class = match s.class {
+        None => "none".to_string(),
+        Some(c) => class_name(&names, Some(c)),
+    };
+    let mut spans = vec![
+        Span::styled(" Enter ", t.selected()),
+        Span::styled(" sample now · class ", t.muted()),
+        Span::styled(class, t.accent()),
+        Span::styled(" (c) · guidance ", t.muted()),
+        Span::styled(format!("{:.1}", s.effective_guidance()), t.accent()),
+        Span::styled(" (g/G)", t.muted()),
+    ];
+    if let Some(e) = &s.error {
+        spans.push(Span::styled(
+            format!(" · {e}"),
+            Style::default().fg(t.error),
+        ));
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)), area);
+}
