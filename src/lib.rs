@@ -12,5 +12,6 @@ pub mod engine;
 pub mod kernels;
 pub mod probe;
 pub mod runs;
+pub mod sample;
 pub mod train;
 pub mod tui;

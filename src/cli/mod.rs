@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod kernels;
 mod probe;
+mod sample;
 mod train;
 
 /// A terminal lab for attention-free deep learning (BiGS, DiffuSSM, S4D).
@@ -33,6 +34,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Masked-token predictions from a checkpoint ("call me [MASK] .").
     Probe(probe::ProbeArgs),
+    /// Images from a DiffuSSM checkpoint: a PNG grid (--show also prints it), or --cas N.
+    Sample(sample::SampleArgs),
     /// The S4D kernels of a checkpoint: a summary table, or a plot (.png) / values (.csv).
     Kernels(kernels::KernelsArgs),
     /// List runs as a table (or JSON) and exit.
@@ -57,6 +60,7 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Tokenizer(cmd)) => train::tokenizer(cmd),
         Some(Command::Probe(args)) => probe::run(args),
         Some(Command::Kernels(args)) => kernels::run(args),
+        Some(Command::Sample(args)) => sample::run(args),
         Some(Command::Runs { runs_dir, json }) => print_runs(&runs_dir, json),
         None => {
             use std::io::IsTerminal;

@@ -75,10 +75,10 @@ pub fn diffusion_preset(name: &str) -> Result<DiffusionRunConfig, ConfigError> {
         },
         model: DiffussmConfig {
             patch_size: 2,
-            hidden_size: 96,
+            hidden_size: 64,
             num_layers: 4,
             hourglass: 2,
-            fusion_width: 192,
+            fusion_width: 128,
             state_size: 32,
             kernel: KernelMode::PerChannel,
             ..DiffussmConfig::default()
@@ -102,7 +102,7 @@ pub fn diffusion_preset(name: &str) -> Result<DiffusionRunConfig, ConfigError> {
             ssm_weight_decay: false,
         },
         train: DiffusionTrainSection {
-            steps: 4000,
+            steps: 2000,
             batch_size: 32,
             log_every: 10,
             eval_every: 250,
