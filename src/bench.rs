@@ -199,7 +199,7 @@ pub fn bench_probe(
     Ok((load, ts[ts.len() / 2], ts[ts.len() * 9 / 10]))
 }
 
-/// DiffuSSM: median seconds of one training forward+backward (ε-MSE) at `batch`, and seconds
+/// DiffuSSM: median seconds of one training step (ε-MSE forward, backward, AdamW) at `batch`, and seconds
 /// to sample `n` images with `steps` DDIM steps and guidance `guidance` (two passes a step).
 pub fn bench_diffussm(
     cfg: &crate::engine::diffussm::DiffussmConfig,
@@ -236,11 +236,30 @@ pub fn bench_diffussm(
     let eps = normal(&mut rng, shape, 0.0, 1.0, DType::F32, &dev)?;
     let t: Vec<f64> = (0..batch).map(|i| (i * 31 % 1000) as f64).collect();
     let y: Vec<u32> = (0..batch).map(|i| (i % cfg.num_classes) as u32).collect();
-    let step = || -> Result<f64> {
+    // A whole training step: forward, backward, AdamW update (as the trainer does it).
+    let optim = crate::train::presets::diffusion_preset("diffussm-fashion")
+        .expect("preset")
+        .optim;
+    let mut opt = crate::train::optim::AdamW::new(
+        crate::train::trainer::param_groups(&varmap, &optim),
+        optim.beta1,
+        optim.beta2,
+        optim.eps,
+    )?;
+    let mut step = || -> Result<f64> {
         let t0 = Instant::now();
         let out = model.forward(&x, &t, &y)?;
         let loss = (out - &eps)?.sqr()?.mean_all()?;
-        let _g = loss.backward()?;
+        let g = loss.backward()?;
+        let grads: Vec<Tensor> = opt
+            .params
+            .iter()
+            .map(|p| match g.get(p.var.as_tensor()) {
+                Some(g) => Ok(g.clone()),
+                None => p.var.as_tensor().zeros_like(),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        opt.step(&grads, 1e-4)?;
         Ok(t0.elapsed().as_secs_f64())
     };
     step()?;

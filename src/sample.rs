@@ -41,7 +41,11 @@ impl DiffusionModel {
                 path.display()
             ))
         })?;
-        let ck = files.weights.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let ck = files
+            .weights
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
         let run = ck
             .parent()
             .filter(|p| p.join("config.toml").is_file())
@@ -52,7 +56,11 @@ impl DiffusionModel {
         };
         let ema_path = ck.join("ema.safetensors");
         let use_ema = ema && ema_path.is_file();
-        let weights = if use_ema { ema_path } else { files.weights.clone() };
+        let weights = if use_ema {
+            ema_path
+        } else {
+            files.weights.clone()
+        };
         let dev = Device::Cpu;
         let varmap = VarMap::new();
         let model = Diffussm::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
@@ -87,7 +95,13 @@ impl DiffusionModel {
         }
     }
 
-    pub fn options(&self, sampler: SamplerKind, steps: usize, guidance: f64, frames: usize) -> SampleOptions {
+    pub fn options(
+        &self,
+        sampler: SamplerKind,
+        steps: usize,
+        guidance: f64,
+        frames: usize,
+    ) -> SampleOptions {
         SampleOptions {
             sampler,
             steps,
@@ -133,10 +147,8 @@ pub fn sample_now(req: &NowRequest, progress: &dyn Fn(f64)) -> Result<PathBuf> {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    std::fs::create_dir_all(samples_dir(&run)).map_err(|e| TrainError::Other(format!(
-        "{}: {e}",
-        samples_dir(&run).display()
-    )))?;
+    std::fs::create_dir_all(samples_dir(&run))
+        .map_err(|e| TrainError::Other(format!("{}: {e}", samples_dir(&run).display())))?;
     let dst = samples_dir(&run).join(format!("now-{ms}"));
     let opts = m.options(SamplerKind::Ddim { eta: 0.0 }, req.steps, req.guidance, 6);
     write_sample_folder(
@@ -160,13 +172,23 @@ pub fn sample_now(req: &NowRequest, progress: &dyn Fn(f64)) -> Result<PathBuf> {
 
 /// CAS of a checkpoint with its run's classifier: (score, per-class scores, classifier test
 /// accuracy).
-pub fn cas_of(m: &DiffusionModel, n: usize, opts: &SampleOptions, seed: u64) -> Result<(f64, Vec<f64>, f64)> {
+pub fn cas_of(
+    m: &DiffusionModel,
+    n: usize,
+    opts: &SampleOptions,
+    seed: u64,
+) -> Result<(f64, Vec<f64>, f64)> {
     let run = m.run.as_ref().ok_or_else(|| {
         TrainError::Other("CAS needs the run directory (its classifier.safetensors)".into())
     })?;
     let (classifier, info) = load_classifier(run, &Device::Cpu)?;
     let (score, per) = crate::train::diffusion::classification_accuracy_score(
-        &m.model, &m.sched, &classifier, n, opts, seed,
+        &m.model,
+        &m.sched,
+        &classifier,
+        n,
+        opts,
+        seed,
     )?;
     Ok((score, per, info.test_accuracy))
 }

@@ -36,11 +36,12 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 20)]
         reps: usize,
     },
-    /// DiffuSSM training step (forward + backward) and sampling time on 28×28 images.
+    /// DiffuSSM (diffussm-fashion model): training step (forward, backward, AdamW) and the time
+    /// to sample n images with DDIM and guidance, on 28×28.
     Diffussm {
         #[arg(long, default_value_t = 32)]
         batch: usize,
-        /// Override model keys, e.g. --set hidden_size=96 (keys of DiffussmConfig).
+        /// Override keys of the diffussm-fashion model, e.g. --set hidden_size=96.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
         #[arg(long, default_value_t = 3)]
@@ -99,20 +100,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             guidance,
         } => {
             anyhow::ensure!(reps > 0, "--reps must be at least 1");
-            let mut table: toml::Table = toml::from_str(&toml::to_string(
-                &crate::engine::diffussm::DiffussmConfig::default(),
-            )?)?;
-            for s in &sets {
-                let (k, v) = s
-                    .split_once('=')
-                    .ok_or_else(|| anyhow::anyhow!("--set {s}: expected key=value"))?;
-                let v: toml::Value = v
-                    .parse::<toml::Value>()
-                    .or_else(|_| Ok::<_, anyhow::Error>(toml::Value::String(v.into())))?;
-                table.insert(k.into(), v);
-            }
-            let cfg: crate::engine::diffussm::DiffussmConfig =
-                toml::from_str(&toml::to_string(&table)?)?;
+            let base = crate::train::presets::diffusion_preset("diffussm-fashion")?.model;
+            let cfg = crate::train::config::overrides(&base, &sets)?;
+            cfg.validate()?;
             let (step_s, sample_s) =
                 crate::bench::bench_diffussm(&cfg, batch, reps, n, steps, guidance)?;
             println!(

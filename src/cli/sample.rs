@@ -92,7 +92,14 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     }
     let classes = request_classes(a.class, a.n, m.model.cfg.num_classes);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
-    let s = sample(&m.model, &m.sched, &classes, &opts, &mut rng, &mut |_, _| true)?;
+    let s = sample(
+        &m.model,
+        &m.sched,
+        &classes,
+        &opts,
+        &mut rng,
+        &mut |_, _| true,
+    )?;
     let c = &m.model.cfg;
     let cols = if a.class.is_some() {
         (a.n as f64).sqrt().ceil() as usize

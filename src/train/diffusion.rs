@@ -762,7 +762,10 @@ impl DiffusionTrainer {
             .params
             .iter()
             .map(|p| match grads.get(p.var.as_tensor()) {
-                Some(g) => Ok(g.clone()),
+                // A gradient that reaches a variable directly (no op in between) still records
+                // its backward graph, which references this step's activations; kept in the
+                // optimiser's moments it would keep every step's activations alive.
+                Some(g) => Ok(g.detach()),
                 None => p.var.as_tensor().zeros_like(),
             })
             .collect::<candle_core::Result<_>>()?;

@@ -66,8 +66,9 @@ impl AdamW {
                 w.clone()
             };
             p.var.set(&(decayed - (update * lr_p)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            // the moments must not record a graph (see `Ema::update`)
+            self.m[i] = m.detach();
+            self.v[i] = v.detach();
         }
         Ok(())
     }
@@ -129,7 +130,7 @@ impl Ema {
     pub fn new(params: &[Param], decay: f64) -> Result<Self> {
         let tensors = params
             .iter()
-            .map(|p| p.var.as_tensor().copy())
+            .map(|p| Ok(p.var.as_tensor().copy()?.detach()))
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             decay,
@@ -142,7 +143,9 @@ impl Ema {
         let n = self.updates as f64;
         let d = self.decay.min((1.0 + n) / (10.0 + n));
         for (e, p) in self.tensors.iter_mut().zip(params) {
-            *e = ((&*e * d)? + (p.var.as_tensor() * (1.0 - d))?)?;
+            // detached: an op on a Var records the graph, and each average would keep the
+            // whole chain of earlier averages alive (a leak of three parameter copies a step)
+            *e = ((&*e * d)? + (p.var.as_tensor() * (1.0 - d))?)?.detach();
         }
         self.updates += 1;
         Ok(())

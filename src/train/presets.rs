@@ -102,7 +102,7 @@ pub fn diffusion_preset(name: &str) -> Result<DiffusionRunConfig, ConfigError> {
             ssm_weight_decay: false,
         },
         train: DiffusionTrainSection {
-            steps: 2000,
+            steps: 1800,
             batch_size: 32,
             log_every: 10,
             eval_every: 250,

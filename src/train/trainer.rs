@@ -666,12 +666,19 @@ pub fn plain_line(m: &Metric, total: u64) -> String {
         m.grad_norm.unwrap_or(f64::NAN),
         m.tokens_per_s.unwrap_or(0.0)
     );
-    if let (Some(l), Some(a), Some(b)) = (m.eval_loss, m.eval_acc, m.eval_baseline_acc) {
-        s += &format!(
-            " | eval loss {l:.4} acc {:.2}% (most-frequent baseline {:.2}%)",
-            a * 100.0,
-            b * 100.0
-        );
+    if let Some(ips) = m.images_per_s {
+        s += &format!(" img/s {ips:.1}");
+    }
+    match (m.eval_loss, m.eval_acc, m.eval_baseline_acc) {
+        (Some(l), Some(a), Some(b)) => {
+            s += &format!(
+                " | eval loss {l:.4} acc {:.2}% (most-frequent baseline {:.2}%)",
+                a * 100.0,
+                b * 100.0
+            )
+        }
+        (Some(l), _, _) => s += &format!(" | eval loss {l:.4}"),
+        _ => {}
     }
     s
 }

@@ -84,7 +84,8 @@ impl Metric {
         match self {
             Metric::Loss => m.loss,
             Metric::EvalLoss => m.eval_loss,
-            Metric::EvalAcc => m.eval_acc,
+            // diffusion runs: the classification accuracy score of their samples
+            Metric::EvalAcc => m.eval_acc.or(m.eval_cas),
             Metric::Lr => m.lr,
             Metric::GradNorm => m.grad_norm,
             Metric::TokensPerS => m.tokens_per_s,
@@ -263,6 +264,18 @@ impl App {
         self.runs.get(self.selected)
     }
 
+    /// The run the Samples view shows: the selected run if it is a diffusion run, else the
+    /// default diffusion run (`diffussm-fashion`, else the first one), else the selected run
+    /// (the view then says it has no images).
+    pub fn samples_run(&self) -> Option<&RunSummary> {
+        let diffusion = |r: &&RunSummary| r.model == "diffussm";
+        self.selected_run()
+            .filter(diffusion)
+            .or_else(|| self.runs.iter().find(|r| r.id == "diffussm-fashion"))
+            .or_else(|| self.runs.iter().find(diffusion))
+            .or_else(|| self.selected_run())
+    }
+
     /// New scan results from the worker; keeps the selection on the same run.
     pub fn set_runs(&mut self, runs: Vec<RunSummary>) {
         let keep = self.selected_run().map(|r| r.id.clone());
@@ -411,7 +424,7 @@ impl App {
         if self.view != View::Samples {
             return;
         }
-        let run = self.selected_run().map(|r| r.path.clone());
+        let run = self.samples_run().map(|r| r.path.clone());
         if run != self.samples.run {
             self.samples.reset(run.clone());
             self.samples.error = None;

@@ -314,7 +314,7 @@ fn is_bigs(model: &str) -> bool {
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let s = &app.samples;
-    let Some(run) = app.selected_run() else {
+    let Some(run) = app.samples_run() else {
         message(
             f,
             app,
