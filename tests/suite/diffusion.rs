@@ -426,3 +426,70 @@ fn bad_image_input_is_one_clear_line_and_no_run() {
     );
     assert!(!runs.join("diffussm-smoke").exists());
 }
+
+#[test]
+fn sampling_and_averages_keep_no_backward_graph() {
+    use ssmlab::engine::diffusion::{SampleOptions, sample};
+    // A tensor that records its graph keeps every earlier step's activations alive: sampling
+    // and the EMA must hand out plain values.
+    let dev = Device::Cpu;
+    let cfg = tiny(KernelMode::PerChannel, 1, 2);
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let (model, varmap) = build_diffussm(&cfg, DType::F32, &dev, &mut rng).unwrap();
+    wake(&varmap, &mut rng);
+    let sched = NoiseSchedule::new(&DiffusionConfig::default()).unwrap();
+    let opts = SampleOptions {
+        sampler: SamplerKind::Ddpm,
+        steps: 5,
+        guidance: 2.0,
+        clip: true,
+        trajectory_frames: 3,
+    };
+    let s = sample(&model, &sched, &[Some(1), None], &opts, &mut rng, &mut |_, _| true).unwrap();
+    assert!(!s.images.track_op());
+    assert_eq!(s.trajectory.len(), 3);
+    assert!(s.trajectory.iter().all(|(_, x)| !x.track_op()));
+    assert_eq!(s.trajectory[0].0, 999);
+    let params: Vec<ssmlab::train::optim::Param> = varmap
+        .all_vars()
+        .into_iter()
+        .enumerate()
+        .map(|(i, var)| ssmlab::train::optim::Param {
+            name: format!("p{i}"),
+            var,
+            weight_decay: 0.0,
+            lr_scale: 1.0,
+        })
+        .collect();
+    let mut ema = ssmlab::train::optim::Ema::new(&params, 0.9).unwrap();
+    ema.update(&params).unwrap();
+    ema.update(&params).unwrap();
+    assert!(ema.tensors.iter().all(|t| !t.track_op()));
+}
+
+#[test]
+fn shipped_diffusion_run_opens_with_ema_and_samples() {
+    let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/diffussm-fashion");
+    let m = ssmlab::sample::DiffusionModel::open(&run, None, true).unwrap();
+    assert!(m.ema, "the EMA weights are the sampling weights");
+    assert_eq!(m.class_names[1], "Trouser");
+    assert!(m.check_class(Some(10)).unwrap_err().to_string().contains("classes 0–9"));
+    let opts = m.options(SamplerKind::Ddim { eta: 0.0 }, 2, 2.0, 0);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let s = ssmlab::engine::diffusion::sample(
+        &m.model,
+        &m.sched,
+        &[Some(1), Some(7)],
+        &opts,
+        &mut rng,
+        &mut |_, _| true,
+    )
+    .unwrap();
+    assert_eq!(s.images.dims(), &[2, 1, 28, 28]);
+    let v = s.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)));
+    // a BiGS run is not a diffusion model: the message says where to go
+    let bigs = Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/bigs-mobydick");
+    let e = ssmlab::sample::DiffusionModel::open(&bigs, None, true).err().unwrap().to_string();
+    assert!(e.contains("ssmlab probe"), "{e}");
+}
