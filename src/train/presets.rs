@@ -30,16 +30,16 @@ pub const PRESETS: &[(&str, &str)] = &[
         "bigs-tiny with the bert-base-uncased vocabulary of the released BiGS checkpoints",
     ),
     (
-        "bigs-smoke",
-        "BiGS 2×32 on Moby-Dick, L=32: seconds, for tests and trying the tool",
-    ),
-    (
         "diffussm-fashion",
         "DiffuSSM on Fashion-MNIST 28×28 (shipped 10k test split), class-conditional with CFG: the shipped checkpoint's recipe (~30 min on 2 cores)",
     ),
     (
         "diffussm-smoke",
         "DiffuSSM 2×16 on Fashion-MNIST, a few steps: seconds, for tests",
+    ),
+    (
+        "bigs-smoke",
+        "BiGS 2×32 on Moby-Dick, L=32: seconds, for tests and trying the tool",
     ),
 ];
 

@@ -39,7 +39,10 @@ fn tiny(kernel: KernelMode, patch: usize, hourglass: usize) -> DiffussmConfig {
 /// Replaces every all-zero variable (adaLN-Zero modulations, final layer) by small noise, as
 /// after some training, so that gradients reach the whole network.
 fn wake(varmap: &VarMap, rng: &mut ChaCha8Rng) {
-    for v in varmap.all_vars() {
+    let data = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort(); // name order: the same draws every run (a HashMap's order is not)
+    for v in names.into_iter().map(|n| &data[n]) {
         let zero = v
             .as_tensor()
             .abs()
@@ -445,7 +448,15 @@ fn sampling_and_averages_keep_no_backward_graph() {
         clip: true,
         trajectory_frames: 3,
     };
-    let s = sample(&model, &sched, &[Some(1), None], &opts, &mut rng, &mut |_, _| true).unwrap();
+    let s = sample(
+        &model,
+        &sched,
+        &[Some(1), None],
+        &opts,
+        &mut rng,
+        &mut |_, _| true,
+    )
+    .unwrap();
     assert!(!s.images.track_op());
     assert_eq!(s.trajectory.len(), 3);
     assert!(s.trajectory.iter().all(|(_, x)| !x.track_op()));
@@ -473,7 +484,12 @@ fn shipped_diffusion_run_opens_with_ema_and_samples() {
     let m = ssmlab::sample::DiffusionModel::open(&run, None, true).unwrap();
     assert!(m.ema, "the EMA weights are the sampling weights");
     assert_eq!(m.class_names[1], "Trouser");
-    assert!(m.check_class(Some(10)).unwrap_err().to_string().contains("classes 0–9"));
+    assert!(
+        m.check_class(Some(10))
+            .unwrap_err()
+            .to_string()
+            .contains("classes 0–9")
+    );
     let opts = m.options(SamplerKind::Ddim { eta: 0.0 }, 2, 2.0, 0);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let s = ssmlab::engine::diffusion::sample(
@@ -490,6 +506,9 @@ fn shipped_diffusion_run_opens_with_ema_and_samples() {
     assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)));
     // a BiGS run is not a diffusion model: the message says where to go
     let bigs = Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/bigs-mobydick");
-    let e = ssmlab::sample::DiffusionModel::open(&bigs, None, true).err().unwrap().to_string();
+    let e = ssmlab::sample::DiffusionModel::open(&bigs, None, true)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("ssmlab probe"), "{e}");
 }
