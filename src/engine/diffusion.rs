@@ -174,6 +174,7 @@ impl NoiseSchedule {
 
     /// One reverse step from t to `t_prev` (None = the end, ᾱ = 1) given the predicted noise.
     /// Returns (x_{t_prev}, predicted x₀). `noise` is needed when the step is stochastic.
+    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &self,
         kind: SamplerKind,

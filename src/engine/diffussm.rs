@@ -157,7 +157,7 @@ impl DiffussmConfig {
                 "per-channel kernels store N/2 conjugate modes: N must be even".into(),
             );
         }
-        if self.frequency_size % 2 != 0 {
+        if !self.frequency_size.is_multiple_of(2) {
             return bad("frequency_size", "must be even ([cos, sin] halves)".into());
         }
         if !(self.dt_min > 0.0 && self.dt_min <= self.dt_max) {
@@ -450,9 +450,10 @@ pub fn init_weights(varmap: &VarMap, cfg: &DiffussmConfig, rng: &mut ChaCha8Rng)
                 _ if cfg.kernel == KernelMode::Shared => Tensor::ones(shape, dt, &dev)?,
                 _ => normal(rng, shape, 0.0, 1.0, dt, &dev)?, // D
             }
-        } else if name.contains("adaLN_modulation") || name.starts_with("final_layer.linear") {
-            Tensor::zeros(shape, dt, &dev)?
-        } else if leaf == "bias" {
+        } else if name.contains("adaLN_modulation")
+            || name.starts_with("final_layer.linear")
+            || leaf == "bias"
+        {
             Tensor::zeros(shape, dt, &dev)?
         } else if name.starts_with("t_embedder") || name.starts_with("y_embedder") {
             normal(rng, shape, 0.0, 0.02, dt, &dev)?

@@ -83,6 +83,10 @@ fn glyph(c: char) -> [u8; 5] {
         '⊙' => [2, 5, 7, 5, 2],
         'Δ' => [2, 2, 5, 5, 7],
         '…' => [0, 0, 0, 0, 5],
+        '\'' | '’' => [2, 2, 0, 0, 0],
+        ';' => [0, 2, 0, 2, 4],
+        '≥' => [4, 2, 1, 2, 7],
+        '²' => [6, 2, 4, 6, 0],
         ' ' => [0; 5],
         _ => [7, 1, 2, 0, 2],
     }
@@ -387,6 +391,71 @@ fn draw_heatmap(img: &mut RgbImage, a: &Area, p: &Panel) {
     text(img, l, bottom + 21, x_label, INK);
 }
 
+/// A map on a grid: square cells in the diverging colours, the marked cell outlined, the
+/// legend to the right.
+fn draw_field(img: &mut RgbImage, a: &Area, p: &Panel) {
+    let Panel::Field {
+        title,
+        rows,
+        cols,
+        values,
+        mark,
+        legend,
+    } = p
+    else {
+        return;
+    };
+    text(img, a.x + 4, a.y + 2, title, INK);
+    let (rows, cols) = (*rows as i64, *cols as i64);
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let legend_w = legend
+        .iter()
+        .map(|l| l.chars().count() as i64)
+        .max()
+        .unwrap_or(0)
+        * CHAR_W as i64
+        + 20;
+    let (l, t) = (a.x + 30, a.y + 26);
+    let avail_w = (a.w - 40 - legend_w).max(cols);
+    let avail_h = (a.h - 40).max(rows);
+    let cell = (avail_w / cols).min(avail_h / rows).max(1);
+    for r in 0..rows {
+        for c in 0..cols {
+            let v = values.get((r * cols + c) as usize).copied().unwrap_or(0.0);
+            rect(img, l + c * cell, t + r * cell, cell, cell, diverging(v));
+        }
+        if r % 2 == 0 || cell >= 14 {
+            let s = r.to_string();
+            text(
+                img,
+                l - 4 - s.len() as i64 * CHAR_W as i64,
+                t + r * cell + (cell - 10) / 2,
+                &s,
+                FAINT,
+            );
+        }
+    }
+    // the frame and the marked cell
+    let (w, h) = (cols * cell, rows * cell);
+    line(img, (l - 1, t - 1), (l + w, t - 1), GRID);
+    line(img, (l - 1, t + h), (l + w, t + h), GRID);
+    line(img, (l - 1, t - 1), (l - 1, t + h), GRID);
+    line(img, (l + w, t - 1), (l + w, t + h), GRID);
+    let (mx, my) = (l + mark.1 as i64 * cell, t + mark.0 as i64 * cell);
+    for k in 0..2 {
+        let (x0, y0, x1, y1) = (mx - 1 - k, my - 1 - k, mx + cell + k, my + cell + k);
+        line(img, (x0, y0), (x1, y0), INK);
+        line(img, (x0, y1), (x1, y1), INK);
+        line(img, (x0, y0), (x0, y1), INK);
+        line(img, (x1, y0), (x1, y1), INK);
+    }
+    for (i, s) in legend.iter().enumerate() {
+        text(img, l + w + 20, t + i as i64 * (CHAR_H as i64 + 6), s, INK);
+    }
+}
+
 fn draw_text(img: &mut RgbImage, a: &Area, p: &Panel) {
     let Panel::Text { title, lines } = p else {
         return;
@@ -444,6 +513,7 @@ pub fn render_png(fig: &Figure) -> RgbImage {
         };
         match p {
             Panel::Plot { .. } => draw_plot(&mut img, &a, p),
+            Panel::Field { .. } => draw_field(&mut img, &a, p),
             _ => draw_heatmap(&mut img, &a, p),
         }
     }

@@ -3,8 +3,8 @@
 //! the exported image never disagree.
 
 use super::{
-    Direction, ModelKernels, SsmKernels, decay_lag, fmt_decay, frequency_response, signed_response,
-    spread,
+    Direction, ImageGrid, ModelKernels, SsmKernels, decay_lag, fmt_decay, fold_receptive_field,
+    frequency_response, signed_response, spread,
 };
 
 /// The sub-views of the Kernels view, cycled with `v`.
@@ -16,15 +16,18 @@ pub enum SubView {
     Spectrum,
     Eigen,
     Evolution,
+    /// Image models only: the kernels folded onto the patch grid around a pixel.
+    ReceptiveField,
 }
 
 impl SubView {
-    pub const ALL: [SubView; 5] = [
+    pub const ALL: [SubView; 6] = [
         SubView::Lag,
         SubView::Heatmap,
         SubView::Spectrum,
         SubView::Eigen,
         SubView::Evolution,
+        SubView::ReceptiveField,
     ];
     pub fn title(self) -> &'static str {
         match self {
@@ -33,6 +36,7 @@ impl SubView {
             SubView::Spectrum => "frequency response",
             SubView::Eigen => "Δt and eigenvalues of A",
             SubView::Evolution => "evolution over checkpoints",
+            SubView::ReceptiveField => "receptive field",
         }
     }
     /// File-name slug.
@@ -43,11 +47,20 @@ impl SubView {
             SubView::Spectrum => "spectrum",
             SubView::Eigen => "eigen",
             SubView::Evolution => "evolution",
+            SubView::ReceptiveField => "receptive-field",
         }
     }
-    pub fn next(self) -> SubView {
+    /// Whether the sub-view exists for a model (the receptive field only for image models).
+    pub fn available(self, image: bool) -> bool {
+        image || self != SubView::ReceptiveField
+    }
+    /// The next sub-view of the `v` cycle for a model with (`image`) or without an image grid.
+    pub fn next(self, image: bool) -> SubView {
         let i = Self::ALL.iter().position(|v| *v == self).unwrap_or(0);
-        Self::ALL[(i + 1) % Self::ALL.len()]
+        (1..=Self::ALL.len())
+            .map(|k| Self::ALL[(i + k) % Self::ALL.len()])
+            .find(|v| v.available(image))
+            .unwrap_or_default()
     }
 }
 
@@ -95,10 +108,13 @@ pub struct Selection {
     pub log_lag: bool,
     /// Index into the run's checkpoints (ascending by step).
     pub checkpoint: usize,
+    /// Receptive field: the (patch row, patch column) whose response is shown; None = the
+    /// centre of the grid.
+    pub pixel: Option<(usize, usize)>,
 }
 
 impl Selection {
-    /// Keeps every index inside what `data` has.
+    /// Keeps every index inside what `data` has (and the sub-view one the model has).
     pub fn clamp(&mut self, data: &[ModelKernels]) {
         self.checkpoint = self.checkpoint.min(data.len().saturating_sub(1));
         if let Some(mk) = data.get(self.checkpoint) {
@@ -109,7 +125,35 @@ impl Selection {
                 .map(|l| l.fwd.channels())
                 .unwrap_or(1);
             self.channel = self.channel.min(ch.saturating_sub(1));
+            if !self.view.available(mk.image.is_some()) {
+                self.view = SubView::Lag;
+            }
+            if let (Some(g), Some((r, c))) = (mk.image, self.pixel) {
+                self.pixel = Some((
+                    r.min(g.rows().saturating_sub(1)),
+                    c.min(g.cols().saturating_sub(1)),
+                ));
+            }
         }
+    }
+
+    /// The patch shown by the receptive field on `grid` (the centre unless one was picked).
+    pub fn patch(&self, grid: &ImageGrid) -> (usize, usize) {
+        let (r, c) = self.pixel.unwrap_or((grid.rows() / 2, grid.cols() / 2));
+        (
+            r.min(grid.rows().saturating_sub(1)),
+            c.min(grid.cols().saturating_sub(1)),
+        )
+    }
+
+    /// Moves the receptive field's patch by (rows, cols), staying on the grid.
+    pub fn move_pixel(&mut self, grid: &ImageGrid, dr: i64, dc: i64) {
+        let (r, c) = self.patch(grid);
+        let step = |v: usize, d: i64, n: usize| (v as i64 + d).clamp(0, n as i64 - 1) as usize;
+        self.pixel = Some((
+            step(r, dr, grid.rows().max(1)),
+            step(c, dc, grid.cols().max(1)),
+        ));
     }
 }
 
@@ -160,6 +204,17 @@ pub enum Panel {
     Text {
         title: String,
         lines: Vec<String>,
+    },
+    /// A map on a grid (the receptive field on the patch grid): `values` row-major
+    /// (`rows`×`cols`), scaled to [−1, 1] by the largest |value|; `mark` is the (row, col) to
+    /// mark; `legend` lines go beside the map.
+    Field {
+        title: String,
+        rows: usize,
+        cols: usize,
+        values: Vec<f64>,
+        mark: (usize, usize),
+        legend: Vec<String>,
     },
 }
 
@@ -308,9 +363,13 @@ pub fn figure(data: &[ModelKernels], sel: &Selection) -> Figure {
         ch_note,
         sel.dir.label()
     );
-    // The gated fwd⊙bwd combination depends on the input: no fixed map exists to show.
-    let notes =
-        vec!["the fwd⊙bwd gate is input-dependent: SSM kernels, not an attention map".into()];
+    // The gated combination of the directions depends on the input: no fixed map exists to
+    // show; the receptive field is the SSM's own (linear) response.
+    let notes = vec![if sel.view == SubView::ReceptiveField {
+        RECEPTIVE_NOTE.to_string()
+    } else {
+        mk.gate_note.to_string()
+    }];
     let first = data.first().filter(|f| f.step != mk.step);
     let panels = match sel.view {
         SubView::Lag => {
@@ -531,7 +590,12 @@ pub fn figure(data: &[ModelKernels], sel: &Selection) -> Figure {
                     let dl = |d: Direction| {
                         fmt_decay(decay_lag(l.get(d).kernel(sel.channel), 0.01), m.len)
                     };
-                    let dt = |d: Direction| l.get(d).dt.first().copied().unwrap_or(f64::NAN);
+                    let dt = |d: Direction| {
+                        let v = &l.get(d).dt;
+                        v.get(sel.channel.min(v.len().saturating_sub(1)))
+                            .copied()
+                            .unwrap_or(f64::NAN)
+                    };
                     format!(
                         "{:<11} decay fwd {:>4} bwd {:>4}  Δt fwd {:.4} bwd {:.4}",
                         m.label(),
@@ -563,10 +627,144 @@ pub fn figure(data: &[ModelKernels], sel: &Selection) -> Figure {
                 },
             ]
         }
+        SubView::ReceptiveField => match mk.image {
+            Some(g) => vec![receptive_field(mk, &sel, &g)],
+            None => vec![Panel::Text {
+                title: "receptive field".into(),
+                lines: vec![format!(
+                    "{} is a sequence model: the receptive field needs an image model",
+                    mk.family
+                )],
+            }],
+        },
     };
     Figure {
         title,
         notes,
+        panels,
+    }
+}
+
+/// The caption of the receptive field: what the folded picture is, and is not.
+pub const RECEPTIVE_NOTE: &str =
+    "the SSM's linear response, before the input-dependent gates (not attention)";
+
+/// The selected layer's and channel's kernels folded onto the patch grid around the selected
+/// patch ([`fold_receptive_field`]): forward kernel on the patches at and before it in raster
+/// order, backward kernel after it (one direction alone: zero on the other side).
+fn receptive_field(mk: &ModelKernels, sel: &Selection, g: &ImageGrid) -> Panel {
+    let (rows, cols, p) = (g.rows(), g.cols(), g.patch.max(1));
+    let (pr, pc) = sel.patch(g);
+    let l = &mk.layers[sel.layer];
+    let (kf, kb) = (l.fwd.kernel(sel.channel), l.bwd.kernel(sel.channel));
+    let raw = match sel.dir {
+        DirSel::Both => fold_receptive_field(kf, kb, rows, cols, pr, pc),
+        DirSel::Forward => fold_receptive_field(kf, &[], rows, cols, pr, pc),
+        // the backward kernel's lag 0 sits at the patch itself
+        DirSel::Backward => fold_receptive_field(&kb[..kb.len().min(1)], kb, rows, cols, pr, pc),
+    };
+    let (imax, max) =
+        raw.iter().enumerate().fold(
+            (0, 0f64),
+            |(i, m), (j, v)| if v.abs() > m { (j, v.abs()) } else { (i, m) },
+        );
+    let values: Vec<f64> = raw
+        .iter()
+        .map(|v| if max > 0.0 { v / max } else { 0.0 })
+        .collect();
+    let idx = pr * cols + pc;
+    let n = rows * cols;
+    let here = raw.get(idx).copied().unwrap_or(0.0);
+    let where_ = if p == 1 {
+        format!("pixel ({pr}, {pc}) of {rows}×{cols}")
+    } else {
+        format!(
+            "patch ({pr}, {pc}) of {rows}×{cols} = pixels {}–{} × {}–{}",
+            pr * p,
+            pr * p + p - 1,
+            pc * p,
+            pc * p + p - 1
+        )
+    };
+    let above = raw
+        .iter()
+        .filter(|v| max > 0.0 && v.abs() >= 0.01 * max)
+        .count();
+    let mut legend = vec![
+        where_,
+        format!("token {idx} of L = {n} (raster order)"),
+        format!(
+            "[ ] marked: K_{}[0] = {here:.3}",
+            if sel.dir == DirSel::Backward {
+                "b"
+            } else {
+                "f"
+            }
+        ),
+    ];
+    if sel.dir != DirSel::Backward {
+        legend.push(format!("before (above/left): K_f[d], d = 1…{idx}"));
+    }
+    if sel.dir != DirSel::Forward {
+        legend.push(format!(
+            "after (below/right): K_b[d], d = 1…{}",
+            n - 1 - idx
+        ));
+    }
+    legend.push(format!(
+        "max |K| {max:.3} at ({}, {}); {above} of {n} ≥ 1% of it",
+        imax / cols.max(1),
+        imax % cols.max(1)
+    ));
+    legend.push("shade |K|/max, red +, blue −; skip D not shown".into());
+    Panel::Field {
+        title: format!("layer {} on the {rows}×{cols} patch grid", sel.layer),
+        rows,
+        cols,
+        values,
+        mark: (pr, pc),
+        legend,
+    }
+}
+
+/// The figure `ssmlab kernels --out x.png --pixel R,C` writes: the receptive field of image
+/// pixel (R, C) for channel `channel` of every layer (or one).
+pub fn receptive_overview(
+    mk: &ModelKernels,
+    layer: Option<usize>,
+    channel: usize,
+    patch: (usize, usize),
+) -> Figure {
+    let data = std::slice::from_ref(mk);
+    let layers: Vec<usize> = match layer {
+        Some(l) => vec![l],
+        None => (0..mk.layers.len()).collect(),
+    };
+    let mut panels = Vec::new();
+    for l in layers {
+        let sel = Selection {
+            view: SubView::ReceptiveField,
+            layer: l,
+            channel,
+            pixel: Some(patch),
+            ..Default::default()
+        };
+        panels.extend(figure(data, &sel).panels);
+    }
+    let ch = if mk.shared {
+        format!("{} ch shared", mk.width)
+    } else {
+        format!("channel {channel}/{}", mk.width)
+    };
+    Figure {
+        title: format!(
+            "{} {} receptive field of patch ({}, {}), {ch}, fwd+bwd",
+            mk.family,
+            mk.label(),
+            patch.0,
+            patch.1
+        ),
+        notes: vec![RECEPTIVE_NOTE.into()],
         panels,
     }
 }

@@ -4,15 +4,20 @@
 //! (`tui/views/kernels.rs`) and `ssmlab kernels` (`cli/kernels.rs`) both draw from it.
 //!
 //! - Kernels are computed by the engine's own code (`engine::bigs::BigsSsm::kernel`, i.e.
-//!   [`crate::engine::s4d::bigs_kernel`]; [`s4_channel_kernels`] wraps
+//!   [`crate::engine::s4d::bigs_kernel`]; DiffuSSM's `engine::ssm::Ssm::kernel`, i.e.
+//!   `S4dSsm::kernel` per channel; [`s4_channel_kernels`] wraps
 //!   [`crate::engine::s4d::s4_kernel`] for per-channel models), never by a copy.
-//! - A model family is one [`KernelSource`] implementation plus one arm in [`open_source`].
+//! - A model family is one [`KernelSource`] implementation plus one arm in [`open_source`]:
+//!   BiGS ([`BigsSource`]) and DiffuSSM ([`DiffussmSource`], EMA weights when the checkpoint has
+//!   them).
 //! - A forward and a backward kernel together are one response over signed offsets
 //!   `d = t_out − t_in ∈ −(L−1)…L−1`: `d ≥ 0 → K_f[d]`, `d < 0 → K_b[−d]` ([`signed_response`]);
 //!   for images it folds back onto the pixel grid ([`fold_receptive_field`]).
 //!
-//! BiGS multiplies the two directions' outputs through input-dependent projections; that gated
-//! combination is not a fixed map, so only the kernels are shown, never a fake attention map.
+//! BiGS multiplies the two directions' outputs through input-dependent projections, DiffuSSM
+//! passes them through gated MLPs; neither is a fixed map, so only the kernels are shown (for
+//! images also folded onto the patch grid: the SSM's linear response before the gates), never
+//! a fake attention map.
 
 pub mod export;
 pub mod figure;
@@ -25,8 +30,10 @@ use candle_nn::VarBuilder;
 
 use crate::engine::EngineError;
 use crate::engine::bigs::{BIGS_DT_INIT, BigsConfig, BigsSsm};
-use crate::engine::init::a_init_full;
+use crate::engine::diffussm::DiffussmConfig;
+use crate::engine::init::{a_init_full, a_init_half};
 use crate::engine::s4d::{BIGS_A_RE_MAX, Discretization, s4_kernel};
+use crate::engine::ssm::{KernelMode, Ssm};
 use crate::engine::weights::read_checkpoint;
 use crate::runs::model::{ModelDirError, ModelFiles, model_checkpoints, resolve_model};
 
@@ -36,12 +43,13 @@ pub enum KernelsError {
     Dir(#[from] ModelDirError),
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error(
-        "{path} has no SSM parameters (no tensor `{tensor}`): kernels need a BiGS checkpoint with \
-         bigs.encoder.layer.N.{{fs4,bs4}}.kernel.{{A_re,A_im,C,log_step}}; pass a run directory, \
-         a step-N/ checkpoint or a BiGS Hugging Face directory"
-    )]
-    NoSsm { path: PathBuf, tensor: String },
+    #[error("{path} has no SSM parameters (no tensor `{tensor}`): {hint}")]
+    NoSsm {
+        path: PathBuf,
+        tensor: String,
+        /// What the family expects and which paths to pass.
+        hint: &'static str,
+    },
     #[error(
         "layer {layer} is out of range: {path} has {layers} layers; pass a layer from 0 to {last}",
         last = .layers.saturating_sub(1)
@@ -52,8 +60,17 @@ pub enum KernelsError {
         layers: usize,
     },
     #[error(
-        "{path}: model_type `{model_type}` has no kernel view (known: bigs); \
-         is this a BiGS config.json?"
+        "channel {channel} is out of range: {path} has {note}; pass a channel from 0 to {last}"
+    )]
+    ChannelRange {
+        path: PathBuf,
+        channel: usize,
+        note: String,
+        last: usize,
+    },
+    #[error(
+        "{path}: model_type `{model_type}` has no kernel view (known: bigs, diffussm); \
+         is this a BiGS or DiffuSSM config.json?"
     )]
     UnknownFamily { path: PathBuf, model_type: String },
 }
@@ -133,12 +150,48 @@ pub struct InitReference {
     pub dt_range: (f64, f64),
 }
 
+/// The token grid of an image model: an H×W image cut into p×p patches, flattened in raster
+/// order of patches into L = (H/p)(W/p) tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageGrid {
+    pub height: usize,
+    pub width: usize,
+    pub patch: usize,
+}
+
+impl ImageGrid {
+    /// Patch rows H/p.
+    pub fn rows(&self) -> usize {
+        self.height / self.patch.max(1)
+    }
+    /// Patch columns W/p.
+    pub fn cols(&self) -> usize {
+        self.width / self.patch.max(1)
+    }
+    /// The patch holding image pixel (row, col), or an error naming the image size.
+    pub fn patch_of(&self, row: usize, col: usize) -> std::result::Result<(usize, usize), String> {
+        if row >= self.height || col >= self.width {
+            return Err(format!(
+                "pixel ({row}, {col}) is outside the {}×{} image (rows 0–{}, columns 0–{})",
+                self.height,
+                self.width,
+                self.height.saturating_sub(1),
+                self.width.saturating_sub(1)
+            ));
+        }
+        Ok((row / self.patch.max(1), col / self.patch.max(1)))
+    }
+}
+
 /// Every layer's kernels of one checkpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelKernels {
-    /// "BiGS", …
+    /// "BiGS", "DiffuSSM".
     pub family: &'static str,
+    /// The weights file read (for DiffuSSM `ema.safetensors` when the checkpoint has one).
     pub weights: PathBuf,
+    /// Whether `weights` are EMA weights.
+    pub ema: bool,
     pub step: Option<u64>,
     /// Kernel length L (lags 0..L).
     pub len: usize,
@@ -149,6 +202,10 @@ pub struct ModelKernels {
     pub shared: bool,
     pub layers: Vec<LayerKernels>,
     pub init: InitReference,
+    /// For image models: the patch grid the L tokens come from.
+    pub image: Option<ImageGrid>,
+    /// How the model combines the two directions (why no attention map is shown).
+    pub gate_note: &'static str,
 }
 
 impl ModelKernels {
@@ -177,6 +234,29 @@ impl ModelKernels {
         Ok(())
     }
 
+    /// An error naming the channel range if `channel` does not exist.
+    pub fn check_channel(&self, channel: usize) -> Result<()> {
+        let n = self.layers.first().map(|l| l.fwd.channels()).unwrap_or(1);
+        if channel >= n {
+            return Err(KernelsError::ChannelRange {
+                path: self.weights.clone(),
+                channel,
+                note: self.channels_note(),
+                last: n.saturating_sub(1),
+            });
+        }
+        Ok(())
+    }
+
+    /// "EMA weights" / "raw weights" (DiffuSSM) or "" (models without EMA).
+    pub fn weights_note(&self) -> &'static str {
+        match (self.ema, self.image.is_some()) {
+            (true, _) => "EMA weights",
+            (false, true) => "raw weights (no ema.safetensors)",
+            (false, false) => "",
+        }
+    }
+
     /// "one kernel per direction shared by 128 channels" / "128 channels, one kernel each".
     pub fn channels_note(&self) -> String {
         if self.shared {
@@ -190,8 +270,15 @@ impl ModelKernels {
     }
 }
 
-/// A model family whose SSM kernels can be read from its weights. Adding a family (DiffuSSM…)
-/// is one implementation plus one arm in [`open_source`].
+/// What BiGS does with its two directions.
+pub const BIGS_GATE_NOTE: &str =
+    "the fwd⊙bwd gate is input-dependent: SSM kernels, not an attention map";
+/// What DiffuSSM does with its two directions.
+pub const DIFFUSSM_GATE_NOTE: &str =
+    "fwd and bwd outputs pass input-dependent gates: SSM kernels, not an attention map";
+
+/// A model family whose SSM kernels can be read from its weights. Adding a family is one
+/// implementation plus one arm in [`open_source`].
 pub trait KernelSource {
     fn family(&self) -> &'static str;
     fn num_layers(&self) -> usize;
@@ -202,6 +289,21 @@ pub trait KernelSource {
     /// Both directions of layer `i`, length `len`, through the engine's kernel code.
     fn layer(&self, i: usize, len: usize) -> Result<LayerKernels>;
     fn init(&self) -> InitReference;
+    /// The patch grid of an image model (None: a 1-D sequence model).
+    fn image(&self) -> Option<ImageGrid> {
+        None
+    }
+    /// Whether the weights read are EMA weights.
+    fn ema(&self) -> bool {
+        false
+    }
+    /// The weights file read.
+    fn weights(&self) -> Option<&Path> {
+        None
+    }
+    fn gate_note(&self) -> &'static str {
+        BIGS_GATE_NOTE
+    }
 }
 
 /// BiGS: per layer `fs4`/`bs4`, each one kernel shared by all channels.
@@ -210,6 +312,10 @@ pub struct BigsSource {
     /// (forward, backward) SSM of every layer: the engine's own module.
     pub ssms: Vec<(BigsSsm, BigsSsm)>,
 }
+
+const BIGS_HINT: &str = "kernels need a BiGS checkpoint with \
+    bigs.encoder.layer.N.{fs4,bs4}.kernel.{A_re,A_im,C,log_step}; pass a run directory, a step-N/ \
+    checkpoint or a BiGS Hugging Face directory";
 
 /// The tensor names of one BiGS SSM.
 fn bigs_names(layer: usize, dir: &str) -> [String; 5] {
@@ -239,6 +345,7 @@ impl BigsSource {
                     let t = tensors.get(&name).ok_or_else(|| KernelsError::NoSsm {
                         path: path.into(),
                         tensor: name.clone(),
+                        hint: BIGS_HINT,
                     })?;
                     if t.dims() != shape.as_slice() {
                         return Err(EngineError::ShapeMismatch {
@@ -320,21 +427,231 @@ impl KernelSource for BigsSource {
     }
 }
 
-/// The kernel source of a checkpoint, by its config's `model_type`.
-pub fn open_source(files: &ModelFiles) -> Result<Box<dyn KernelSource>> {
+const DIFFUSSM_HINT: &str = "kernels need a DiffuSSM checkpoint with \
+    blocks.N.{ssm_fwd,ssm_bwd}.kernel.* and .D; pass a diffusion run directory or one of its \
+    step-N/ checkpoints";
+
+/// DiffuSSM: per block `ssm_fwd` (causal over the L = (H/p)(W/p) patch tokens in raster order)
+/// and `ssm_bwd` (run on the flipped sequence, so anti-causal), each per-channel S4D
+/// (`S4dSsm`, one kernel per channel) or one shared BiGS-style kernel, as the config says.
+pub struct DiffussmSource {
+    pub cfg: DiffussmConfig,
+    /// (forward, backward) SSM of every block: the engine's own module.
+    pub ssms: Vec<(Ssm, Ssm)>,
+    /// The weights file read.
+    pub weights: PathBuf,
+    /// Whether those are the EMA weights.
+    pub ema: bool,
+}
+
+/// (tensor name under `blocks.{i}.{dir}`, shape) of one DiffuSSM SSM.
+fn diffussm_names(cfg: &DiffussmConfig) -> Vec<(&'static str, Vec<usize>)> {
+    let (h, n) = (cfg.hidden_size, cfg.state_size);
+    match cfg.kernel {
+        KernelMode::PerChannel => vec![
+            ("kernel.log_dt", vec![h]),
+            ("kernel.log_A_real", vec![h, n / 2]),
+            ("kernel.A_imag", vec![h, n / 2]),
+            ("kernel.C", vec![h, n / 2, 2]),
+            ("D", vec![h]),
+        ],
+        KernelMode::Shared => vec![
+            ("kernel.A_re", vec![n]),
+            ("kernel.A_im", vec![n]),
+            ("kernel.C", vec![n, 2]),
+            ("kernel.log_step", vec![1]),
+            ("D", vec![1]),
+        ],
+    }
+}
+
+impl DiffussmSource {
+    /// Picks the SSM tensors of a checkpoint (`weights`, EMA or not) and builds each block's
+    /// `Ssm` pair from them, as `DiffussmBlock::new` does.
+    pub fn from_tensors(
+        cfg: DiffussmConfig,
+        tensors: &HashMap<String, Tensor>,
+        weights: &Path,
+        ema: bool,
+    ) -> Result<Self> {
+        let mut picked = HashMap::new();
+        for i in 0..cfg.num_layers {
+            for dir in ["ssm_fwd", "ssm_bwd"] {
+                for (leaf, shape) in diffussm_names(&cfg) {
+                    let name = format!("blocks.{i}.{dir}.{leaf}");
+                    let t = tensors.get(&name).ok_or_else(|| KernelsError::NoSsm {
+                        path: weights.into(),
+                        tensor: name.clone(),
+                        hint: DIFFUSSM_HINT,
+                    })?;
+                    if t.dims() != shape.as_slice() {
+                        return Err(EngineError::ShapeMismatch {
+                            path: weights.into(),
+                            name,
+                            expected: shape,
+                            found: t.dims().to_vec(),
+                        }
+                        .into());
+                    }
+                    picked.insert(name, t.clone());
+                }
+            }
+        }
+        // F32, as the sampler and the trainer build the model.
+        let vb = VarBuilder::from_tensors(picked, DType::F32, &Device::Cpu);
+        let ssm = |i: usize, dir: &str| {
+            Ssm::new(
+                cfg.kernel,
+                cfg.hidden_size,
+                cfg.state_size,
+                cfg.conv,
+                vb.pp(format!("blocks.{i}")).pp(dir),
+            )
+        };
+        let ssms = (0..cfg.num_layers)
+            .map(|i| Ok((ssm(i, "ssm_fwd")?, ssm(i, "ssm_bwd")?)))
+            .collect::<std::result::Result<Vec<_>, EngineError>>()?;
+        Ok(Self {
+            cfg,
+            ssms,
+            weights: weights.into(),
+            ema,
+        })
+    }
+
+    /// Reads a checkpoint: `ema.safetensors` beside `files.weights` when present, else the raw
+    /// weights.
+    pub fn open(files: &ModelFiles) -> Result<Self> {
+        let cfg = DiffussmConfig::from_json_file(&files.config)?;
+        let ema_path = files
+            .weights
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("ema.safetensors");
+        let ema = ema_path.is_file();
+        let weights = if ema { ema_path } else { files.weights.clone() };
+        let tensors = read_checkpoint(&weights, &Device::Cpu)?;
+        Self::from_tensors(cfg, &tensors, &weights, ema)
+    }
+
+    fn ssm(s: &Ssm, len: usize) -> Result<SsmKernels> {
+        let v = |t: &Tensor| -> Result<Vec<f64>> {
+            Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?)
+        };
+        let kernels: Vec<Vec<f64>> = s.kernel(len)?.to_dtype(DType::F64)?.to_vec2()?;
+        match s {
+            Ssm::PerChannel(p) => {
+                // A as S4dSsm::kernel uses it: −exp(log_A_real) + i·A_imag (N/2 stored modes)
+                let re = v(&p.log_a_real.exp()?.neg()?)?;
+                let im = v(&p.a_imag)?;
+                Ok(SsmKernels {
+                    kernels,
+                    dt: v(&p.log_dt.exp()?)?,
+                    eig: re.into_iter().zip(im).collect(),
+                    d: v(&p.d)?,
+                })
+            }
+            Ssm::Shared(b) => Ok(SsmKernels {
+                kernels,
+                ..BigsSource::ssm(b, 1)?
+            }),
+        }
+    }
+}
+
+impl KernelSource for DiffussmSource {
+    fn family(&self) -> &'static str {
+        "DiffuSSM"
+    }
+    fn num_layers(&self) -> usize {
+        self.ssms.len()
+    }
+    fn kernel_len(&self) -> usize {
+        self.cfg.seq_len()
+    }
+    fn width(&self) -> usize {
+        self.cfg.hidden_size
+    }
+    fn shared(&self) -> bool {
+        self.cfg.kernel == KernelMode::Shared
+    }
+    fn layer(&self, i: usize, len: usize) -> Result<LayerKernels> {
+        let (f, b) = &self.ssms[i];
+        Ok(LayerKernels {
+            fwd: Self::ssm(f, len)?,
+            bwd: Self::ssm(b, len)?,
+        })
+    }
+    fn init(&self) -> InitReference {
+        let c = &self.cfg;
+        let ((re, im), dt_range) = match c.kernel {
+            KernelMode::PerChannel => (a_init_half(c.ssm_init, c.state_size), (c.dt_min, c.dt_max)),
+            // engine::diffussm::init_weights draws a shared kernel's log_step as BiGS does
+            KernelMode::Shared => (a_init_full(c.ssm_init, c.state_size), BIGS_DT_INIT),
+        };
+        let name = serde_json::to_value(c.ssm_init)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        InitReference {
+            a_init: name,
+            eig: re.into_iter().zip(im).collect(),
+            dt_range,
+        }
+    }
+    fn image(&self) -> Option<ImageGrid> {
+        Some(ImageGrid {
+            height: self.cfg.image_height,
+            width: self.cfg.image_width,
+            patch: self.cfg.patch_size,
+        })
+    }
+    fn ema(&self) -> bool {
+        self.ema
+    }
+    fn weights(&self) -> Option<&Path> {
+        Some(&self.weights)
+    }
+    fn gate_note(&self) -> &'static str {
+        DIFFUSSM_GATE_NOTE
+    }
+}
+
+/// The model family of a checkpoint, lower case: the config's `model_type` if it names one,
+/// else the run's `config.toml` (`[run] model`) when the checkpoint belongs to a run, else the
+/// shape of `config.json` (DiffuSSM's has the image size and patch), else "bigs".
+pub fn detect_family(files: &ModelFiles) -> Result<String> {
     let text = std::fs::read_to_string(&files.config).map_err(|source| EngineError::Io {
         path: files.config.clone(),
         source,
     })?;
-    let model_type = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| {
-            v.get("model_type")
-                .and_then(|m| m.as_str())
-                .map(String::from)
-        })
-        .unwrap_or_else(|| "bigs".into());
-    match model_type.to_ascii_lowercase().as_str() {
+    let json = serde_json::from_str::<serde_json::Value>(&text).ok();
+    if let Some(t) = json
+        .as_ref()
+        .and_then(|v| v.get("model_type"))
+        .and_then(|m| m.as_str())
+    {
+        return Ok(t.to_ascii_lowercase());
+    }
+    let run_toml = files
+        .weights
+        .parent()
+        .and_then(Path::parent)
+        .map(|r| r.join("config.toml"))
+        .filter(|p| p.is_file());
+    if let Some(m) = run_toml.and_then(|p| crate::train::config::model_family(&p).ok()) {
+        return Ok(m.to_ascii_lowercase());
+    }
+    let image = json
+        .as_ref()
+        .is_some_and(|v| v.get("image_height").is_some() && v.get("patch_size").is_some());
+    Ok(if image { "diffussm" } else { "bigs" }.into())
+}
+
+/// The kernel source of a checkpoint, by its family ([`detect_family`]).
+pub fn open_source(files: &ModelFiles) -> Result<Box<dyn KernelSource>> {
+    match detect_family(files)?.as_str() {
+        "diffussm" => Ok(Box::new(DiffussmSource::open(files)?)),
         "bigs" => {
             let cfg = BigsConfig::from_json_file(&files.config)?;
             let tensors = read_checkpoint(&files.weights, &Device::Cpu)?;
@@ -360,13 +677,19 @@ pub fn load_kernels(files: &ModelFiles) -> Result<ModelKernels> {
         .collect::<Result<Vec<_>>>()?;
     Ok(ModelKernels {
         family: src.family(),
-        weights: files.weights.clone(),
+        weights: src
+            .weights()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| files.weights.clone()),
+        ema: src.ema(),
         step: files.step,
         len,
         width: src.width(),
         shared: src.shared(),
         layers,
         init: src.init(),
+        image: src.image(),
+        gate_note: src.gate_note(),
     })
 }
 
@@ -524,10 +847,44 @@ pub fn fmt_decay(d: Option<usize>, len: usize) -> String {
     }
 }
 
+/// Decay lags of several channels as "min/med/max" (`>L` for a channel whose kernel outlasts
+/// L; the median over all channels, counting those as L).
+pub fn fmt_decay_spread(decay: &[Option<usize>], len: usize) -> String {
+    let as_len: Vec<f64> = decay.iter().map(|d| d.unwrap_or(len) as f64).collect();
+    let Some((lo, med, hi)) = spread(&as_len) else {
+        return String::new();
+    };
+    let f = |v: f64| {
+        if v >= len as f64 {
+            format!(">{len}")
+        } else {
+            format!("{v:.0}")
+        }
+    };
+    format!("{}/{}/{}", f(lo), f(med), f(hi))
+}
+
 /// The summary table as text (what `ssmlab kernels` prints without `--out`).
 pub fn summary_table(mk: &ModelKernels, layer: Option<usize>) -> String {
+    let weights = match mk.weights_note() {
+        "" => String::new(),
+        w => format!(" ({w})"),
+    };
+    let image = mk
+        .image
+        .map(|g| {
+            format!(
+                ", {}×{} image in {}×{} patches of {}² (raster order)",
+                g.height,
+                g.width,
+                g.rows(),
+                g.cols(),
+                g.patch
+            )
+        })
+        .unwrap_or_default();
     let mut s = format!(
-        "{}: {} {}, {} layers × 2 directions, {}, L = {}, A init {} (Δt init {}–{})\n",
+        "{}: {} {}{weights}, {} layers × 2 directions, {}, L = {}{image}, A init {} (Δt init {}–{})\n",
         mk.weights.display(),
         mk.family,
         mk.label(),
@@ -538,23 +895,43 @@ pub fn summary_table(mk: &ModelKernels, layer: Option<usize>) -> String {
         mk.init.dt_range.0,
         mk.init.dt_range.1,
     );
-    s += "decay lag: the lag after which |K| stays below 1% of its maximum\n";
-    s += &format!(
-        "{:>5} {:>4} {:>10} {:>9} {:>9} {:>9} {:>21} {:>9}\n",
-        "layer", "dir", "decay lag", "Δt min", "Δt med", "Δt max", "|A_re| min/med/max", "max|K|"
-    );
-    for r in summary(mk, layer) {
-        let decay = if r.decay.len() == 1 {
-            fmt_decay(r.decay[0], mk.len)
-        } else {
-            let known: Vec<f64> = r.decay.iter().flatten().map(|d| *d as f64).collect();
-            match spread(&known) {
-                Some((_, med, _)) => format!("med {med:.0}"),
-                None => format!(">{}", mk.len),
+    let rows = summary(mk, layer);
+    let per_channel = rows.iter().any(|r| r.decay.len() > 1);
+    s += if per_channel {
+        "decay lag: the lag after which |K| stays below 1% of its maximum; min/med/max over \
+         channels, as are Δt and |A_re| over channels and modes\n"
+    } else {
+        "decay lag: the lag after which |K| stays below 1% of its maximum\n"
+    };
+    let decays: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            if r.decay.len() == 1 {
+                fmt_decay(r.decay[0], mk.len)
+            } else {
+                fmt_decay_spread(&r.decay, mk.len)
             }
-        };
+        })
+        .collect();
+    let head = if per_channel {
+        "decay min/med/max"
+    } else {
+        "decay lag"
+    };
+    let dw = decays
+        .iter()
+        .map(|d| d.chars().count())
+        .chain([head.chars().count()])
+        .max()
+        .unwrap_or(10)
+        .max(10);
+    s += &format!(
+        "{:>5} {:>4} {:>dw$} {:>9} {:>9} {:>9} {:>21} {:>9}\n",
+        "layer", "dir", head, "Δt min", "Δt med", "Δt max", "|A_re| min/med/max", "max|K|"
+    );
+    for (r, decay) in rows.into_iter().zip(decays) {
         s += &format!(
-            "{:>5} {:>4} {:>10} {:>9.4} {:>9.4} {:>9.4} {:>6.3}/{:>6.3}/{:>6.3} {:>9.4}\n",
+            "{:>5} {:>4} {:>dw$} {:>9.4} {:>9.4} {:>9.4} {:>6.3}/{:>6.3}/{:>6.3} {:>9.4}\n",
             r.layer,
             r.direction.short(),
             decay,

@@ -964,8 +964,8 @@ impl DiffusionTrainer {
             let t = self.cfg.train.clone();
             let is_eval = step.is_multiple_of(t.eval_every) || step == total;
             let is_cas = (t.cas_every > 0 && step.is_multiple_of(t.cas_every)) || step == total;
-            let is_sample = (t.sample_every > 0 && step.is_multiple_of(t.sample_every))
-                || (step == total && t.sample_every > 0);
+            let is_sample =
+                t.sample_every > 0 && (step.is_multiple_of(t.sample_every) || step == total);
             let is_log = step.is_multiple_of(t.log_every) || is_eval || is_cas;
             self.state.wall_s = wall0 + session_start.elapsed().as_secs_f64();
             if is_log {

@@ -45,6 +45,7 @@ pub const PRESETS: &[(&str, &str)] = &[
 
 /// A preset of either run kind.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // the boxed diffusion config is the large one
 pub enum AnyConfig {
     Mlm(RunConfig),
     Diffusion(Box<DiffusionRunConfig>),

@@ -401,6 +401,32 @@ impl App {
         self.notices.push(format!("cannot export: {last_err}"));
     }
 
+    /// Moves the receptive field's pixel by one patch (only in that sub-view of an image model).
+    fn move_kernel_pixel(&mut self, action: Action) {
+        use crate::kernels::figure::SubView;
+        let k = &mut self.kernels;
+        let grid = k.data.get(k.sel.checkpoint).and_then(|m| m.image);
+        let Some(grid) = grid else {
+            let what = k.data.first().map(|m| m.family).unwrap_or("no model");
+            self.notices.push(format!(
+                "{what}: the pixel keys move the receptive field of image models (DiffuSSM)"
+            ));
+            return;
+        };
+        if k.sel.view != SubView::ReceptiveField {
+            self.notices
+                .push("the pixel keys move the receptive field: press v until it shows".into());
+            return;
+        }
+        let (dr, dc) = match action {
+            Action::KernelPixelUp => (-1, 0),
+            Action::KernelPixelDown => (1, 0),
+            Action::KernelPixelLeft => (0, -1),
+            _ => (0, 1),
+        };
+        k.sel.move_pixel(&grid, dr, dc);
+    }
+
     /// Hands a job to the image worker, or does it now when there is none (tests).
     fn image_job(&mut self, job: ImageJob) {
         match &self.image_tx {
@@ -826,7 +852,14 @@ impl App {
                     slot.result = None;
                 }
             }
-            Action::KernelView => self.kernels.sel.view = self.kernels.sel.view.next(),
+            Action::KernelView => {
+                let image = self.kernels.data.iter().any(|m| m.image.is_some());
+                self.kernels.sel.view = self.kernels.sel.view.next(image);
+            }
+            Action::KernelPixelUp
+            | Action::KernelPixelDown
+            | Action::KernelPixelLeft
+            | Action::KernelPixelRight => self.move_kernel_pixel(action),
             Action::KernelLogLag => self.kernels.sel.log_lag = !self.kernels.sel.log_lag,
             Action::KernelDirection => self.kernels.sel.dir = self.kernels.sel.dir.next(),
             Action::KernelLayerPrev => {

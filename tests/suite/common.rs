@@ -123,3 +123,56 @@ pub fn two_checkpoint_run(runs_dir: &std::path::Path) -> PathBuf {
     std::fs::write(run.join("step-0/config.json"), cfg.to_json()).unwrap();
     run
 }
+
+/// A DiffuSSM run trained by the binary with the `diffussm-smoke` preset (2 layers, hidden 16,
+/// patch 2 on 28×28: L = 196, per-channel kernels; checkpoints step-3 and step-6, each with EMA
+/// weights). Made once per test process under the target's temporary folder.
+pub fn smoke_diffusion_run() -> &'static std::path::Path {
+    static RUN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let runs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernels-diffussm-runs");
+        let _ = std::fs::remove_dir_all(&runs);
+        std::fs::create_dir_all(&runs).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ssmlab"))
+            .args(["train", "--preset", "diffussm-smoke", "--runs-dir"])
+            .arg(&runs)
+            .current_dir(&runs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        runs.join("diffussm-smoke")
+    })
+}
+
+/// A DiffuSSM run `runs_dir/diffussm-init` with one checkpoint, `step-0`: the seeded
+/// initialisation of the `diffussm-smoke` model (no training, so its kernels are the same on
+/// every machine; for snapshots).
+pub fn diffusion_init_run(runs_dir: &std::path::Path) -> PathBuf {
+    diffusion_init_run_with(runs_dir, "diffussm-init", |_| {})
+}
+
+/// [`diffusion_init_run`] with the model configuration changed by `edit`, as `runs_dir/name`.
+pub fn diffusion_init_run_with(
+    runs_dir: &std::path::Path,
+    name: &str,
+    edit: impl FnOnce(&mut ssmlab::engine::diffussm::DiffussmConfig),
+) -> PathBuf {
+    use rand::SeedableRng;
+    let mut cfg = ssmlab::train::presets::diffusion_preset("diffussm-smoke").unwrap();
+    cfg.run.name = name.into();
+    edit(&mut cfg.model);
+    let run = runs_dir.join(name);
+    std::fs::create_dir_all(run.join("step-0")).unwrap();
+    std::fs::write(run.join("config.toml"), cfg.to_toml()).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let (_, varmap) =
+        ssmlab::engine::diffussm::build_diffussm(&cfg.model, DType::F32, &Device::Cpu, &mut rng)
+            .unwrap();
+    varmap.save(run.join("step-0/model.safetensors")).unwrap();
+    std::fs::write(run.join("step-0/config.json"), cfg.model.to_json()).unwrap();
+    run
+}

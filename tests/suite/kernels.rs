@@ -1,5 +1,6 @@
 //! Kernels from weights (`ssmlab kernels`, the Kernels view): equal to the engine's kernels as
-//! the model uses them, frequency response against a direct DFT, the 2-D folding, bad input.
+//! the model uses them (BiGS and DiffuSSM), frequency response against a direct DFT, the 2-D
+//! folding (also of a DiffuSSM kernel on its patch grid), bad input.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,11 +10,12 @@ use ssmlab::engine::bigs::{BigsConfig, load_bigs};
 use ssmlab::engine::s4d::{Discretization, s4_kernel};
 use ssmlab::kernels::figure::{DirSel, Panel, Selection, SubView, figure};
 use ssmlab::kernels::{
-    Direction, decay_lag, fold_receptive_field, frequency_response, load_model, s4_channel_kernels,
-    signed_response, summary,
+    Direction, ImageGrid, decay_lag, fold_receptive_field, frequency_response, load_model,
+    s4_channel_kernels, signed_response, spread, summary,
 };
+use ssmlab::sample::DiffusionModel;
 
-use crate::common::{fixture, load_st, shipped_run, two_checkpoint_run};
+use crate::common::{fixture, load_st, shipped_run, smoke_diffusion_run, two_checkpoint_run};
 
 /// The engine's kernels as the loaded model uses them (`BigsSsm::kernel`, called by its forward).
 fn model_kernels(config: &Path, weights: &Path) -> Vec<(Vec<f64>, Vec<f64>)> {
@@ -396,4 +398,346 @@ fn kernels_of_every_checkpoint_of_a_run() {
         }
     }
     assert_ne!(init.layers[0].fwd.kernels, last.layers[0].fwd.kernels);
+}
+
+/// The engine's kernels of a DiffuSSM checkpoint as the sampler loads the model
+/// (`Ssm::kernel` of every block's `ssm_fwd` / `ssm_bwd`, (H, L) each).
+type Kernels2 = Vec<Vec<f64>>;
+
+fn diffussm_model_kernels(run: &Path, ema: bool) -> (Vec<(Kernels2, Kernels2)>, PathBuf) {
+    let dm = DiffusionModel::open(run, None, ema).unwrap();
+    assert_eq!(dm.ema, ema);
+    let l = dm.model.cfg.seq_len();
+    let v = |t: Tensor| t.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+    let k = dm
+        .model
+        .blocks
+        .iter()
+        .map(|b| {
+            (
+                v(b.ssm_fwd.kernel(l).unwrap()),
+                v(b.ssm_bwd.kernel(l).unwrap()),
+            )
+        })
+        .collect();
+    (k, dm.weights)
+}
+
+#[test]
+fn kernels_diffussm_equal_the_engines_ssm_kernels() {
+    let run = smoke_diffusion_run();
+    let mk = load_model(run, None).unwrap();
+    assert_eq!(mk.family, "DiffuSSM");
+    assert_eq!(
+        (mk.step, mk.len, mk.layers.len(), mk.width),
+        (Some(6), 196, 2, 16)
+    );
+    assert!(!mk.shared, "the smoke model has per-channel kernels");
+    assert_eq!(
+        mk.image,
+        Some(ImageGrid {
+            height: 28,
+            width: 28,
+            patch: 2
+        })
+    );
+    // EMA weights when the checkpoint has them, and the summary says so
+    assert!(
+        mk.ema && mk.weights.ends_with("step-6/ema.safetensors"),
+        "{:?}",
+        mk.weights
+    );
+    let (want, weights) = diffussm_model_kernels(run, true);
+    assert_eq!(weights, mk.weights);
+    for (i, (f, b)) in want.iter().enumerate() {
+        assert_eq!((f.len(), f[0].len()), (16, 196));
+        assert_eq!(&mk.layers[i].fwd.kernels, f, "block {i} ssm_fwd");
+        assert_eq!(&mk.layers[i].bwd.kernels, b, "block {i} ssm_bwd");
+        for s in [&mk.layers[i].fwd, &mk.layers[i].bwd] {
+            assert_eq!((s.dt.len(), s.d.len(), s.eig.len()), (16, 16, 16 * 4));
+            assert!(s.eig.iter().all(|e| e.0 < 0.0));
+        }
+    }
+    assert!(ssmlab::kernels::summary_table(&mk, None).contains("DiffuSSM step-6 (EMA weights)"));
+    // a step-N folder alone (no run config.toml) without EMA weights: the raw weights, found
+    // to be DiffuSSM by its config.json
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("step-6");
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(run.join("step-6").join(f), d.join(f)).unwrap();
+    }
+    let raw = load_model(&d, None).unwrap();
+    assert_eq!((raw.family, raw.ema), ("DiffuSSM", false));
+    assert!(raw.weights.ends_with("step-6/model.safetensors"));
+    let (want_raw, _) = diffussm_model_kernels(&d, false);
+    assert_eq!(raw.layers[1].fwd.kernels, want_raw[1].0);
+    assert_eq!(raw.layers[0].bwd.kernels, want_raw[0].1);
+    assert_ne!(
+        raw.layers[0].fwd.kernels, mk.layers[0].fwd.kernels,
+        "EMA ≠ raw"
+    );
+    assert!(ssmlab::kernels::summary_table(&raw, None).contains("(raw weights"));
+    // every sub-view builds, per channel, the receptive field included
+    for view in SubView::ALL {
+        for dir in [DirSel::Forward, DirSel::Backward, DirSel::Both] {
+            let sel = Selection {
+                view,
+                dir,
+                layer: 1,
+                channel: 15,
+                ..Default::default()
+            };
+            let f = figure(std::slice::from_ref(&mk), &sel);
+            assert!(!f.panels.is_empty(), "{view:?} {dir:?}");
+            assert!(f.title.contains("channel 15/16"), "{}", f.title);
+        }
+    }
+    // the heatmap: the selected layer's channels × lag
+    let sel = Selection {
+        view: SubView::Heatmap,
+        layer: 1,
+        ..Default::default()
+    };
+    let Panel::Heatmap { rows, .. } = &figure(std::slice::from_ref(&mk), &sel).panels[0] else {
+        panic!("heatmap")
+    };
+    assert_eq!(rows.len(), 16);
+    assert_eq!(rows[3].label, "c3");
+}
+
+#[test]
+fn kernels_fold_a_diffussm_kernel_on_its_14x14_patch_grid() {
+    let mk = load_model(smoke_diffusion_run(), None).unwrap();
+    let g = mk.image.unwrap();
+    assert_eq!((g.rows(), g.cols()), (14, 14));
+    // image pixel (13, 19) lies in patch (6, 9): token 6·14 + 9 = 93
+    let (pr, pc) = g.patch_of(13, 19).unwrap();
+    assert_eq!((pr, pc), (6, 9));
+    assert!(
+        g.patch_of(28, 0)
+            .unwrap_err()
+            .contains("outside the 28×28 image")
+    );
+    let (layer, ch) = (1usize, 5usize);
+    let kf = &mk.layers[layer].fwd.kernels[ch];
+    let kb = &mk.layers[layer].bwd.kernels[ch];
+    let m = fold_receptive_field(kf, kb, 14, 14, pr, pc);
+    assert_eq!(m.len(), 196);
+    let at = |r: usize, c: usize| m[r * 14 + c];
+    assert_eq!(at(6, 9), kf[0]);
+    assert_eq!(at(6, 8), kf[1]); // left: earlier token
+    assert_eq!(at(6, 10), kb[1]); // right: later token, the backward (anti-causal) kernel
+    assert_eq!(at(5, 9), kf[14]); // a patch row up: 14 tokens earlier
+    assert_eq!(at(7, 9), kb[14]);
+    assert_eq!(at(0, 0), kf[93]);
+    assert_eq!(at(13, 13), kb[195 - 93]);
+    for r in 0..14 {
+        for c in 0..14 {
+            let d = (pr as i64 - r as i64) * 14 + (pc as i64 - c as i64);
+            let want = if d >= 0 {
+                kf[d as usize]
+            } else {
+                kb[(-d) as usize]
+            };
+            assert_eq!(at(r, c), want, "({r}, {c})");
+        }
+    }
+    // the view's receptive field is that map scaled by its largest |value|, the patch marked
+    let sel = Selection {
+        view: SubView::ReceptiveField,
+        layer,
+        channel: ch,
+        pixel: Some((pr, pc)),
+        ..Default::default()
+    };
+    let fig = figure(std::slice::from_ref(&mk), &sel);
+    assert!(
+        fig.notes[0].contains("linear response")
+            && fig.notes[0].contains("before the input-dependent gates")
+    );
+    let Panel::Field {
+        rows,
+        cols,
+        values,
+        mark,
+        legend,
+        ..
+    } = &fig.panels[0]
+    else {
+        panic!("receptive field panel")
+    };
+    assert_eq!((*rows, *cols, *mark), (14, 14, (6, 9)));
+    let max = m.iter().fold(0f64, |a, v| a.max(v.abs()));
+    for (v, w) in values.iter().zip(&m) {
+        assert!((v - w / max).abs() < 1e-12);
+    }
+    assert!(
+        legend[0].contains("patch (6, 9) of 14×14 = pixels 12–13 × 18–19"),
+        "{legend:?}"
+    );
+    assert!(legend[1].contains("token 93 of L = 196"), "{legend:?}");
+    // forward only: nothing after the patch
+    let fwd = figure(
+        std::slice::from_ref(&mk),
+        &Selection {
+            dir: DirSel::Forward,
+            ..sel
+        },
+    );
+    let Panel::Field { values, .. } = &fwd.panels[0] else {
+        panic!()
+    };
+    assert!(values[94..].iter().all(|v| *v == 0.0));
+    // default pixel: the grid's centre; moving stays on the grid
+    let mut s = Selection::default();
+    assert_eq!(s.patch(&g), (7, 7));
+    s.move_pixel(&g, -100, 3);
+    assert_eq!(s.patch(&g), (0, 10));
+    s.move_pixel(&g, 1, 100);
+    assert_eq!(s.pixel, Some((1, 13)));
+}
+
+#[test]
+fn kernels_cli_diffussm_table_receptive_field_and_errors() {
+    let run = smoke_diffusion_run();
+    let out = ssmlab(&[&os("--model"), run.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("ema.safetensors: DiffuSSM step-6 (EMA weights), 2 layers × 2 directions, 16 channels, one kernel each, L = 196, 28×28 image in 14×14 patches of 2²"),
+        "{s}"
+    );
+    assert!(
+        s.contains("decay min/med/max") && s.contains("A init lin (Δt init 0.001–0.1)"),
+        "{s}"
+    );
+    let rows: Vec<&str> = s
+        .lines()
+        .filter(|l| l.contains(" fwd ") || l.contains(" bwd "))
+        .collect();
+    assert_eq!(rows.len(), 4, "{s}");
+    // layer 1 bwd: decay lags and Δt aggregated over the 16 channels
+    let mk = load_model(run, None).unwrap();
+    let b = &mk.layers[1].bwd;
+    let decay: Vec<Option<usize>> = b.kernels.iter().map(|k| decay_lag(k, 0.01)).collect();
+    let (lo, med, hi) = spread(&b.dt).unwrap();
+    let f: Vec<&str> = rows[3].split_whitespace().collect();
+    assert_eq!(&f[..2], ["1", "bwd"]);
+    assert_eq!(f[2], ssmlab::kernels::fmt_decay_spread(&decay, 196));
+    assert_eq!(
+        f[3..6],
+        [format!("{lo:.4}"), format!("{med:.4}"), format!("{hi:.4}")]
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("rf.png");
+    let out = ssmlab(&[
+        &os("--model"),
+        run.as_os_str(),
+        &os("--pixel"),
+        &os("13,19"),
+        &os("--channel"),
+        &os("5"),
+        &os("--out"),
+        png.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = image::open(&png).unwrap();
+    assert!(img.width() >= 800 && img.height() >= 400);
+    // without --pixel the PNG is the kernels over lags, as for BiGS; the CSV has every channel
+    let csv = tmp.path().join("k.csv");
+    let out = ssmlab(&[
+        &os("--model"),
+        run.as_os_str(),
+        &os("--out"),
+        csv.as_os_str(),
+    ]);
+    assert!(out.status.success());
+    let lines = std::fs::read_to_string(&csv).unwrap().lines().count();
+    assert_eq!(lines, 1 + 2 * 2 * 16 * 196);
+
+    // bad input: one line each
+    let e = one_line_error(&ssmlab(&[
+        &os("--model"),
+        run.as_os_str(),
+        &os("--layer"),
+        &os("2"),
+    ]));
+    assert!(
+        e.contains("layer 2 is out of range")
+            && e.contains("ema.safetensors has 2 layers; pass a layer from 0 to 1"),
+        "{e}"
+    );
+    let e = one_line_error(&ssmlab(&[
+        &os("--model"),
+        run.as_os_str(),
+        &os("--pixel"),
+        &os("28,3"),
+        &os("--out"),
+        png.as_os_str(),
+    ]));
+    assert!(
+        e.contains("pixel (28, 3) is outside the 28×28 image"),
+        "{e}"
+    );
+    let e = one_line_error(&ssmlab(&[
+        &os("--model"),
+        run.as_os_str(),
+        &os("--pixel"),
+        &os("3,3"),
+        &os("--channel"),
+        &os("16"),
+        &os("--out"),
+        png.as_os_str(),
+    ]));
+    assert!(
+        e.contains("channel 16 is out of range") && e.contains("from 0 to 15"),
+        "{e}"
+    );
+    let e = one_line_error(&ssmlab(&[
+        &os("--model"),
+        run.as_os_str(),
+        &os("--pixel"),
+        &os("3,3"),
+    ]));
+    assert!(e.contains("add --out FILE.png"), "{e}");
+    let png2 = tmp.path().join("b.png");
+    let e = one_line_error(&ssmlab(&[
+        &os("--pixel"),
+        &os("3,3"),
+        &os("--out"),
+        png2.as_os_str(),
+    ]));
+    assert!(
+        e.contains("BiGS model") && e.contains("needs an image model"),
+        "{e}"
+    );
+    // a DiffuSSM checkpoint whose SSM parameters were stripped names the DiffuSSM tensors
+    let d = tmp.path().join("step-6");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(run.join("step-6/config.json"), d.join("config.json")).unwrap();
+    let kept: std::collections::HashMap<String, Tensor> = ssmlab::engine::weights::read_checkpoint(
+        &run.join("step-6/model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .into_iter()
+    .filter(|(k, _)| !k.contains(".kernel."))
+    .collect();
+    candle_core::safetensors::save(&kept, d.join("model.safetensors")).unwrap();
+    let e = one_line_error(&ssmlab(&[&os("--model"), d.as_os_str()]));
+    assert!(
+        e.contains("has no SSM parameters (no tensor `blocks.0.ssm_fwd.kernel.log_dt`)")
+            && e.contains("diffusion run directory"),
+        "{e}"
+    );
 }

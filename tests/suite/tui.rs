@@ -480,6 +480,156 @@ fn kernels_views_render_at_both_sizes() {
     assert!(s.contains("the kernels worker is not running"), "{s}");
 }
 
+/// An app showing the kernels of a DiffuSSM run (the seeded initialisation of the smoke model:
+/// the same on every machine).
+fn diffusion_kernels_app() -> (tempfile::TempDir, App) {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = crate::common::diffusion_init_run(tmp.path());
+    let (keymap, _) = Keymap::new(&Default::default());
+    let mut app = App::new(
+        PathBuf::from("checkpoints"),
+        keymap,
+        Theme::builtin("dark").unwrap(),
+    );
+    app.set_runs(RunsIndex::new().scan(tmp.path()));
+    let data = ssmlab::kernels::checkpoints(&run)
+        .unwrap()
+        .iter()
+        .map(|f| ssmlab::kernels::load_kernels(f).unwrap())
+        .collect();
+    app.kernels.set(run, data);
+    app.view = View::Kernels;
+    (tmp, app)
+}
+
+#[test]
+fn kernels_receptive_field_renders_at_both_sizes() {
+    use ssmlab::kernels::figure::SubView;
+    let (tmp, mut app) = diffusion_kernels_app();
+    // the `v` cycle of an image model ends in the receptive field, then starts over
+    let mut seen = vec![app.kernels.sel.view];
+    for _ in 0..6 {
+        app.on_key(key('v'));
+        seen.push(app.kernels.sel.view);
+    }
+    assert_eq!(&seen[..6], SubView::ALL);
+    assert_eq!(seen[6], SubView::Lag);
+    for _ in 0..5 {
+        app.on_key(key('v'));
+    }
+    assert_eq!(app.kernels.sel.view, SubView::ReceptiveField);
+    // layer 1, channel 11 (forward and backward kernels of similar size: a ZOH kernel scales
+    // with its Δt), the pixel moved from the centre (7, 7) to (6, 9)
+    app.on_key(key(']'));
+    for _ in 0..11 {
+        app.on_key(KeyEvent::new(KeyCode::Right, KeyModifiers::NONE));
+    }
+    app.on_key(key('t'));
+    app.on_key(key('h'));
+    app.on_key(key('h'));
+    assert_eq!(app.kernels.sel.pixel, Some((6, 9)));
+    for (w, h) in [(80u16, 24u16), (160, 48)] {
+        let s = render(&app, w, h);
+        assert!(
+            s.contains("DiffuSSM step-0 · receptive field · layer 1 of 0–1 · channel 11/16"),
+            "{s}"
+        );
+        assert!(s.contains("before the input-dependent gates"), "{s}");
+        assert!(s.contains("patch (6, 9) of 14×14"), "{s}");
+        assert!(s.contains("t/g/f/h move the pixel"), "{s}");
+        insta::assert_snapshot!(format!("kernels_receptive_field_{w}x{h}"), s);
+    }
+    // the pixel stays on the grid; the other sub-views say what the keys are for
+    for _ in 0..20 {
+        app.on_key(key('g'));
+        app.on_key(key('f'));
+    }
+    assert_eq!(app.kernels.sel.pixel, Some((13, 0)));
+    app.on_key(key('v'));
+    assert_eq!(app.kernels.sel.view, SubView::Lag);
+    app.on_key(key('t'));
+    assert!(
+        app.notices.last().unwrap().contains("press v"),
+        "{:?}",
+        app.notices
+    );
+    assert_eq!(app.kernels.sel.pixel, Some((13, 0)));
+    // export writes the receptive field
+    for _ in 0..5 {
+        app.on_key(key('v'));
+    }
+    app.on_key(key('e'));
+    let want = tmp
+        .path()
+        .join("diffussm-init/kernels-receptive-field-step-0-layer1.png");
+    assert_eq!(
+        app.notices.last().unwrap(),
+        &format!("exported {}", want.display())
+    );
+    assert!(image::open(&want).unwrap().width() > 500);
+}
+
+#[test]
+fn kernels_receptive_field_of_large_grids_uses_half_blocks_and_a_window() {
+    use ssmlab::kernels::figure::SubView;
+    let tmp = tempfile::tempdir().unwrap();
+    let (keymap, _) = Keymap::new(&Default::default());
+    let mut app = App::new(
+        PathBuf::from("checkpoints"),
+        keymap,
+        Theme::builtin("dark").unwrap(),
+    );
+    for (side, cropped) in [(32usize, false), (48, true)] {
+        let run = crate::common::diffusion_init_run_with(tmp.path(), &format!("px{side}"), |c| {
+            (c.image_height, c.image_width, c.patch_size) = (side, side, 1);
+        });
+        let data = ssmlab::kernels::checkpoints(&run)
+            .unwrap()
+            .iter()
+            .map(|f| ssmlab::kernels::load_kernels(f).unwrap())
+            .collect();
+        app.kernels.set(run, data);
+        app.view = View::Kernels;
+        app.kernels.sel.view = SubView::ReceptiveField;
+        app.kernels.sel.pixel = Some((3, side - 2));
+        let s = render(&app, 80, 24);
+        assert!(
+            s.contains(&format!("pixel (3, {}) of {side}×{side}", side - 2)),
+            "{s}"
+        );
+        // one column and half a line per pixel: `▀` with two colours, the pixel in the accent
+        let grid: Vec<&str> = s.lines().filter(|l| l.contains('▀')).collect();
+        assert!(!grid.is_empty(), "{s}");
+        let width = grid[0]
+            .chars()
+            .skip(1)
+            .take_while(|c| *c == '▀' || *c == '▄')
+            .count();
+        assert_eq!(width, side.min(78), "{s}");
+        assert_eq!(s.contains("showing rows 0–31"), cropped, "{s}");
+    }
+}
+
+#[test]
+fn kernels_receptive_field_is_not_offered_for_bigs() {
+    use ssmlab::kernels::figure::SubView;
+    let (_tmp, mut app) = kernels_app();
+    for _ in 0..12 {
+        app.on_key(key('v'));
+        assert_ne!(app.kernels.sel.view, SubView::ReceptiveField);
+    }
+    app.on_key(key('h'));
+    assert!(
+        app.notices.last().unwrap().contains("image models"),
+        "{:?}",
+        app.notices
+    );
+    // a selection left on the receptive field falls back to the lag view
+    app.kernels.sel.view = SubView::ReceptiveField;
+    let s = render(&app, 80, 24);
+    assert!(s.contains("kernel vs lag"), "{s}");
+}
+
 #[test]
 fn kernels_export_writes_the_picture_into_the_run_dir() {
     let (tmp, mut app) = kernels_app();

@@ -1,6 +1,8 @@
 //! The Kernels view: what the state-space layers learned, for the selected run's checkpoints.
 //! Sub-views (`v`): kernel vs lag, layers × lag heatmap, |FFT(K)|, Δt and eigenvalues of A
-//! against their initialisation, evolution over checkpoints (`{`/`}`). The pictures are
+//! against their initialisation, evolution over checkpoints (`{`/`}`), and for image models
+//! (DiffuSSM) the receptive field: the kernels folded onto the patch grid around a pixel that
+//! `t`/`g`/`f`/`h` move. The pictures are
 //! [`Figure`]s built by `kernels::figure` (UI-free; `e` exports the same one as a PNG). Weights
 //! load and kernels are computed on a worker thread (`tui::spawn_kernels_worker`).
 
@@ -19,6 +21,7 @@ use crate::kernels::figure::{Figure, HeatRow, Panel, Selection, Tone, figure};
 use crate::probe::sanitize;
 use crate::tui::app::App;
 use crate::tui::chart::fmt_num;
+use crate::tui::keymap::Action;
 use crate::tui::theme::Theme;
 
 /// The view's state: the selection and the kernels of the shown run's checkpoints.
@@ -256,6 +259,194 @@ fn draw_heatmap(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
     f.render_widget(Paragraph::new(lines), inner);
 }
 
+/// The shade of a scaled value (|v| ≤ 1), as the heatmap draws it.
+fn shade(a: f64) -> &'static str {
+    if a < 0.02 {
+        " "
+    } else if a < 0.1 {
+        "·"
+    } else if a < 0.3 {
+        "░"
+    } else if a < 0.6 {
+        "▒"
+    } else if a < 0.85 {
+        "▓"
+    } else {
+        "█"
+    }
+}
+
+/// A diverging colour for half blocks: dark grey at 0, red at +1, blue at −1.
+fn heat_rgb(v: f64) -> Color {
+    let a = v.abs().clamp(0.0, 1.0);
+    let hi = (40.0 + 215.0 * a) as u8;
+    if v >= 0.0 {
+        Color::Rgb(hi, 40, 40)
+    } else {
+        Color::Rgb(40, 40, hi)
+    }
+}
+
+/// The keys that move the receptive field's patch, for its legend ("t/g/f/h").
+fn pixel_keys(app: &App) -> String {
+    [
+        Action::KernelPixelUp,
+        Action::KernelPixelDown,
+        Action::KernelPixelLeft,
+        Action::KernelPixelRight,
+    ]
+    .iter()
+    .filter_map(|a| app.keymap.keys(*a).first().cloned())
+    .collect::<Vec<_>>()
+    .join("/")
+}
+
+/// A map on a grid (the receptive field). Each grid cell is 2s columns × s lines (shaded
+/// characters, red +, blue −) when the panel is tall enough, else half a line (`▀` with two
+/// colours); a grid larger than even that shows the window around the mark. The marked cell
+/// is drawn as `[…]`.
+fn draw_field(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
+    let Panel::Field {
+        title,
+        rows,
+        cols,
+        values,
+        mark,
+        legend,
+    } = p
+    else {
+        return;
+    };
+    let t = &app.theme;
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(format!(" {title} "));
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let (rows, cols) = (*rows, *cols);
+    if inner.height < 2 || inner.width < 8 || rows == 0 || cols == 0 {
+        return;
+    }
+    let mut legend = legend.clone();
+    legend.push(format!(
+        "{} move the pixel · ←/→ channel · [ ] layer",
+        pixel_keys(app)
+    ));
+    let legend_w = legend.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u16;
+    let (w, h) = (inner.width as usize, inner.height as usize);
+    // leave room for the legend beside the map when the map still fits at its smallest
+    let grid_w = if w >= 2 * cols + 2 + legend_w as usize {
+        w - 2 - legend_w as usize
+    } else {
+        w
+    };
+    let s = (h / rows).min(grid_w / (2 * cols));
+    let val = |r: usize, c: usize| values.get(r * cols + c).copied().unwrap_or(0.0);
+    let buf = f.buffer_mut();
+    let (x0, y0) = (inner.x, inner.y);
+    let cell_style = |v: f64| {
+        if t.no_color {
+            Style::default()
+        } else if v >= 0.0 {
+            Style::default().fg(Color::Red)
+        } else {
+            Style::default().fg(Color::Blue)
+        }
+    };
+    let (drawn_w, cropped) = if s >= 1 {
+        for r in 0..rows {
+            for c in 0..cols {
+                let v = val(r, c);
+                for dy in 0..s {
+                    for dx in 0..2 * s {
+                        let (x, y) = (x0 + (c * 2 * s + dx) as u16, y0 + (r * s + dy) as u16);
+                        let is_mark = (r, c) == *mark;
+                        let (sym, style) = if is_mark && dx == 0 {
+                            ("[", t.accent())
+                        } else if is_mark && dx == 2 * s - 1 {
+                            ("]", t.accent())
+                        } else {
+                            (shade(v.abs()), cell_style(v))
+                        };
+                        buf[(x, y)].set_symbol(sym).set_style(style);
+                    }
+                }
+            }
+        }
+        // a ruler under the map: first and last column, `^` under the marked one
+        if rows * s < h {
+            let gw = 2 * s * cols;
+            let mut ruler: Vec<char> = vec![' '; gw];
+            let last = (cols - 1).to_string();
+            ruler[0] = '0';
+            for (i, ch) in last.chars().enumerate() {
+                ruler[gw - last.len() + i] = ch;
+            }
+            let caret = mark.1 * 2 * s + s - 1;
+            if caret < gw {
+                ruler[caret] = '^';
+            }
+            let line: String = ruler.into_iter().collect();
+            buf.set_string(x0, y0 + (rows * s) as u16, line, t.muted());
+        }
+        (2 * s * cols, None)
+    } else {
+        // half blocks: one column and half a line per cell, a window around the mark
+        let vr = rows.min(2 * h);
+        let vc = cols.min(grid_w);
+        let r0 = mark.0.saturating_sub(vr / 2).min(rows - vr);
+        let c0 = mark.1.saturating_sub(vc / 2).min(cols - vc);
+        for ly in 0..vr.div_ceil(2) {
+            for c in 0..vc {
+                let (ru, rl) = (r0 + 2 * ly, r0 + 2 * ly + 1);
+                let (gc, (x, y)) = (c0 + c, (x0 + c as u16, y0 + ly as u16));
+                let up = val(ru, gc);
+                let low = (rl < r0 + vr).then(|| val(rl, gc));
+                let cell = &mut buf[(x, y)];
+                if (ru, gc) == *mark || (rl, gc) == *mark {
+                    cell.set_symbol(if (ru, gc) == *mark { "▀" } else { "▄" })
+                        .set_style(t.accent());
+                } else if t.no_color {
+                    let a = up.abs().max(low.unwrap_or(0.0).abs());
+                    cell.set_symbol(shade(a)).set_style(Style::default());
+                } else {
+                    let mut st = Style::default().fg(heat_rgb(up));
+                    if let Some(l) = low {
+                        st = st.bg(heat_rgb(l));
+                    }
+                    cell.set_symbol("▀").set_style(st);
+                }
+            }
+        }
+        let crop = (vr < rows || vc < cols).then(|| {
+            format!(
+                "showing rows {r0}–{} × columns {c0}–{} around the pixel",
+                r0 + vr - 1,
+                c0 + vc - 1
+            )
+        });
+        (vc, crop)
+    };
+    if let Some(c) = cropped {
+        legend.push(c);
+    }
+    let lx = x0 + drawn_w as u16 + 2;
+    let (legend_area, lines) = if lx + 10 <= inner.right() {
+        (Rect::new(lx, y0, inner.right() - lx, inner.height), legend)
+    } else {
+        (Rect::new(x0, y0, 0, 0), vec![])
+    };
+    let lines: Vec<Line> = lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let st = if i == 0 { t.text() } else { t.muted() };
+            Line::from(Span::styled(l, st))
+        })
+        .collect();
+    f.render_widget(Paragraph::new(lines), legend_area);
+}
+
 fn draw_text(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
     let Panel::Text { title, lines } = p else {
         return;
@@ -279,6 +470,7 @@ fn draw_panel(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
         Panel::Plot { .. } => draw_plot(f, app, p, area),
         Panel::Heatmap { .. } => draw_heatmap(f, app, p, area),
         Panel::Text { .. } => draw_text(f, app, p, area),
+        Panel::Field { .. } => draw_field(f, app, p, area),
     }
 }
 
