@@ -123,11 +123,17 @@ pub fn request_classes(class: Option<u32>, n: usize, num_classes: usize) -> Vec<
 /// A sample request of the image view ("sample now").
 #[derive(Debug, Clone, PartialEq)]
 pub struct NowRequest {
+    /// The run directory.
     pub run: PathBuf,
+    /// The checkpoint (training step) to sample from; `None` = the latest.
     pub step: Option<u64>,
+    /// Class of every image; `None` = unconditional.
     pub class: Option<u32>,
+    /// Number of images.
     pub n: usize,
+    /// Classifier-free guidance scale.
     pub guidance: f64,
+    /// Sampling (denoising) steps.
     pub steps: usize,
     pub seed: u64,
 }

@@ -136,18 +136,7 @@ fn spawn_kernels_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::KernelsJob> 
 
 /// The sampler behind "sample now" in the samples view (runs on the sampler worker).
 pub fn sampler() -> SamplerFn {
-    Box::new(|req, progress| {
-        let r = crate::sample::NowRequest {
-            run: req.run,
-            step: req.step,
-            class: req.class,
-            n: req.n,
-            guidance: req.guidance,
-            steps: req.steps,
-            seed: req.seed,
-        };
-        Ok(crate::sample::sample_now(&r, progress)?)
-    })
+    Box::new(|req, progress| Ok(crate::sample::sample_now(&req, progress)?))
 }
 
 /// How images should be drawn: `SSMLAB_IMAGE_PROTOCOL`, else the settings file, else auto.

@@ -21,22 +21,7 @@ use crate::tui::app::App;
 use crate::tui::image::{EncodeKey, HalfBlocks, ImageOutput, Picture, Protocol, halfblock_rect};
 
 /// A "sample now" job for the sampler worker.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SampleRequest {
-    /// The run directory.
-    pub run: PathBuf,
-    /// The checkpoint (training step) to sample from; `None` = the latest.
-    pub step: Option<u64>,
-    /// Class of every image; `None` = unconditional.
-    pub class: Option<u32>,
-    /// Number of images.
-    pub n: usize,
-    /// Classifier-free guidance scale.
-    pub guidance: f64,
-    /// Sampling (denoising) steps.
-    pub steps: usize,
-    pub seed: u64,
-}
+pub use crate::sample::NowRequest as SampleRequest;
 
 /// The sampler: draws the samples of a request, calls the progress callback with a fraction
 /// in [0, 1], and returns the `samples/now-*` folder it wrote (per `runs::samples`).
