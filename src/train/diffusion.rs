@@ -8,7 +8,7 @@
 //! `model.safetensors`) and `samples/` (see [`crate::runs::samples`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use super::config::{ConfigError, OptimSection, RunSection, load_toml, one_line, overrides};
 use super::optim::{AdamW, Ema, clip_grads, lr_at};
 use super::trainer::{
-    Event, Outcome, Result, TrainError, diverged_message, param_groups, resolve_data_path,
-    write_checkpoint,
+    Event, Outcome, Result, Session, TrainError, diverged_message, end_of_step, param_groups,
+    resolve_data_path, write_checkpoint,
 };
 use crate::data::images::{ImageSet, load_images, save_grid_png};
 use crate::data::mlm::step_rng;
@@ -32,7 +32,7 @@ use crate::engine::diffussm::{Diffussm, DiffussmConfig, build_diffussm};
 use crate::engine::init::normal;
 use crate::engine::weights::{load_varmap, read_checkpoint};
 use crate::runs::samples::{SampleMeta, TrajectoryFrame, publish, samples_dir};
-use crate::runs::{Control, Metric, RunDir, RunError, RunState, Status, pid_alive, unix_now};
+use crate::runs::{Metric, RunDir, RunError, RunState, Status, pid_alive, unix_now};
 
 const RNG_INIT: u64 = 11;
 const RNG_NOISE: u64 = 12;
@@ -476,6 +476,21 @@ pub fn write_sample_folder(
     Ok(meta)
 }
 
+impl Session for DiffusionTrainer {
+    fn run_dir(&self) -> &RunDir {
+        &self.run
+    }
+    fn status_mut(&mut self) -> &mut Status {
+        &mut self.status
+    }
+    fn current_step(&self) -> u64 {
+        self.state.step
+    }
+    fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        DiffusionTrainer::save_checkpoint(self)
+    }
+}
+
 /// A training session of a diffusion run.
 pub struct DiffusionTrainer {
     pub cfg: DiffusionRunConfig,
@@ -676,15 +691,6 @@ impl DiffusionTrainer {
             dev,
             status,
         }
-    }
-
-    fn set_status(&mut self, state: RunState, message: Option<String>) -> Result<()> {
-        self.status.state = state;
-        self.status.heartbeat = unix_now();
-        self.status.step = self.state.step;
-        self.status.message = message;
-        self.run.write_status(&self.status)?;
-        Ok(())
     }
 
     /// The next batch of training indices (epoch permutations from (seed, epoch)).
@@ -1010,26 +1016,17 @@ impl DiffusionTrainer {
                 window_t = Instant::now();
                 window_images = self.state.images;
             }
-            let mut checkpoint = step.is_multiple_of(t.checkpoint_every) || step == total;
-            let mut stopping = stop.load(Ordering::SeqCst) || stop_at == Some(step);
-            match self.run.take_request() {
-                Some(Control::Stop) => stopping = true,
-                Some(Control::Checkpoint) => checkpoint = true,
-                None => {}
-            }
-            if checkpoint || stopping {
-                self.save_checkpoint()?;
-                on_event(Event::Checkpoint(step));
-            }
-            if stopping && step < total {
-                let msg = format!("stopped at step {step} (checkpoint step-{step})");
-                self.run.log(&msg)?;
-                self.set_status(RunState::Stopped, Some(msg))?;
-                return Ok(Outcome::Stopped);
-            }
-            if is_log || checkpoint || last_beat.elapsed().as_secs_f64() > 5.0 {
-                self.set_status(RunState::Running, None)?;
-                last_beat = Instant::now();
+            if let Some(o) = end_of_step(
+                self,
+                total,
+                t.checkpoint_every,
+                is_log,
+                stop,
+                stop_at,
+                &mut last_beat,
+                on_event,
+            )? {
+                return Ok(o);
             }
         }
         let msg = format!("finished {total} steps");

@@ -231,6 +231,64 @@ pub(crate) fn prune_checkpoints(run: &RunDir, keep: usize, best_step: Option<u64
     }
 }
 
+/// What the step loop needs of a training session, BiGS or diffusion.
+pub(crate) trait Session {
+    fn run_dir(&self) -> &RunDir;
+    fn status_mut(&mut self) -> &mut Status;
+    fn current_step(&self) -> u64;
+    fn save_checkpoint(&mut self) -> Result<PathBuf>;
+
+    fn set_status(&mut self, state: RunState, message: Option<String>) -> Result<()> {
+        let step = self.current_step();
+        let s = self.status_mut();
+        s.state = state;
+        s.heartbeat = unix_now();
+        s.step = step;
+        s.message = message;
+        let s = s.clone();
+        self.run_dir().write_status(&s)?;
+        Ok(())
+    }
+}
+
+/// The end of a step of any session: control requests (stop / checkpoint), the periodic and
+/// final checkpoint, stopping, and the heartbeat. `Some(outcome)` when the session ends here.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn end_of_step(
+    s: &mut dyn Session,
+    total: u64,
+    checkpoint_every: u64,
+    logged: bool,
+    stop: &AtomicBool,
+    stop_at: Option<u64>,
+    last_beat: &mut Instant,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Option<Outcome>> {
+    let step = s.current_step();
+    let mut checkpoint = step.is_multiple_of(checkpoint_every) || step == total;
+    let mut stopping = stop.load(Ordering::SeqCst) || stop_at == Some(step);
+    match s.run_dir().take_request() {
+        Some(Control::Stop) => stopping = true,
+        Some(Control::Checkpoint) => checkpoint = true,
+        None => {}
+    }
+    if checkpoint || stopping {
+        s.save_checkpoint()?;
+        on_event(Event::Checkpoint(step));
+    }
+    if stopping && step < total {
+        let msg = format!("stopped at step {step} (checkpoint step-{step})");
+        s.run_dir().log(&msg)?;
+        s.set_status(RunState::Stopped, Some(msg))?;
+        return Ok(Some(Outcome::Stopped));
+    }
+    if logged || checkpoint || last_beat.elapsed().as_secs_f64() > 5.0 {
+        s.set_status(RunState::Running, None)?;
+        *last_beat = Instant::now();
+    }
+    Ok(None)
+}
+
 /// The message of a run that diverged at `step`.
 pub(crate) fn diverged_message(run: &RunDir, step: u64, loss: f64, norm: f64) -> String {
     let last = run
@@ -305,6 +363,21 @@ pub fn evaluate(
         acc: correct as f64 / count.max(1) as f64,
         baseline_acc: top as f64 / count.max(1) as f64,
     })
+}
+
+impl Session for Trainer {
+    fn run_dir(&self) -> &RunDir {
+        &self.run
+    }
+    fn status_mut(&mut self) -> &mut Status {
+        &mut self.status
+    }
+    fn current_step(&self) -> u64 {
+        self.state.step
+    }
+    fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        Trainer::save_checkpoint(self)
+    }
 }
 
 /// A training session on one run directory.
@@ -420,15 +493,6 @@ impl Trainer {
             dev,
             status,
         }
-    }
-
-    fn set_status(&mut self, state: RunState, message: Option<String>) -> Result<()> {
-        self.status.state = state;
-        self.status.heartbeat = unix_now();
-        self.status.step = self.state.step;
-        self.status.message = message;
-        self.run.write_status(&self.status)?;
-        Ok(())
     }
 
     /// One optimiser step (with gradient accumulation); returns (loss, grad norm, lr).
@@ -624,27 +688,18 @@ impl Trainer {
                 window_t = Instant::now();
                 window_tokens = self.state.tokens;
             }
-            let mut checkpoint =
-                step.is_multiple_of(self.cfg.train.checkpoint_every) || step == total;
-            let mut stopping = stop.load(Ordering::SeqCst) || stop_at == Some(step);
-            match self.run.take_request() {
-                Some(Control::Stop) => stopping = true,
-                Some(Control::Checkpoint) => checkpoint = true,
-                None => {}
-            }
-            if checkpoint || stopping {
-                self.save_checkpoint()?;
-                on_event(Event::Checkpoint(step));
-            }
-            if stopping && step < total {
-                let msg = format!("stopped at step {step} (checkpoint step-{step})");
-                self.run.log(&msg)?;
-                self.set_status(RunState::Stopped, Some(msg))?;
-                return Ok(Outcome::Stopped);
-            }
-            if is_log || checkpoint || last_beat.elapsed().as_secs_f64() > 5.0 {
-                self.set_status(RunState::Running, None)?;
-                last_beat = Instant::now();
+            let every = self.cfg.train.checkpoint_every;
+            if let Some(o) = end_of_step(
+                self,
+                total,
+                every,
+                is_log,
+                stop,
+                stop_at,
+                &mut last_beat,
+                on_event,
+            )? {
+                return Ok(o);
             }
         }
         let msg = format!("finished {total} steps");
