@@ -31,7 +31,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ),
     (
         "diffussm-fashion",
-        "DiffuSSM on Fashion-MNIST 28×28 (shipped 10k test split), class-conditional with CFG: the shipped checkpoint's recipe (~30 min on 2 cores)",
+        "DiffuSSM on Fashion-MNIST 28×28 (shipped 10k test split), class-conditional with CFG, 1800 steps: the shipped checkpoint's recipe (~25–40 min on 2 cores)",
     ),
     (
         "diffussm-smoke",
