@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use super::config::{ConfigError, OptimSection, RunSection, load_toml, one_line, overrides};
 use super::optim::{AdamW, Ema, clip_grads, lr_at};
 use super::trainer::{
-    Event, Outcome, Result, Session, TrainError, diverged_message, end_of_step, param_groups,
-    resolve_data_path, write_checkpoint,
+    Event, Outcome, Result, Session, TrainError, diverged_message, end_of_step, ensure_not_running,
+    param_groups, record_failure, resolve_data_path, write_checkpoint,
 };
 use crate::data::images::{ImageSet, load_images, save_grid_png};
 use crate::data::mlm::step_rng;
@@ -32,7 +32,7 @@ use crate::engine::diffussm::{Diffussm, DiffussmConfig, build_diffussm};
 use crate::engine::init::normal;
 use crate::engine::weights::{load_varmap, read_checkpoint};
 use crate::runs::samples::{SampleMeta, TrajectoryFrame, publish, samples_dir};
-use crate::runs::{Metric, RunDir, RunError, RunState, Status, pid_alive, unix_now};
+use crate::runs::{Metric, RunDir, RunError, RunState, Status};
 
 const RNG_INIT: u64 = 11;
 const RNG_NOISE: u64 = 12;
@@ -598,18 +598,7 @@ impl DiffusionTrainer {
 
     /// Resumes from the latest complete checkpoint (`sets` may override keys, e.g. train.steps).
     pub fn resume(run: RunDir, sets: &[String]) -> Result<Self> {
-        if let Ok(s) = run.read_status()
-            && s.state == RunState::Running
-            && s.pid != std::process::id()
-            && pid_alive(s.pid)
-            && unix_now() - s.heartbeat < crate::runs::HEARTBEAT_STALE_S
-        {
-            return Err(TrainError::Other(format!(
-                "run {} is still running (pid {}); stop it first",
-                run.path.display(),
-                s.pid
-            )));
-        }
+        ensure_not_running(&run)?;
         let cfg = DiffusionRunConfig::from_toml_file(&run.config_path())?.with_overrides(sets)?;
         let data = prepare_images(&cfg)?;
         let dev = Device::Cpu;
@@ -917,11 +906,7 @@ impl DiffusionTrainer {
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Outcome> {
         let res = self.run_inner(stop, stop_at, on_event);
-        if let Err(e) = &res {
-            let _ = self.run.log(&format!("error: {e}"));
-            let _ = self.set_status(RunState::Failed, Some(e.to_string()));
-        }
-        res
+        record_failure(self, res)
     }
 
     fn run_inner(

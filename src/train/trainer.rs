@@ -251,6 +251,32 @@ pub(crate) trait Session {
     }
 }
 
+/// Refuses to resume a run whose trainer is alive (another process, fresh heartbeat).
+pub(crate) fn ensure_not_running(run: &RunDir) -> Result<()> {
+    if let Ok(s) = run.read_status()
+        && s.state == RunState::Running
+        && s.pid != std::process::id()
+        && pid_alive(s.pid)
+        && unix_now() - s.heartbeat < crate::runs::HEARTBEAT_STALE_S
+    {
+        return Err(TrainError::Other(format!(
+            "run {} is still running (pid {}); stop it first",
+            run.path.display(),
+            s.pid
+        )));
+    }
+    Ok(())
+}
+
+/// A session's result, with an error also logged and recorded as state `failed`.
+pub(crate) fn record_failure<T>(s: &mut dyn Session, res: Result<T>) -> Result<T> {
+    if let Err(e) = &res {
+        let _ = s.run_dir().log(&format!("error: {e}"));
+        let _ = s.set_status(RunState::Failed, Some(e.to_string()));
+    }
+    res
+}
+
 /// The end of a step of any session: control requests (stop / checkpoint), the periodic and
 /// final checkpoint, stopping, and the heartbeat. `Some(outcome)` when the session ends here.
 #[allow(clippy::too_many_arguments)]
@@ -419,18 +445,7 @@ impl Trainer {
     /// Resumes a run from its latest complete checkpoint; `sets` may override config keys
     /// (e.g. `train.steps`).
     pub fn resume(run: RunDir, sets: &[String]) -> Result<Self> {
-        if let Ok(s) = run.read_status()
-            && s.state == RunState::Running
-            && s.pid != std::process::id()
-            && pid_alive(s.pid)
-            && unix_now() - s.heartbeat < crate::runs::HEARTBEAT_STALE_S
-        {
-            return Err(TrainError::Other(format!(
-                "run {} is still running (pid {}); stop it first",
-                run.path.display(),
-                s.pid
-            )));
-        }
+        ensure_not_running(&run)?;
         let mut cfg = RunConfig::from_toml_file(&run.config_path())?.with_overrides(sets)?;
         let tok_path = run.tokenizer_path();
         let data = prepare(&mut cfg, Some(&tok_path))?;
@@ -608,11 +623,7 @@ impl Trainer {
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Outcome> {
         let res = self.run_inner(stop, stop_at, on_event);
-        if let Err(e) = &res {
-            let _ = self.run.log(&format!("error: {e}"));
-            let _ = self.set_status(RunState::Failed, Some(e.to_string()));
-        }
-        res
+        record_failure(self, res)
     }
 
     fn run_inner(
