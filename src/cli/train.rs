@@ -1,5 +1,6 @@
 //! `ssmlab train` and `ssmlab tokenizer`.
 
+use crate::train::parallel::{resolve_shards, single_threaded_ops};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,6 +116,15 @@ fn resolve_run(arg: &str, runs_dir: &Path) -> anyhow::Result<RunDir> {
     })
 }
 
+/// Sharded diffusion training wants single-threaded candle ops (`train::parallel`); this has
+/// to happen before the first candle op of the process.
+fn shard_threads(cfg: &DiffusionRunConfig) {
+    if resolve_shards(cfg.train.data_parallel, cfg.train.batch_size) > 1 {
+        // A user's CANDLE_NUM_THREADS / RAYON_NUM_THREADS (or --threads) is kept.
+        single_threaded_ops();
+    }
+}
+
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     if a.list_presets {
         for (name, desc) in PRESETS {
@@ -133,6 +143,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         }
         let run = resolve_run(r, &a.runs_dir)?;
         if model_family(&run.config_path())? == "diffussm" {
+            let cfg =
+                DiffusionRunConfig::from_toml_file(&run.config_path())?.with_overrides(&sets)?;
+            shard_threads(&cfg);
             AnyTrainer::Diffusion(Box::new(DiffusionTrainer::resume(run, &sets)?))
         } else {
             AnyTrainer::Mlm(Box::new(Trainer::resume(run, &sets)?))
@@ -168,6 +181,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
                     print!("{}", cfg.to_toml());
                     return Ok(());
                 }
+                shard_threads(&cfg);
                 AnyTrainer::Diffusion(Box::new(DiffusionTrainer::create(
                     cfg,
                     &a.runs_dir,

@@ -60,6 +60,38 @@ pub struct DiffussmConfig {
     pub frequency_size: usize,
     #[serde(default)]
     pub conv: ConvPath,
+    /// Fixed positional embedding added to the stream tokens (open in the paper, spec §2(f).4;
+    /// DiT adds 2-D sin-cos). Runs written before this field existed have none.
+    #[serde(default)]
+    pub pos_embed: PosEmbed,
+    /// Initialisation of the conditioning (timestep MLP and label table).
+    #[serde(default)]
+    pub cond_init: CondInit,
+}
+
+/// How the conditioning embeddings start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CondInit {
+    /// DiT: N(0, 0.02) for the timestep MLP and the label table. With the zero-initialised
+    /// modulations this makes the conditioning vector tiny at first, and the class is picked up
+    /// slowly (hundreds of thousands of steps in DiT's budget).
+    #[default]
+    Dit,
+    /// Xavier-uniform timestep MLP and an N(0, 1) label table: the conditioning vector is of
+    /// order one from the first step, so the modulations see the timestep and the class at once.
+    Unit,
+}
+
+/// Positional embedding of the stream tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PosEmbed {
+    /// None: the SSMs are the only source of position.
+    #[default]
+    None,
+    /// DiT's fixed 2-D sin-cos table over the patch grid (not a parameter).
+    Sincos2d,
 }
 
 impl Default for DiffussmConfig {
@@ -82,6 +114,8 @@ impl Default for DiffussmConfig {
             num_classes: 10,
             frequency_size: 256,
             conv: ConvPath::Auto,
+            pos_embed: PosEmbed::None,
+            cond_init: CondInit::Dit,
         }
     }
 }
@@ -160,6 +194,15 @@ impl DiffussmConfig {
         if !self.frequency_size.is_multiple_of(2) {
             return bad("frequency_size", "must be even ([cos, sin] halves)".into());
         }
+        if self.pos_embed == PosEmbed::Sincos2d && !self.hidden_size.is_multiple_of(4) {
+            return bad(
+                "hidden_size",
+                format!(
+                    "pos_embed = \"sincos2d\" needs hidden_size divisible by 4, got {}",
+                    self.hidden_size
+                ),
+            );
+        }
         if !(self.dt_min > 0.0 && self.dt_min <= self.dt_max) {
             return bad("dt_min", "need 0 < dt_min ≤ dt_max".into());
         }
@@ -201,6 +244,26 @@ impl DiffussmConfig {
         let io = j * self.token_values() as f64 * d * 2.0;
         self.num_layers as f64 * block + io
     }
+}
+
+/// DiT's 2-D sin-cos positional table (J, D) for the stream tokens: stream token j sits at the
+/// patch-grid row and column of its first patch (jM); the first D/2 features encode the row,
+/// the rest the column, each as `[sin(pos·ω_i), cos(pos·ω_i)]` with `ω_i = 10000^(−i/(D/4))`.
+pub fn sincos_2d(cfg: &DiffussmConfig, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let (d, m) = (cfg.hidden_size, cfg.hourglass);
+    let cols = cfg.image_width / cfg.patch_size;
+    let quarter = d / 4;
+    let omega: Vec<f64> = (0..quarter)
+        .map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64))
+        .collect();
+    let mut v = Vec::with_capacity(cfg.stream_len() * d);
+    for j in 0..cfg.stream_len() {
+        for pos in [(j * m / cols) as f64, (j * m % cols) as f64] {
+            v.extend(omega.iter().map(|w| (pos * w).sin()));
+            v.extend(omega.iter().map(|w| (pos * w).cos()));
+        }
+    }
+    tensor_f64(v, (cfg.stream_len(), d), dtype, dev)
 }
 
 /// Sinusoidal features of the timesteps (B) → (B, size): `[cos(t·f_i), sin(t·f_i)]` with
@@ -305,6 +368,8 @@ pub struct Diffussm {
     pub blocks: Vec<DiffussmBlock>,
     final_ada: Linear,
     final_linear: Linear,
+    /// Fixed (J, D) positional table, when `pos_embed` asks for one.
+    pos: Option<Tensor>,
 }
 
 impl Diffussm {
@@ -323,6 +388,10 @@ impl Diffussm {
             blocks,
             final_ada: linear(d, 2 * d, vb.pp("final_layer.adaLN_modulation.1"))?,
             final_linear: linear(d, cfg.token_values(), vb.pp("final_layer.linear"))?,
+            pos: match cfg.pos_embed {
+                PosEmbed::None => None,
+                PosEmbed::Sincos2d => Some(sincos_2d(cfg, vb.dtype(), vb.device())?),
+            },
         })
     }
 
@@ -407,6 +476,9 @@ impl Diffussm {
         }
         let c = self.condition(t, y)?;
         let mut h = self.x_embedder.forward(&self.tokens(x)?)?;
+        if let Some(pos) = &self.pos {
+            h = h.broadcast_add(pos)?;
+        }
         for blk in &self.blocks {
             h = blk.forward(&h, &c)?;
         }
@@ -417,7 +489,7 @@ impl Diffussm {
 }
 
 /// DiT's initialisation with S4D kernels (spec §2(b), §3(b)): Xavier-uniform linears with zero
-/// biases, N(0, 0.02) timestep MLP and label table, zero adaLN modulations and final linear
+/// biases, N(0, 0.02) timestep MLP and label table (or, with `cond_init = "unit"`, Xavier and N(0, 1)), zero adaLN modulations and final linear
 /// (each block starts as the identity, the output as zero). Variables are visited in name order.
 pub fn init_weights(varmap: &VarMap, cfg: &DiffussmConfig, rng: &mut ChaCha8Rng) -> Result<()> {
     let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
@@ -455,8 +527,12 @@ pub fn init_weights(varmap: &VarMap, cfg: &DiffussmConfig, rng: &mut ChaCha8Rng)
             || leaf == "bias"
         {
             Tensor::zeros(shape, dt, &dev)?
-        } else if name.starts_with("t_embedder") || name.starts_with("y_embedder") {
+        } else if cfg.cond_init == CondInit::Dit
+            && (name.starts_with("t_embedder") || name.starts_with("y_embedder"))
+        {
             normal(rng, shape, 0.0, 0.02, dt, &dev)?
+        } else if name.starts_with("y_embedder") {
+            normal(rng, shape, 0.0, 1.0, dt, &dev)?
         } else {
             // Xavier uniform over (fan_out, fan_in) of each map (the down-maps: per m).
             let (fo, fi) = (dims[dims.len() - 2] as f64, dims[dims.len() - 1] as f64);

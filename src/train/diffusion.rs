@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::config::{ConfigError, OptimSection, RunSection, load_toml, one_line, overrides};
 use super::optim::{AdamW, Ema, clip_grads, lr_at};
+use super::parallel::{resolve_shards, sharded_grads};
 use super::trainer::{
     Event, Outcome, Result, Session, TrainError, diverged_message, end_of_step, ensure_not_running,
     param_groups, record_failure, resolve_data_path, write_checkpoint,
@@ -80,6 +81,15 @@ pub struct DiffusionTrainSection {
     /// Samples per CAS evaluation (spread evenly over the classes).
     pub cas_samples: usize,
     pub cas_steps: usize,
+    /// Shards of each batch trained on their own threads with single-threaded ops
+    /// (`train::parallel`); 0 = one per core, 1 = no sharding (candle parallelises each op).
+    /// Older runs have 1.
+    #[serde(default = "one")]
+    pub data_parallel: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// `[classifier]`: the MLP that scores samples.
@@ -90,6 +100,33 @@ pub struct ClassifierSection {
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
+}
+
+/// A noised training or evaluation batch.
+struct Noised {
+    xt: Tensor,
+    eps: Tensor,
+    t: Vec<f64>,
+    y: Vec<u32>,
+}
+
+impl Noised {
+    /// The rows `r`'s share of the batch's ε-MSE: their squared error over the batch's
+    /// element count (the shares of all rows add up to the mean).
+    fn shard_loss(
+        &self,
+        model: &Diffussm,
+        r: std::ops::Range<usize>,
+    ) -> crate::engine::Result<Tensor> {
+        let total = self.eps.elem_count() as f64;
+        let (start, len) = (r.start, r.len());
+        let pred = model.forward(
+            &self.xt.narrow(0, start, len)?,
+            &self.t[r.clone()],
+            &self.y[r],
+        )?;
+        Ok(((pred - self.eps.narrow(0, start, len)?)?.sqr()?.sum_all()? / total)?)
+    }
 }
 
 /// A diffusion run's `config.toml`.
@@ -704,15 +741,16 @@ impl DiffusionTrainer {
         out
     }
 
-    /// ε-MSE of `model` on images `x0` with classes `y`, noise and timesteps from `rng`.
-    fn loss(
+    /// Noise, timesteps and (with `drop_labels`) class dropout for images `x0` with classes `y`,
+    /// drawn from `rng` in that order.
+    fn noised(
         &self,
         model: &Diffussm,
         x0: &Tensor,
         y: &[u32],
         rng: &mut rand_chacha::ChaCha8Rng,
         drop_labels: bool,
-    ) -> Result<Tensor> {
+    ) -> Result<Noised> {
         let b = x0.dim(0)?;
         let t: Vec<usize> = (0..b)
             .map(|_| rng.random_range(0..self.sched.len()))
@@ -730,9 +768,21 @@ impl DiffusionTrainer {
                 }
             })
             .collect();
-        let tf: Vec<f64> = t.iter().map(|&v| v as f64).collect();
-        let pred = model.forward(&xt, &tf, &y)?;
-        Ok((pred - eps)?.sqr()?.mean_all()?)
+        let t = t.iter().map(|&v| v as f64).collect();
+        Ok(Noised { xt, eps, t, y })
+    }
+
+    /// ε-MSE of `model` on images `x0` with classes `y`, noise and timesteps from `rng`.
+    fn loss(
+        &self,
+        model: &Diffussm,
+        x0: &Tensor,
+        y: &[u32],
+        rng: &mut rand_chacha::ChaCha8Rng,
+        drop_labels: bool,
+    ) -> Result<Tensor> {
+        let n = self.noised(model, x0, y, rng, drop_labels)?;
+        Ok(n.shard_loss(model, 0..x0.dim(0)?)?)
     }
 
     /// One optimiser step; returns (loss, grad norm, lr).
@@ -746,24 +796,15 @@ impl DiffusionTrainer {
             .hflip
             .then(|| idx.iter().map(|_| rng.random::<bool>()).collect());
         let (x0, y) = self.data.train.batch(&idx, flips.as_deref(), &self.dev)?;
-        let loss_t = self.loss(&self.model, &x0, &y, &mut rng, true)?;
-        let loss = loss_t.to_scalar::<f32>()? as f64;
+        let noised = self.noised(&self.model, &x0, &y, &mut rng, true)?;
+        let vars: Vec<&Var> = self.opt.params.iter().map(|p| &p.var).collect();
+        let shards = resolve_shards(self.cfg.train.data_parallel, idx.len());
+        let (loss, mut g) = sharded_grads(&vars, idx.len(), shards, |r| {
+            noised.shard_loss(&self.model, r)
+        })?;
         if !loss.is_finite() {
             return Ok((loss, f64::NAN, 0.0));
         }
-        let grads = loss_t.backward()?;
-        let mut g: Vec<Tensor> = self
-            .opt
-            .params
-            .iter()
-            .map(|p| match grads.get(p.var.as_tensor()) {
-                // A gradient that reaches a variable directly (no op in between) still records
-                // its backward graph, which references this step's activations; kept in the
-                // optimiser's moments it would keep every step's activations alive.
-                Some(g) => Ok(g.detach()),
-                None => p.var.as_tensor().zeros_like(),
-            })
-            .collect::<candle_core::Result<_>>()?;
         let norm = clip_grads(&mut g, self.cfg.optim.grad_clip)?;
         let o = &self.cfg.optim;
         let lr = lr_at(
@@ -928,12 +969,13 @@ impl DiffusionTrainer {
         });
         let msg = format!(
             "session start: step {} of {total}, pid {}, {params} parameters, {} train / {} val images; \
-             CAS classifier test accuracy {:.2}%",
+             CAS classifier test accuracy {:.2}%; {} data-parallel shard(s) per batch",
             self.state.step,
             std::process::id(),
             self.data.train.len(),
             self.data.val.len(),
-            self.classifier_info.test_accuracy * 100.0
+            self.classifier_info.test_accuracy * 100.0,
+            resolve_shards(self.cfg.train.data_parallel, self.cfg.train.batch_size)
         );
         self.run.log(&msg)?;
         on_event(Event::Message(&msg));

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod diffusion;
 pub mod optim;
+pub mod parallel;
 pub mod presets;
 pub mod trainer;
 
