@@ -7,10 +7,10 @@ use super::diffusion::{
     ClassifierSection, DiffusionRunConfig, DiffusionTrainSection, ImageDataSection,
 };
 use crate::data::mlm::MaskingConfig;
-use crate::engine::bigs::{BigsConfig, DenseInit};
+use crate::engine::bigs::{BigsConfig, DenseInit, Encoder};
 use crate::engine::conv::ConvPath;
 use crate::engine::diffusion::DiffusionConfig;
-use crate::engine::diffussm::DiffussmConfig;
+use crate::engine::diffussm::{CondInit, DiffussmConfig, PosEmbed};
 use crate::engine::init::AInit;
 use crate::engine::nn::Gelu;
 use crate::engine::ssm::KernelMode;
@@ -26,16 +26,28 @@ pub const PRESETS: &[(&str, &str)] = &[
         "BiGS 4×128 on Moby-Dick, 8k WordPiece, L=128, 2500 steps: the shipped checkpoint's recipe (~25 min on 2 idle cores)",
     ),
     (
+        "bert-tiny",
+        "attention baseline of bigs-tiny: BERT 2×64, 4 heads, MLP 192 (equal parameters), same data, seed and budget",
+    ),
+    (
+        "bert-mobydick",
+        "attention baseline of bigs-mobydick: BERT 4×128, 4 heads, MLP 384 (equal parameters)",
+    ),
+    (
         "bigs-bert-vocab",
         "bigs-tiny with the bert-base-uncased vocabulary of the released BiGS checkpoints",
     ),
     (
         "diffussm-fashion",
-        "DiffuSSM on Fashion-MNIST 28×28 (shipped 10k test split), class-conditional with CFG, 1800 steps: the shipped checkpoint's recipe (~25–40 min on 2 cores)",
+        "DiffuSSM 4×128 on Fashion-MNIST 28×28 (shipped 10k test split, 4×4 patches), class-conditional with CFG, 2500 steps: the shipped checkpoint's recipe (~25 min on 2 cores)",
     ),
     (
         "diffussm-smoke",
         "DiffuSSM 2×16 on Fashion-MNIST, a few steps: seconds, for tests",
+    ),
+    (
+        "bert-smoke",
+        "attention baseline of bigs-smoke: seconds, for tests",
     ),
     (
         "bigs-smoke",
@@ -75,13 +87,15 @@ pub fn diffusion_preset(name: &str) -> Result<DiffusionRunConfig, ConfigError> {
             model: "diffussm".into(),
         },
         model: DiffussmConfig {
-            patch_size: 2,
-            hidden_size: 64,
+            patch_size: 4,
+            hidden_size: 128,
             num_layers: 4,
-            hourglass: 2,
-            fusion_width: 128,
+            hourglass: 1,
+            fusion_width: 256,
             state_size: 32,
             kernel: KernelMode::PerChannel,
+            pos_embed: PosEmbed::Sincos2d,
+            cond_init: CondInit::Unit,
             ..DiffussmConfig::default()
         },
         diffusion: DiffusionConfig::default(),
@@ -91,7 +105,7 @@ pub fn diffusion_preset(name: &str) -> Result<DiffusionRunConfig, ConfigError> {
             hflip: true,
         },
         optim: OptimSection {
-            lr: 1e-3,
+            lr: 2e-3,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
@@ -103,13 +117,13 @@ pub fn diffusion_preset(name: &str) -> Result<DiffusionRunConfig, ConfigError> {
             ssm_weight_decay: false,
         },
         train: DiffusionTrainSection {
-            steps: 1800,
+            steps: 2500,
             batch_size: 32,
             log_every: 10,
             eval_every: 250,
             eval_batches: 4,
             checkpoint_every: 250,
-            keep_checkpoints: 2,
+            keep_checkpoints: 1,
             ema_decay: 0.995,
             sample_every: 500,
             sample_seed: 0,
@@ -120,6 +134,7 @@ pub fn diffusion_preset(name: &str) -> Result<DiffusionRunConfig, ConfigError> {
             cas_every: 1000,
             cas_samples: 100,
             cas_steps: 25,
+            data_parallel: 0,
         },
         classifier: ClassifierSection {
             hidden: vec![256, 128],
@@ -136,6 +151,7 @@ pub fn diffusion_preset(name: &str) -> Result<DiffusionRunConfig, ConfigError> {
             c.model.num_layers = 2;
             c.model.state_size = 8;
             c.model.hourglass = 4;
+            c.model.patch_size = 2;
             c.train = DiffusionTrainSection {
                 steps: 6,
                 batch_size: 8,
@@ -150,6 +166,7 @@ pub fn diffusion_preset(name: &str) -> Result<DiffusionRunConfig, ConfigError> {
                 cas_every: 0,
                 cas_samples: 20,
                 cas_steps: 2,
+                data_parallel: 2,
                 ..c.train
             };
             c.classifier.epochs = 1;
@@ -179,7 +196,22 @@ fn bigs(hidden: usize, inter: usize, layers: usize, n: usize, max_pos: usize) ->
         conv: ConvPath::Auto,
         initializer_range: 0.02,
         dense_init: DenseInit::Lecun,
+        encoder: Encoder::Bigs,
+        num_attention_heads: 0,
     }
+}
+
+/// The attention baseline of a BiGS preset: the same embeddings, head, depth, width, data,
+/// optimiser and budget, with BERT layers whose MLP width makes the parameter counts equal
+/// (a BiGS layer has 3·H·I + 4·H² weights, a BERT layer 4·H² + 2·H·I': I' = 1.5·I).
+fn attention_twin(mut c: RunConfig, name: &str, heads: usize) -> RunConfig {
+    c.run.name = name.into();
+    c.run.preset = name.into();
+    c.run.model = "bert".into();
+    c.model.encoder = Encoder::Attention;
+    c.model.num_attention_heads = heads;
+    c.model.intermediate_size = c.model.intermediate_size * 3 / 2;
+    c
 }
 
 /// Moby-Dick with the WordPiece vocabulary trained on it (`ssmlab tokenizer train --corpus
@@ -243,6 +275,9 @@ pub fn preset(name: &str) -> Result<RunConfig, ConfigError> {
             c.data.tokenizer = PathBuf::from("datasets/bert-base-uncased-vocab.txt");
             c
         }
+        "bert-tiny" => attention_twin(preset("bigs-tiny")?, name, 4),
+        "bert-smoke" => attention_twin(preset("bigs-smoke")?, name, 2),
+        "bert-mobydick" => attention_twin(preset("bigs-mobydick")?, name, 4),
         "bigs-mobydick" => RunConfig {
             run: run(0),
             model: bigs(128, 256, 4, 64, 128),

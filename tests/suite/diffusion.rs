@@ -512,3 +512,152 @@ fn shipped_diffusion_run_opens_with_ema_and_samples() {
         .to_string();
     assert!(e.contains("ssmlab probe"), "{e}");
 }
+
+#[test]
+fn sharded_gradients_equal_the_whole_batch() {
+    use ssmlab::train::parallel::{resolve_shards, shard_ranges, sharded_grads};
+    for (b, s) in [(5, 3), (32, 2), (3, 7), (1, 1)] {
+        let r = shard_ranges(b, s);
+        assert_eq!(r.len(), s.min(b));
+        assert_eq!((r[0].start, r.last().unwrap().end), (0, b));
+        assert!(r.windows(2).all(|w| w[0].end == w[1].start));
+        let lens: Vec<usize> = r.iter().map(|r| r.len()).collect();
+        assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1);
+    }
+    assert_eq!(resolve_shards(8, 3), 3, "never more shards than images");
+    assert!(resolve_shards(0, 64) >= 1);
+    let dev = Device::Cpu;
+    let cfg = tiny(KernelMode::PerChannel, 1, 2);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (model, varmap) = build_diffussm(&cfg, DType::F64, &dev, &mut rng).unwrap();
+    wake(&varmap, &mut rng);
+    let x = normal(&mut rng, (5, 2, 4, 6), 0.0, 1.0, DType::F64, &dev).unwrap();
+    let eps = normal(&mut rng, (5, 2, 4, 6), 0.0, 1.0, DType::F64, &dev).unwrap();
+    let t = [3.0, 700.0, 20.0, 999.0, 0.0];
+    let y = [2, 3, 0, 1, 3];
+    let data = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let vars: Vec<&candle_core::Var> = names.iter().map(|n| &data[*n]).collect();
+    let total = eps.elem_count() as f64;
+    let run = |shards| {
+        sharded_grads(&vars, 5, shards, |r| {
+            let (s, n) = (r.start, r.len());
+            let out = model.forward(&x.narrow(0, s, n)?, &t[r.clone()], &y[r])?;
+            Ok(((out - eps.narrow(0, s, n)?)?.sqr()?.sum_all()? / total)?)
+        })
+        .unwrap()
+    };
+    let (l1, g1) = run(1);
+    let whole = (model.forward(&x, &t, &y).unwrap() - &eps)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!((l1 - whole).abs() < 1e-12, "one shard is the plain mean");
+    let (l3, g3) = run(3);
+    assert!((l1 - l3).abs() < 1e-12, "loss {l1} vs {l3}");
+    for ((n, a), b) in names.iter().zip(&g1).zip(&g3) {
+        assert!(
+            !a.track_op() && !b.track_op(),
+            "{n}: gradients keep no graph"
+        );
+        let d = max_abs(a, b);
+        let m = max_abs(a, &a.zeros_like().unwrap()).max(1e-12);
+        assert!(
+            d / m < 1e-9,
+            "{n}: sharded gradient differs by {d:e} (max {m:e})"
+        );
+    }
+}
+
+#[test]
+fn sincos_positions_and_unit_conditioning_are_recorded_choices() {
+    use ssmlab::engine::diffussm::{CondInit, PosEmbed, sincos_2d};
+    let dev = Device::Cpu;
+    let cfg = DiffussmConfig {
+        patch_size: 4,
+        hourglass: 1,
+        hidden_size: 8,
+        pos_embed: PosEmbed::Sincos2d,
+        cond_init: CondInit::Unit,
+        ..DiffussmConfig::default()
+    };
+    // 28×28 in 4×4 patches: a 7×7 grid; token 8 is row 1, column 1; token 13 row 1, column 6
+    let p = sincos_2d(&cfg, DType::F64, &dev).unwrap();
+    assert_eq!(p.dims(), &[49, 8]);
+    let row = |j: usize| p.get(j).unwrap().to_vec1::<f64>().unwrap();
+    let w1 = 1.0 / 10000f64.powf(0.5);
+    let expect = |r: f64, c: f64| {
+        vec![
+            r.sin(),
+            (r * w1).sin(),
+            r.cos(),
+            (r * w1).cos(),
+            c.sin(),
+            (c * w1).sin(),
+            c.cos(),
+            (c * w1).cos(),
+        ]
+    };
+    for (j, r, c) in [(0, 0.0, 0.0), (8, 1.0, 1.0), (13, 1.0, 6.0), (48, 6.0, 6.0)] {
+        let got = row(j);
+        for (a, b) in got.iter().zip(expect(r, c)) {
+            assert!((a - b).abs() < 1e-12, "token {j}: {got:?}");
+        }
+    }
+    // hourglass M = 2 on 2×2 patches: stream token j starts at patch 2j
+    let c2 = DiffussmConfig {
+        patch_size: 2,
+        hourglass: 2,
+        ..cfg.clone()
+    };
+    let p2 = sincos_2d(&c2, DType::F64, &dev).unwrap();
+    assert_eq!(p2.dims(), &[98, 8]);
+    let t8 = p2.get(8).unwrap().to_vec1::<f64>().unwrap(); // patch 16 = row 1, column 2
+    assert!((t8[0] - 1f64.sin()).abs() < 1e-12 && (t8[4] - 2f64.sin()).abs() < 1e-12);
+    // unit conditioning: an N(0, 1) label table; DiT's N(0, 0.02) by default
+    let std_of = |cfg: &DiffussmConfig| {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let (_, vm) = build_diffussm(cfg, DType::F64, &dev, &mut rng).unwrap();
+        let data = vm.data().lock().unwrap();
+        let t = data["y_embedder.embedding_table"].as_tensor().clone();
+        t.sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            .sqrt()
+    };
+    let unit = std_of(&DiffussmConfig {
+        hidden_size: 64,
+        ..cfg.clone()
+    });
+    let dit = std_of(&DiffussmConfig {
+        hidden_size: 64,
+        cond_init: CondInit::Dit,
+        ..cfg.clone()
+    });
+    assert!((0.85..1.15).contains(&unit), "unit table std {unit}");
+    assert!((0.015..0.025).contains(&dit), "DiT table std {dit}");
+    // configs written before these fields existed read as no positions and DiT's init
+    let mut v: serde_json::Value = serde_json::from_str(&cfg.to_json()).unwrap();
+    v.as_object_mut().unwrap().remove("pos_embed");
+    v.as_object_mut().unwrap().remove("cond_init");
+    let old: DiffussmConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(
+        (old.pos_embed, old.cond_init),
+        (PosEmbed::None, CondInit::Dit)
+    );
+    let mut odd = cfg.clone();
+    odd.hidden_size = 6;
+    let e = odd.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("sincos2d") && e.contains("divisible by 4"),
+        "{e}"
+    );
+}
