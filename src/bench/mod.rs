@@ -8,6 +8,8 @@ use serde::Serialize;
 use crate::engine::Result;
 use crate::engine::conv::{ConvPath, causal_conv};
 
+pub mod suite;
+
 /// One measured convolution case.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConvCase {
@@ -201,6 +203,7 @@ pub fn bench_probe(
 
 /// DiffuSSM: median seconds of one training step (ε-MSE forward, backward, AdamW) at `batch`, and seconds
 /// to sample `n` images with `steps` DDIM steps and guidance `guidance` (two passes a step).
+#[allow(clippy::too_many_arguments)]
 pub fn bench_diffussm(
     cfg: &crate::engine::diffussm::DiffussmConfig,
     batch: usize,
@@ -208,6 +211,8 @@ pub fn bench_diffussm(
     n: usize,
     steps: usize,
     guidance: f64,
+    shards: usize,
+    dev: &Device,
 ) -> Result<(f64, f64)> {
     use crate::engine::diffusion::{
         DiffusionConfig, NoiseSchedule, SampleOptions, SamplerKind, sample,
@@ -215,7 +220,7 @@ pub fn bench_diffussm(
     use crate::engine::diffussm::build_diffussm;
     use crate::engine::init::normal;
     use rand::SeedableRng;
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let (model, varmap) = build_diffussm(cfg, DType::F32, &dev, &mut rng)?;
     // Non-zero modulations so the whole network is exercised, as after some training.
@@ -248,23 +253,22 @@ pub fn bench_diffussm(
     )?;
     let mut step = || -> Result<f64> {
         let t0 = Instant::now();
-        let out = model.forward(&x, &t, &y)?;
-        let loss = (out - &eps)?.sqr()?.mean_all()?;
-        let g = loss.backward()?;
-        let grads: Vec<Tensor> = opt
-            .params
-            .iter()
-            .map(|p| match g.get(p.var.as_tensor()) {
-                Some(g) => Ok(g.clone()),
-                None => p.var.as_tensor().zeros_like(),
-            })
-            .collect::<candle_core::Result<_>>()?;
+        let vars: Vec<&Var> = opt.params.iter().map(|p| &p.var).collect();
+        let total = eps.elem_count() as f64;
+        let (_, grads) = crate::train::parallel::sharded_grads(&vars, batch, shards, |r| {
+            let (s, n) = (r.start, r.len());
+            let out = model.forward(&x.narrow(0, s, n)?, &t[r.clone()], &y[r])?;
+            Ok(((out - eps.narrow(0, s, n)?)?.sqr()?.sum_all()? / total)?)
+        })?;
         opt.step(&grads, 1e-4)?;
         Ok(t0.elapsed().as_secs_f64())
     };
     step()?;
     let mut ts = (0..reps).map(|_| step()).collect::<Result<Vec<_>>>()?;
     ts.sort_by(f64::total_cmp);
+    if n == 0 {
+        return Ok((ts[ts.len() / 2], 0.0));
+    }
     let sched = NoiseSchedule::new(&DiffusionConfig::default())?;
     let classes: Vec<Option<u32>> = (0..n).map(|i| Some((i % cfg.num_classes) as u32)).collect();
     let opts = SampleOptions {

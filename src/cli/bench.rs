@@ -1,13 +1,25 @@
 //! `ssmlab bench …`
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::bench::{ConvCase, bench_conv};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// One benchmark; without one, the whole suite (every case of the performance issue, each
+    /// in its own process, with MFU against the measured matmul ceiling and the ratios).
     #[command(subcommand)]
-    pub what: BenchWhat,
+    pub what: Option<BenchWhat>,
+    /// Suite: JSON lines only on stdout (one object per case); the table goes to stderr.
+    #[arg(long)]
+    pub json: bool,
+    /// Suite: only the cases whose name contains this (the matmul ceiling always runs).
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Suite: device of every case: cpu, cuda or cuda:N (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,7 +64,14 @@ pub enum BenchWhat {
         steps: usize,
         #[arg(long, default_value_t = 2.0)]
         guidance: f64,
+        /// Data-parallel shards of the training step (0 = one per core, 1 = none; as the
+        /// run option train.data_parallel). Sharding makes candle's ops single-threaded.
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
     },
+    /// One case of the suite, given as its JSON spec (what the suite runs in a child process).
+    #[command(hide = true)]
+    Case { spec: String },
     /// One full TUI frame (curves view) at 200×60 with 3 runs × 100k points each.
     Tui {
         #[arg(long, default_value_t = 100_000)]
@@ -63,7 +82,42 @@ pub enum BenchWhat {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.what {
+    let Some(what) = args.what else {
+        crate::bench::suite::parse_device(&args.device)?;
+        // SAFETY: single-threaded so far; the children inherit the device.
+        unsafe { std::env::set_var(crate::bench::suite::DEVICE_ENV, &args.device) };
+        let exe = std::env::current_exe().context("cannot find the ssmlab executable")?;
+        let t0 = std::time::Instant::now();
+        let results = crate::bench::suite::run_suite(&exe, args.only.as_deref(), |r| {
+            if args.json {
+                println!("{r}");
+            } else {
+                eprintln!("{}", r["case"].as_str().unwrap_or("?"));
+            }
+        })?;
+        let table = crate::bench::suite::table(&results);
+        let done = format!("suite took {:.0} s", t0.elapsed().as_secs_f64());
+        if args.json {
+            eprint!("{table}");
+            eprintln!("{done}");
+        } else {
+            print!("{table}");
+            println!("{done}");
+        }
+        return Ok(());
+    };
+    match what {
+        BenchWhat::Case { spec } => {
+            let case: crate::bench::suite::Case = serde_json::from_str(&spec)
+                .with_context(|| format!("bench case: not a case spec: {spec}"))?;
+            if let crate::bench::suite::Case::DiffussmTrain { shards, batch, .. } = &case
+                && crate::train::parallel::resolve_shards(*shards, *batch) > 1
+            {
+                crate::train::parallel::single_threaded_ops();
+            }
+            println!("{}", crate::bench::suite::run_case(&case)?);
+            Ok(())
+        }
         BenchWhat::Conv {
             batch,
             channels,
@@ -98,17 +152,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             n,
             steps,
             guidance,
+            shards,
         } => {
+            let shards = crate::train::parallel::resolve_shards(shards, batch);
+            if shards > 1 {
+                crate::train::parallel::single_threaded_ops();
+            }
             anyhow::ensure!(reps > 0, "--reps must be at least 1");
             let base = crate::train::presets::diffusion_preset("diffussm-fashion")?.model;
             let cfg = crate::train::config::overrides(&base, &sets)?;
             cfg.validate()?;
-            let (step_s, sample_s) =
-                crate::bench::bench_diffussm(&cfg, batch, reps, n, steps, guidance)?;
+            let (step_s, sample_s) = crate::bench::bench_diffussm(
+                &cfg,
+                batch,
+                reps,
+                n,
+                steps,
+                guidance,
+                shards,
+                &candle_core::Device::Cpu,
+            )?;
             println!(
                 "{}",
                 serde_json::json!({"bench": "diffussm", "batch": batch, "train_step_s": step_s,
-                    "train_images_per_s": batch as f64 / step_s, "sample_images": n,
+                    "train_images_per_s": batch as f64 / step_s, "shards": shards, "sample_images": n,
                     "sample_steps": steps, "guidance": guidance, "sample_s": sample_s,
                     "macs_per_image": cfg.macs_per_image(), "config": cfg})
             );

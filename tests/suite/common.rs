@@ -5,6 +5,15 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
 
+/// The device of the parity tests: the CPU, or `SSMLAB_TEST_DEVICE` (`cuda:0` in
+/// `scripts/gpu-check.sh`).
+pub fn device() -> candle_core::Device {
+    match std::env::var("SSMLAB_TEST_DEVICE") {
+        Ok(d) => ssmlab::bench::suite::parse_device(&d).expect("SSMLAB_TEST_DEVICE"),
+        Err(_) => candle_core::Device::Cpu,
+    }
+}
+
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

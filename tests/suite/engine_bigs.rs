@@ -27,14 +27,21 @@ fn inputs() -> (Tensor, Tensor, Tensor) {
 #[test]
 fn bigs_tiny_matches_reference_from_both_checkpoint_formats() {
     let exp = load_st("bigs_tiny/expected.safetensors");
+    let dev = crate::common::device();
     let (ids, tt, labels) = inputs();
+    let (ids, tt, labels) = (
+        ids.to_device(&dev).unwrap(),
+        tt.to_device(&dev).unwrap(),
+        labels.to_device(&dev).unwrap(),
+    );
+    let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
     let mut logits_by_file = Vec::new();
     for file in ["model.safetensors", "pytorch_model.bin"] {
         let lm = load_bigs(
             &tiny_cfg(),
             &fixture(&format!("bigs_tiny/{file}")),
             DType::F32,
-            &Device::Cpu,
+            &dev,
         )
         .unwrap();
         assert_eq!(
@@ -43,9 +50,9 @@ fn bigs_tiny_matches_reference_from_both_checkpoint_formats() {
         );
         let m = &lm.model;
         let hidden = m.hidden_states(&ids, Some(&tt), Mode::Eval).unwrap();
-        let e = max_rel(&hidden, &exp["last_hidden_state"]);
+        let e = max_rel(&cpu(&hidden), &exp["last_hidden_state"]);
         assert!(e < 1e-4, "{file}: last_hidden_state rel err {e:e}");
-        let logits = m.logits(&hidden).unwrap();
+        let logits = cpu(&m.logits(&hidden).unwrap());
         let e = max_rel(&logits, &exp["logits"]);
         assert!(e < 1e-4, "{file}: logits rel err {e:e}");
         logits_by_file.push(logits);
@@ -72,9 +79,9 @@ fn bigs_tiny_matches_reference_from_both_checkpoint_formats() {
         let mut checked = 0;
         for (name, var) in vars.iter() {
             let want = &exp[&format!("grad.{name}")];
-            let got = grads
+            let got = cpu(grads
                 .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{file}: no gradient for {name}"));
+                .unwrap_or_else(|| panic!("{file}: no gradient for {name}")));
             let scale = want
                 .abs()
                 .unwrap()
@@ -84,7 +91,7 @@ fn bigs_tiny_matches_reference_from_both_checkpoint_formats() {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap() as f64;
-            let err = max_rel(got, want) * scale;
+            let err = max_rel(&got, want) * scale;
             assert!(
                 err <= 1e-3 * scale + 1e-6,
                 "{file}: grad {name}: abs err {err:e}, scale {scale:e}"

@@ -1,0 +1,688 @@
+//! The benchmark suite (`ssmlab bench` with no case named): every case of the performance
+//! issue in one run, one JSON object per case, ratios of the optimisations measured side by
+//! side, and the model FLOP utilisation (MFU) of each training case against the machine's
+//! matmul ceiling measured in the same run.
+//!
+//! Each case runs in a child process (`ssmlab bench case '<spec json>'`), so the peak resident
+//! memory it reports is its own, and one case's allocator state cannot slow the next.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::engine::Result;
+use crate::engine::bigs::{BigsConfig, Mode, build_bigs, cross_entropy};
+use crate::engine::conv::{ConvPath, causal_conv};
+use crate::engine::fused;
+use crate::engine::nn::Gelu;
+use crate::train::optim::AdamW;
+use crate::train::parallel::sharded_grads;
+use crate::train::trainer::param_groups;
+
+/// Where the MLM head runs in a BiGS training step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Head {
+    /// Logits only at the masked positions (what the trainer does).
+    Masked,
+    /// Logits at every position, then the loss reads the masked ones (the naive way).
+    All,
+    /// No head: the loss is the mean square of the encoder output (scaling runs).
+    None,
+}
+
+/// One case of the suite.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Case {
+    /// GFLOP/s of an n×n by n×n f32 matmul through candle (best of `reps`).
+    Matmul { n: usize, reps: usize },
+    /// A BiGS training step: forward, backward, AdamW.
+    BigsTrain {
+        name: String,
+        model: BigsConfig,
+        batch: usize,
+        seq_len: usize,
+        head: Head,
+        reps: usize,
+        /// Data-parallel shards (`train::parallel`; 0 = one per core).
+        #[serde(default = "one")]
+        shards: usize,
+    },
+    /// A DiffuSSM training step at `batch` with `shards` data-parallel shards.
+    DiffussmTrain {
+        name: String,
+        shards: usize,
+        batch: usize,
+        reps: usize,
+    },
+    /// Sampling `n` images with `steps` DDIM steps and guidance 2.
+    DiffussmSample { n: usize, steps: usize },
+    /// Causal convolution forward + backward, shared (BiGS) kernel.
+    Conv {
+        path: ConvPath,
+        b: usize,
+        c: usize,
+        l: usize,
+        reps: usize,
+    },
+    /// GELU forward + backward over `n` values: the fused op or candle's own.
+    Gelu { fused: bool, n: usize, reps: usize },
+}
+
+impl Case {
+    pub fn label(&self) -> String {
+        match self {
+            Case::Matmul { n, .. } => format!("matmul {n}³"),
+            Case::BigsTrain { name, .. } | Case::DiffussmTrain { name, .. } => name.clone(),
+            Case::DiffussmSample { n, steps } => format!("diffussm sample {n}×{steps} DDIM"),
+            Case::Conv { path, l, .. } => format!("conv {} L={l}", path_name(*path)),
+            Case::Gelu { fused, .. } => {
+                format!("gelu {}", if *fused { "fused" } else { "candle" })
+            }
+        }
+    }
+}
+
+fn path_name(p: ConvPath) -> &'static str {
+    match p {
+        ConvPath::Fft => "fft",
+        ConvPath::Dense => "dense",
+        ConvPath::Auto => "auto",
+    }
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The reference BiGS of the performance issue: d_model 256, 4 layers, intermediate 768,
+/// N = 64, BERT's vocabulary (30 522), positions up to `max_pos`.
+pub fn reference_bigs(max_pos: usize) -> BigsConfig {
+    let mut c = crate::train::presets::preset("bigs-mobydick")
+        .expect("preset")
+        .model;
+    c.vocab_size = 30522;
+    c.hidden_size = 256;
+    c.intermediate_size = 768;
+    c.num_hidden_layers = 4;
+    c.num_ssm = 64;
+    c.max_position_embeddings = max_pos;
+    c
+}
+
+/// Analytic FLOPs of one MLM training step (BiGS or its attention twin) over `tokens` tokens
+/// of sequences of length `l` (forward + backward = 3 × forward, 2 FLOPs per multiply-
+/// accumulate), counting the matmuls only: per token and layer
+/// [`BigsConfig::layer_macs_per_token`], and the head's H² + H·V at the positions it runs at.
+/// The FFT convolutions and element-wise ops are not counted (as MFU conventionally does).
+pub fn bigs_step_flops(c: &BigsConfig, tokens: usize, l: usize, head_positions: usize) -> f64 {
+    let (h, v) = (c.hidden_size as f64, c.vocab_size as f64);
+    let body = tokens as f64 * c.num_hidden_layers as f64 * c.layer_macs_per_token(l);
+    let head = head_positions as f64 * (h * h + h * v);
+    6.0 * (body + head)
+}
+
+/// Masked positions per sequence (15%, at least one).
+fn masked_per_seq(l: usize) -> usize {
+    (l * 15 / 100).max(1)
+}
+
+fn median(mut ts: Vec<f64>) -> f64 {
+    ts.sort_by(f64::total_cmp);
+    ts[ts.len() / 2]
+}
+
+/// Run `f` once to warm up, then `reps` times; the median seconds.
+fn timed(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        ts.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(median(ts))
+}
+
+/// Environment variable through which the suite tells its child processes the device.
+pub const DEVICE_ENV: &str = "SSMLAB_BENCH_DEVICE";
+
+/// Parse `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let bad =
+        || crate::engine::EngineError::Input(format!("--device {s}: expected cpu, cuda or cuda:N"));
+    Ok(match s {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)?,
+        _ => {
+            let n = s.strip_prefix("cuda:").ok_or_else(bad)?;
+            Device::new_cuda(n.parse().map_err(|_| bad())?)?
+        }
+    })
+}
+
+/// The device of this benchmark process (the suite's `--device`; the CPU by default).
+pub fn bench_device() -> Result<Device> {
+    parse_device(&std::env::var(DEVICE_ENV).unwrap_or_else(|_| "cpu".into()))
+}
+
+/// Peak resident memory of this process in MiB (VmHWM), where /proc has it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Run one case in this process; the JSON object it reports (without MFU, which needs the
+/// ceiling).
+pub fn run_case(case: &Case) -> Result<Value> {
+    let dev = bench_device()?;
+    let mut out = match case {
+        Case::Matmul { n, reps } => {
+            let a = Tensor::randn(0f32, 1., (*n, *n), &dev)?;
+            let b = Tensor::randn(0f32, 1., (*n, *n), &dev)?;
+            let mut best = f64::INFINITY;
+            a.matmul(&b)?;
+            for _ in 0..(*reps).max(1) {
+                let t0 = Instant::now();
+                let c = a.matmul(&b)?;
+                let _ = c.dims();
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            let flops = 2.0 * (*n as f64).powi(3);
+            json!({"seconds": best, "gflops": flops / best / 1e9})
+        }
+        Case::BigsTrain {
+            model,
+            batch,
+            seq_len,
+            head,
+            reps,
+            shards,
+            ..
+        } => bigs_train(model, *batch, *seq_len, *head, *reps, *shards, &dev)?,
+        Case::DiffussmTrain {
+            shards,
+            batch,
+            reps,
+            ..
+        } => {
+            let cfg = crate::train::presets::diffusion_preset("diffussm-fashion")
+                .expect("preset")
+                .model;
+            let (step_s, _) = super::bench_diffussm(&cfg, *batch, *reps, 0, 0, 2.0, *shards, &dev)?;
+            let flops = 6.0 * cfg.macs_per_image() * *batch as f64;
+            json!({"step_s": step_s, "images_per_s": *batch as f64 / step_s,
+                   "flops_per_step": flops, "model": cfg})
+        }
+        Case::DiffussmSample { n, steps } => {
+            let cfg = crate::train::presets::diffusion_preset("diffussm-fashion")
+                .expect("preset")
+                .model;
+            let (_, sample_s) = super::bench_diffussm(&cfg, 1, 1, *n, *steps, 2.0, 1, &dev)?;
+            json!({"seconds": sample_s, "guidance": 2.0})
+        }
+        Case::Conv {
+            path,
+            b,
+            c,
+            l,
+            reps,
+        } => {
+            let u = Var::from_tensor(&Tensor::randn(0f32, 1., (*b, *c, *l), &dev)?)?;
+            let k = Var::from_tensor(&Tensor::randn(0f32, 1., (1, *l), &dev)?)?;
+            let w = Tensor::randn(0f32, 1., (*b, *c, *l), &dev)?;
+            let s = timed(*reps, || {
+                let y = causal_conv(u.as_tensor(), k.as_tensor(), *path)?;
+                (y * &w)?.sum_all()?.backward()?;
+                Ok(())
+            })?;
+            json!({"seconds": s})
+        }
+        Case::Gelu { fused, n, reps } => {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., *n, &dev)?)?;
+            let s = timed(*reps, || {
+                let y = if *fused {
+                    fused::gelu(x.as_tensor(), Gelu::Exact)?
+                } else {
+                    x.as_tensor().gelu_erf()?
+                };
+                y.sum_all()?.backward()?;
+                Ok(())
+            })?;
+            json!({"seconds": s})
+        }
+    };
+    let obj = out.as_object_mut().expect("object");
+    obj.insert("bench".into(), json!("suite"));
+    obj.insert("case".into(), json!(case.label()));
+    obj.insert("spec".into(), serde_json::to_value(case).expect("spec"));
+    obj.insert("peak_rss_mib".into(), json!(peak_rss_mib()));
+    obj.insert("device".into(), json!(format!("{:?}", dev.location())));
+    Ok(out)
+}
+
+/// Median seconds of one MLM training step (forward, backward, AdamW) of a fresh model on
+/// random ids, 15% of positions masked, with the head run as `head` says.
+pub fn bigs_step_seconds(
+    cfg: &BigsConfig,
+    batch: usize,
+    l: usize,
+    head: Head,
+    reps: usize,
+    shards: usize,
+    dev: &Device,
+) -> Result<f64> {
+    let dev = dev.clone();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let (model, varmap) = build_bigs(cfg, DType::F32, &dev, &mut rng)?;
+    let optim = crate::train::presets::preset("bigs-mobydick")
+        .expect("preset")
+        .optim;
+    let mut opt = AdamW::new(
+        param_groups(&varmap, &optim),
+        optim.beta1,
+        optim.beta2,
+        optim.eps,
+    )?;
+    let ids: Vec<u32> = (0..batch * l)
+        .map(|_| rng.random_range(5..cfg.vocab_size as u32))
+        .collect();
+    let per = masked_per_seq(l);
+    let mut labels = vec![-100i64; batch * l];
+    let mut positions = Vec::with_capacity(batch * per);
+    for s in 0..batch {
+        for j in 0..per {
+            let p = s * l + (j * l / per);
+            labels[p] = ids[p] as i64;
+            positions.push(p as u32);
+        }
+    }
+    let targets: Vec<u32> = positions.iter().map(|&p| ids[p as usize]).collect();
+    let ids = Tensor::from_vec(ids, (batch, l), &dev)?;
+    let labels = Tensor::from_vec(labels, (batch, l), &dev)?;
+    let targets = Tensor::new(targets.as_slice(), &dev)?;
+    let owned: Vec<Var> = opt.params.iter().map(|p| p.var.clone()).collect();
+    let vars: Vec<&Var> = owned.iter().collect();
+    let drng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut step = || -> Result<()> {
+        // Each shard's loss is its mean over its rows times its share of the rows (every
+        // sequence has the same number of masked positions).
+        let (_, grads) = sharded_grads(&vars, batch, shards, |r| {
+            let share = r.len() as f64 / batch as f64;
+            let ids = ids.narrow(0, r.start, r.len())?;
+            let loss = match head {
+                Head::Masked => {
+                    let labels = labels.narrow(0, r.start, r.len())?;
+                    model
+                        .mlm_loss(&ids, None, &labels, Mode::Train(&mut drng.clone()))?
+                        .loss
+                }
+                Head::All => {
+                    let hidden = model.hidden_states(&ids, None, Mode::Eval)?;
+                    let (b, l, _) = hidden.dims3()?;
+                    let logits = model.logits(&hidden)?;
+                    let v = logits.dim(2)?;
+                    let first = (r.start * l) as u32;
+                    let pos: Vec<u32> = positions[r.start * per..r.end * per]
+                        .iter()
+                        .map(|p| p - first)
+                        .collect();
+                    let pos = Tensor::new(pos.as_slice(), &dev)?;
+                    let sel = logits.reshape((b * l, v))?.index_select(&pos, 0)?;
+                    let tg = targets.narrow(0, r.start * per, r.len() * per)?;
+                    cross_entropy(&sel, &tg)?
+                }
+                Head::None => model
+                    .hidden_states(&ids, None, Mode::Eval)?
+                    .sqr()?
+                    .mean_all()?,
+            };
+            Ok((loss * share)?)
+        })?;
+        opt.step(&grads, 1e-4)?;
+        Ok(())
+    };
+    timed(reps, &mut step)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bigs_train(
+    cfg: &BigsConfig,
+    batch: usize,
+    l: usize,
+    head: Head,
+    reps: usize,
+    shards: usize,
+    dev: &Device,
+) -> Result<Value> {
+    let step_s = bigs_step_seconds(cfg, batch, l, head, reps, shards, dev)?;
+    let per = masked_per_seq(l);
+    let tokens = batch * l;
+    let head_positions = match head {
+        Head::Masked => batch * per,
+        Head::All => tokens,
+        Head::None => 0,
+    };
+    let flops = bigs_step_flops(cfg, tokens, l, head_positions);
+    Ok(
+        json!({"step_s": step_s, "tokens_per_s": tokens as f64 / step_s,
+              "s_per_token": step_s / tokens as f64, "batch": batch, "seq_len": l,
+              "head": head, "shards": shards, "flops_per_step": flops,
+              "parameters": cfg.num_parameters()}),
+    )
+}
+
+/// The suite's cases, in the order they run.
+pub fn cases() -> Vec<Case> {
+    let mut v = vec![Case::Matmul { n: 2048, reps: 5 }];
+    for name in ["bigs-tiny", "bigs-mobydick"] {
+        let c = crate::train::presets::preset(name).expect("preset");
+        v.push(Case::BigsTrain {
+            name: format!("{name} train"),
+            model: c.model,
+            batch: c.train.batch_size,
+            seq_len: c.data.seq_len,
+            head: Head::Masked,
+            reps: 3,
+            shards: 1,
+        });
+    }
+    for l in [128, 512] {
+        for head in [Head::Masked, Head::All] {
+            v.push(Case::BigsTrain {
+                name: format!("reference L={l} head={}", head_name(head)),
+                model: reference_bigs(512),
+                batch: 16,
+                seq_len: l,
+                head,
+                reps: if l == 512 && head == Head::All { 2 } else { 3 },
+                shards: 1,
+            });
+        }
+    }
+    v.push(Case::BigsTrain {
+        name: "reference L=128 head=masked sharded".into(),
+        model: reference_bigs(512),
+        batch: 16,
+        seq_len: 128,
+        head: Head::Masked,
+        reps: 3,
+        shards: 0,
+    });
+    for l in SCALING_LENGTHS {
+        v.push(Case::BigsTrain {
+            name: format!("scaling L={l}"),
+            model: reference_bigs(4096),
+            batch: SCALING_TOKENS / l,
+            seq_len: l,
+            head: Head::None,
+            reps: 2,
+            shards: 1,
+        });
+    }
+    for shards in [1, 0] {
+        v.push(Case::DiffussmTrain {
+            name: format!(
+                "diffussm train {}",
+                if shards == 1 {
+                    "op-parallel"
+                } else {
+                    "sharded"
+                }
+            ),
+            shards,
+            batch: 32,
+            reps: 3,
+        });
+    }
+    v.push(Case::DiffussmSample { n: 16, steps: 50 });
+    for l in [512, 2048] {
+        for path in [ConvPath::Fft, ConvPath::Dense, ConvPath::Auto] {
+            v.push(Case::Conv {
+                path,
+                b: 8,
+                c: 256,
+                l,
+                reps: 3,
+            });
+        }
+    }
+    for fused in [true, false] {
+        v.push(Case::Gelu {
+            fused,
+            n: 1 << 22,
+            reps: 5,
+        });
+    }
+    v
+}
+
+/// Sequence lengths of the scaling cases, at a fixed budget of tokens per step.
+pub const SCALING_LENGTHS: [usize; 6] = [128, 256, 512, 1024, 2048, 4096];
+pub const SCALING_TOKENS: usize = 8192;
+
+fn head_name(h: Head) -> &'static str {
+    match h {
+        Head::Masked => "masked",
+        Head::All => "all",
+        Head::None => "none",
+    }
+}
+
+/// Run every case in a child process of `exe` (`exe bench case SPEC`), calling `on_result`
+/// with each result as it arrives (MFU added to training cases once the ceiling is known),
+/// then with the ratios and the scaling summary.
+pub fn run_suite(
+    exe: &std::path::Path,
+    filter: Option<&str>,
+    mut on_result: impl FnMut(&Value),
+) -> anyhow::Result<Vec<Value>> {
+    let mut results: Vec<Value> = Vec::new();
+    let mut ceiling: Option<f64> = None;
+    for case in cases() {
+        let is_ceiling = matches!(case, Case::Matmul { .. });
+        if let Some(f) = filter
+            && !is_ceiling
+            && !case.label().contains(f)
+        {
+            continue;
+        }
+        let mut r = run_child(exe, &case);
+        if is_ceiling {
+            ceiling = r["gflops"].as_f64();
+        }
+        if let (Some(fl), Some(s), Some(c)) =
+            (r["flops_per_step"].as_f64(), r["step_s"].as_f64(), ceiling)
+        {
+            let achieved = fl / s / 1e9;
+            r["gflops"] = json!(achieved);
+            r["mfu"] = json!(achieved / c);
+        }
+        on_result(&r);
+        results.push(r);
+    }
+    for extra in summaries(&results) {
+        on_result(&extra);
+        results.push(extra);
+    }
+    Ok(results)
+}
+
+fn run_child(exe: &std::path::Path, case: &Case) -> Value {
+    let spec = serde_json::to_string(case).expect("spec");
+    let t0 = Instant::now();
+    let out = std::process::Command::new(exe)
+        .args(["bench", "case", &spec])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let fail = |msg: String| json!({"bench": "suite", "case": case.label(), "error": msg});
+    let mut v = match out {
+        Err(e) => fail(format!("cannot start {}: {e}", exe.display())),
+        Ok(o) if !o.status.success() => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            fail(format!(
+                "{} ({})",
+                err.lines().last().unwrap_or("no message"),
+                o.status
+            ))
+        }
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            match text.lines().last().map(serde_json::from_str::<Value>) {
+                Some(Ok(v)) => v,
+                _ => fail(format!("unreadable output: {text}")),
+            }
+        }
+    };
+    v["wall_s"] = json!(t0.elapsed().as_secs_f64());
+    v
+}
+
+fn find<'a>(results: &'a [Value], case: &str) -> Option<&'a Value> {
+    results
+        .iter()
+        .find(|r| r["case"] == case && r.get("error").is_none())
+}
+
+fn ratio(results: &[Value], what: &str, fast: &str, slow: &str, key: &str) -> Option<Value> {
+    let (f, s) = (find(results, fast)?, find(results, slow)?);
+    let (a, b) = (f[key].as_f64()?, s[key].as_f64()?);
+    let speedup = if key.ends_with("_per_s") {
+        a / b
+    } else {
+        b / a
+    };
+    Some(
+        json!({"bench": "suite", "case": format!("ratio: {what}"), "optimisation": what,
+                "after": fast, "before": slow, "speedup": speedup}),
+    )
+}
+
+/// Side-by-side ratios of the optimisations and the scaling summary.
+pub fn summaries(results: &[Value]) -> Vec<Value> {
+    let mut v = Vec::new();
+    for l in [128, 512] {
+        v.extend(ratio(
+            results,
+            &format!("MLM head only at masked positions, reference L={l}"),
+            &format!("reference L={l} head=masked"),
+            &format!("reference L={l} head=all"),
+            "tokens_per_s",
+        ));
+    }
+    v.extend(ratio(
+        results,
+        "data-parallel shards instead of op-parallel threads, BiGS reference L=128",
+        "reference L=128 head=masked sharded",
+        "reference L=128 head=masked",
+        "tokens_per_s",
+    ));
+    v.extend(ratio(
+        results,
+        "data-parallel shards instead of op-parallel threads, DiffuSSM batch 32",
+        "diffussm train sharded",
+        "diffussm train op-parallel",
+        "images_per_s",
+    ));
+    for l in [512, 2048] {
+        v.extend(ratio(
+            results,
+            &format!("FFT instead of dense convolution, L={l}"),
+            &format!("conv fft L={l}"),
+            &format!("conv dense L={l}"),
+            "seconds",
+        ));
+    }
+    v.extend(ratio(
+        results,
+        "fused GELU (one-pass backward) instead of candle's",
+        "gelu fused",
+        "gelu candle",
+        "seconds",
+    ));
+    let points: Vec<(usize, f64)> = SCALING_LENGTHS
+        .iter()
+        .filter_map(|&l| {
+            let r = find(results, &format!("scaling L={l}"))?;
+            Some((l, r["s_per_token"].as_f64()?))
+        })
+        .collect();
+    if let Some(&(l0, t0)) = points.first() {
+        let rows: Vec<Value> = points
+            .iter()
+            .map(|&(l, t)| {
+                let log_growth = (l as f64).log2() / (l0 as f64).log2();
+                json!({"seq_len": l, "us_per_token": t * 1e6, "growth": t / t0,
+                       "log_growth": log_growth})
+            })
+            .collect();
+        let within = points
+            .iter()
+            .all(|&(l, t)| t / t0 <= (l as f64).log2() / (l0 as f64).log2() * 1.1);
+        v.push(json!({"bench": "suite", "case": "scaling summary",
+                      "tokens_per_step": SCALING_TOKENS, "head": "none", "rows": rows,
+                      "within_log_growth": within}));
+    }
+    v
+}
+
+/// The human table of a suite run.
+pub fn table(results: &[Value]) -> String {
+    let f = |v: &Value, k: &str, scale: f64, prec: usize| {
+        v[k].as_f64()
+            .map_or("-".into(), |x| format!("{:.*}", prec, x * scale))
+    };
+    let mut s = format!(
+        "{:<44} {:>10} {:>12} {:>8} {:>8} {:>9}\n",
+        "case", "time ms", "per second", "GFLOP/s", "MFU", "peak MiB"
+    );
+    for r in results {
+        let case = r["case"].as_str().unwrap_or("?");
+        if let Some(e) = r["error"].as_str() {
+            s += &format!("{case:<44} error: {e}\n");
+            continue;
+        }
+        if let Some(sp) = r["speedup"].as_f64() {
+            s += &format!("{case:<44} {sp:>10.2}x\n");
+            continue;
+        }
+        if let Some(rows) = r["rows"].as_array() {
+            s += &format!("{case:<44} within log growth: {}\n", r["within_log_growth"]);
+            for row in rows {
+                s += &format!(
+                    "    L={:<6} {:>8.2} µs/token  growth {:>5.2}  (log bound {:.2})\n",
+                    row["seq_len"],
+                    row["us_per_token"].as_f64().unwrap_or(f64::NAN),
+                    row["growth"].as_f64().unwrap_or(f64::NAN),
+                    row["log_growth"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+            continue;
+        }
+        let time = if r.get("step_s").is_some() {
+            f(r, "step_s", 1e3, 1)
+        } else {
+            f(r, "seconds", 1e3, 1)
+        };
+        let rate = if r.get("tokens_per_s").is_some() {
+            format!("{} tok", f(r, "tokens_per_s", 1.0, 0))
+        } else if r.get("images_per_s").is_some() {
+            format!("{} img", f(r, "images_per_s", 1.0, 1))
+        } else {
+            "-".into()
+        };
+        s += &format!(
+            "{case:<44} {time:>10} {rate:>12} {:>8} {:>8} {:>9}\n",
+            f(r, "gflops", 1.0, 1),
+            f(r, "mfu", 1.0, 2),
+            f(r, "peak_rss_mib", 1.0, 0)
+        );
+    }
+    s
+}
