@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod compare;
 pub mod data;
 pub mod engine;
 pub mod kernels;

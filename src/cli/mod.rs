@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod compare;
 mod kernels;
 mod probe;
 mod sample;
@@ -24,12 +25,18 @@ pub struct Cli {
     /// ASCII chart markers instead of braille.
     #[arg(long)]
     pub ascii: bool,
+    /// Threads of candle's CPU ops (default: all cores; the same as CANDLE_NUM_THREADS and
+    /// RAYON_NUM_THREADS, which it sets).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Benchmarks, printed as JSON lines (one object per case) plus a table on stderr.
     Bench(bench::BenchArgs),
+    /// BiGS against its attention twin: launch a preset pair, compare runs, scaling with L.
+    Compare(compare::CompareArgs),
     /// Train a model into a run directory (headless; the TUI attaches to it).
     Train(train::TrainArgs),
     /// Masked-token predictions from a checkpoint ("call me [MASK] .").
@@ -54,9 +61,18 @@ pub enum Command {
 /// Parses the command line and runs it.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        // SAFETY: no other thread exists yet (nothing has run but argument parsing).
+        unsafe {
+            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
+    }
     match cli.command {
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Train(args)) => train::run(args),
+        Some(Command::Compare(args)) => compare::run(args),
         Some(Command::Tokenizer(cmd)) => train::tokenizer(cmd),
         Some(Command::Probe(args)) => probe::run(args),
         Some(Command::Kernels(args)) => kernels::run(args),

@@ -10,6 +10,7 @@ use candle_nn::{VarBuilder, VarMap};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::attention::AttentionLayer;
 use super::conv::{ConvPath, causal_conv_blc};
 use super::error::{EngineError, Result};
 use super::init::{AInit, a_init_full, dropout_mask, normal, tensor_f64, uniform};
@@ -77,6 +78,21 @@ pub struct BigsConfig {
     /// gradient from step 0, which short CPU runs need).
     #[serde(default)]
     pub dense_init: DenseInit,
+    /// The layers' mixer: BiGS's gated bidirectional SSM, or BERT's self-attention (the
+    /// baseline; then `num_attention_heads` heads, HF BERT names under `bert.`).
+    #[serde(default)]
+    pub encoder: Encoder,
+    #[serde(default)]
+    pub num_attention_heads: usize,
+}
+
+/// What mixes positions inside the layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoder {
+    #[default]
+    Bigs,
+    Attention,
 }
 
 fn default_init_range() -> f64 {
@@ -127,7 +143,11 @@ impl BigsConfig {
         let obj = v
             .as_object()
             .ok_or_else(|| EngineError::Input("expected a JSON object".into()))?;
+        let attention = obj.get("encoder").and_then(|e| e.as_str()) == Some("attention");
         for &f in REQUIRED {
+            if attention && f == "num_ssm" {
+                continue;
+            }
             match obj.get(f) {
                 None => {
                     return Err(EngineError::ConfigField {
@@ -160,7 +180,14 @@ impl BigsConfig {
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
             ("num_hidden_layers", self.num_hidden_layers),
-            ("num_ssm", self.num_ssm),
+            (
+                "num_ssm",
+                if self.encoder == Encoder::Bigs {
+                    self.num_ssm
+                } else {
+                    1
+                },
+            ),
             ("max_position_embeddings", self.max_position_embeddings),
             ("type_vocab_size", self.type_vocab_size),
         ];
@@ -171,6 +198,18 @@ impl BigsConfig {
                     msg: "is 0; it must be a positive integer".into(),
                 });
             }
+        }
+        if self.encoder == Encoder::Attention
+            && (self.num_attention_heads == 0
+                || !self.hidden_size.is_multiple_of(self.num_attention_heads))
+        {
+            return Err(EngineError::ConfigField {
+                field: "num_attention_heads",
+                msg: format!(
+                    "is {}; an attention encoder needs at least one head, dividing hidden_size = {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
+            });
         }
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
             return Err(EngineError::ConfigField {
@@ -202,8 +241,12 @@ impl BigsConfig {
     /// The HF `config.json` text of this configuration.
     pub fn to_json(&self) -> String {
         let mut v = serde_json::to_value(self).expect("config serialises");
-        v["model_type"] = "bigs".into();
-        v["architectures"] = serde_json::json!(["BiGSForMaskedLM"]);
+        let (kind, arch) = match self.encoder {
+            Encoder::Bigs => ("bigs", "BiGSForMaskedLM"),
+            Encoder::Attention => ("bert", "BertForMaskedLM"),
+        };
+        v["model_type"] = kind.into();
+        v["architectures"] = serde_json::json!([arch]);
         serde_json::to_string_pretty(&v).expect("json")
     }
 
@@ -217,13 +260,37 @@ impl BigsConfig {
         );
         let emb = (v + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
         let ssm = 4 * n + 2; // A_re (N), A_im (N), C (N, 2), D, log_step
-        let layer = 2 * h // LayerNorm
-            + 2 * (h * i + i) // dv, dol
-            + 4 * (h * h + h) // du_forward, du_backward, duc_forward, duc_backward
-            + (i * h + h) // do
-            + 2 * ssm;
+        let layer = match self.encoder {
+            Encoder::Bigs => {
+                2 * h // LayerNorm
+                + 2 * (h * i + i) // dv, dol
+                + 4 * (h * h + h) // du_forward, du_backward, duc_forward, duc_backward
+                + (i * h + h) // do
+                + 2 * ssm
+            }
+            Encoder::Attention => super::attention::layer_parameters(h, i),
+        };
         let head = h * h + h + 2 * h + v;
         emb + self.num_hidden_layers * layer + head
+    }
+
+    /// The root of the variable names: `bigs` or `bert`.
+    pub fn root(&self) -> &'static str {
+        match self.encoder {
+            Encoder::Bigs => "bigs",
+            Encoder::Attention => "bert",
+        }
+    }
+
+    /// Matmul multiply-accumulates per token of one encoder layer at sequence length `l`:
+    /// BiGS 3·H·I + 4·H² (dv, dol, do; du and duc in both directions; the FFT convolutions
+    /// not counted), attention 4·H² + 2·H·I + 2·L·H.
+    pub fn layer_macs_per_token(&self, l: usize) -> f64 {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        match self.encoder {
+            Encoder::Bigs => (3 * h * i + 4 * h * h) as f64,
+            Encoder::Attention => super::attention::layer_macs_per_token(h, i, l),
+        }
     }
 }
 
@@ -368,6 +435,8 @@ pub struct BigsForMaskedLm {
     pub config: BigsConfig,
     pub embeddings: BigsEmbeddings,
     pub layers: Vec<BigsLayer>,
+    /// The layers of an attention encoder (`encoder = "attention"`; `layers` is then empty).
+    pub attention_layers: Vec<AttentionLayer>,
     pub head: MlmHead,
 }
 
@@ -385,16 +454,40 @@ impl BigsForMaskedLm {
     /// Builds the model's variables under HF names (`bigs.…`, `cls.predictions.…`).
     pub fn new(cfg: &BigsConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let b = vb.pp("bigs");
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| BigsLayer::new(cfg, b.pp("encoder").pp("layer").pp(i)))
-            .collect::<Result<Vec<_>>>()?;
+        let b = vb.pp(cfg.root());
+        let n = cfg.num_hidden_layers;
+        let at = |i| b.pp("encoder").pp("layer").pp(i);
+        let (layers, attention_layers) = match cfg.encoder {
+            Encoder::Bigs => (
+                (0..n)
+                    .map(|i| BigsLayer::new(cfg, at(i)))
+                    .collect::<Result<Vec<_>>>()?,
+                vec![],
+            ),
+            Encoder::Attention => (
+                vec![],
+                (0..n)
+                    .map(|i| {
+                        AttentionLayer::new(
+                            cfg.hidden_size,
+                            cfg.intermediate_size,
+                            cfg.num_attention_heads,
+                            cfg.layer_norm_eps,
+                            cfg.layer_gelu,
+                            cfg.pre_norm,
+                            at(i),
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
         let p = vb.pp("cls").pp("predictions");
         let h = cfg.hidden_size;
         Ok(Self {
             config: cfg.clone(),
             embeddings: BigsEmbeddings::new(cfg, b.pp("embeddings"))?,
             layers,
+            attention_layers,
             head: MlmHead {
                 dense: linear(h, h, p.pp("transform").pp("dense"))?,
                 ln: LayerNorm::new(h, cfg.layer_norm_eps, p.pp("transform").pp("LayerNorm"))?,
@@ -448,6 +541,9 @@ impl BigsForMaskedLm {
             x = (x * m)?;
         }
         for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        for layer in &self.attention_layers {
             x = layer.forward(&x)?;
         }
         Ok(x)
@@ -635,6 +731,7 @@ pub fn load_bigs(
             "cls.predictions.decoder.weight"
                 | "cls.predictions.decoder.bias"
                 | "bigs.embeddings.position_ids"
+                | "bert.embeddings.position_ids"
         )
     });
     Ok(LoadedBigs {

@@ -1,6 +1,7 @@
 //! The tensor engine: S4D kernels, long convolution, layers and models. No UI, no files beyond
 //! checkpoints and configs.
 
+pub mod attention;
 pub mod bigs;
 pub mod classifier;
 pub mod conv;

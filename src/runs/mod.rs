@@ -222,3 +222,18 @@ impl RunDir {
         serde_json::from_str(&text).ok()
     }
 }
+
+/// Whether a run's `run.model` is a masked LM (BiGS or its attention baseline).
+pub fn is_masked_lm(model: &str) -> bool {
+    let m = model.to_lowercase();
+    m.contains("bigs") || m == "bert"
+}
+
+/// How a run's family is written for people: BiGS, BERT, DiffuSSM.
+pub fn family_label(model: &str) -> &'static str {
+    match model.to_lowercase().as_str() {
+        "bert" => "BERT",
+        "diffussm" => "DiffuSSM",
+        _ => "BiGS",
+    }
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::data::mlm::MaskingConfig;
-use crate::engine::bigs::BigsConfig;
+use crate::engine::bigs::{BigsConfig, Encoder};
 
 /// Errors about a run configuration; each names the file or key and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -186,10 +186,18 @@ impl RunConfig {
                 format!("is {}; it must be in (0, 1)", m.prob),
             );
         }
-        if self.run.model != "bigs" {
+        let want = match self.model.encoder {
+            Encoder::Bigs => "bigs",
+            Encoder::Attention => "bert",
+        };
+        if self.run.model != want {
             return f(
                 "run.model",
-                format!("is `{}`; supported: bigs", self.run.model),
+                format!(
+                    "is `{}`; a model with encoder = \"{}\" is `{want}` (MLM runs: bigs, bert)",
+                    self.run.model,
+                    if want == "bert" { "attention" } else { "bigs" }
+                ),
             );
         }
         Ok(())

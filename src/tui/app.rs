@@ -20,15 +20,17 @@ pub enum View {
     Probe,
     Samples,
     Kernels,
+    Compare,
 }
 
 impl View {
-    pub const ALL: [View; 5] = [
+    pub const ALL: [View; 6] = [
         View::Runs,
         View::Curves,
         View::Probe,
         View::Samples,
         View::Kernels,
+        View::Compare,
     ];
     pub fn title(self) -> &'static str {
         match self {
@@ -37,6 +39,7 @@ impl View {
             View::Probe => "Probe",
             View::Samples => "Samples",
             View::Kernels => "Kernels",
+            View::Compare => "Compare",
         }
     }
     fn scope(self) -> Scope {
@@ -44,6 +47,7 @@ impl View {
             View::Curves => Scope::Curves,
             View::Probe => Scope::Probe,
             View::Kernels => Scope::Kernels,
+            View::Compare => Scope::Compare,
             View::Samples => Scope::Samples,
             _ => Scope::Runs,
         }
@@ -194,6 +198,16 @@ pub struct App {
     pub clear_screen: bool,
     /// How images should be drawn (detection runs at start-up in the real terminal).
     pub image_choice: super::image::ProtocolChoice,
+    pub compare: super::views::compare::CompareState,
+    /// Starts a scaling measurement (the Compare view's worker); None in headless tests.
+    pub compare_tx: Option<std::sync::mpsc::Sender<CompareJob>>,
+}
+
+/// Time a training step of two models at several lengths (the Compare view's worker).
+#[derive(Debug, Clone)]
+pub struct CompareJob {
+    pub generation: u64,
+    pub models: Vec<(String, crate::engine::bigs::BigsConfig)>,
 }
 
 /// Compute the kernels of every checkpoint of a model path (the kernels worker).
@@ -257,6 +271,8 @@ impl App {
             sample_tx: None,
             clear_screen: false,
             image_choice: super::image::ProtocolChoice::Auto,
+            compare: Default::default(),
+            compare_tx: None,
         }
     }
 
@@ -573,10 +589,11 @@ impl App {
         let Some(run) = self.selected_run() else {
             return;
         };
-        if run.model.to_lowercase().contains("bigs") {
+        if crate::runs::is_masked_lm(&run.model) {
             self.popup = Some(Popup::Message(format!(
-                "{} is a BiGS run (masked LM): sampling needs a diffusion run. Train one: ssmlab train --preset diffussm-fashion",
-                run.id
+                "{} is a {} run (masked LM): sampling needs a diffusion run. Train one: ssmlab train --preset diffussm-fashion",
+                run.id,
+                crate::runs::family_label(&run.model)
             )));
             return;
         }
@@ -696,6 +713,61 @@ impl App {
     }
 
     /// Runs drawn in the curves view: the marked ones, else the selected one.
+    /// `s` in the Compare view: time both models (one BiGS, one attention run among the
+    /// compared runs) at L = 128 … 4096 on the worker.
+    pub fn start_scaling(&mut self) {
+        use crate::engine::bigs::Encoder;
+        let runs = super::views::compare::compared(self);
+        let pick = |e: Encoder| {
+            runs.iter().find_map(|(r, _)| {
+                let cfg: crate::train::RunConfig = toml::from_str(&r.config_text).ok()?;
+                (cfg.model.encoder == e).then(|| (r.id.clone(), cfg.model))
+            })
+        };
+        let (b, a) = (pick(Encoder::Bigs), pick(Encoder::Attention));
+        drop(runs);
+        let c = &mut self.compare;
+        let (Some(b), Some(a)) = (b, a) else {
+            c.error = Some(
+                "the scaling needs a BiGS and an attention run among the compared runs \
+                 (ssmlab compare --preset-pair bigs-tiny,bert-tiny)"
+                    .into(),
+            );
+            return;
+        };
+        c.generation += 1;
+        c.points.clear();
+        c.error = None;
+        c.measuring = true;
+        c.scaling_models = Some((b.0.clone(), a.0.clone()));
+        let job = CompareJob {
+            generation: c.generation,
+            models: vec![b, a],
+        };
+        match &self.compare_tx {
+            Some(tx) if tx.send(job).is_ok() => {}
+            _ => {
+                self.compare.measuring = false;
+                self.compare.error = Some("the scaling worker is not running".into());
+            }
+        }
+    }
+
+    /// A message of the scaling worker (stale generations are dropped).
+    pub fn on_compare_msg(&mut self, m: super::views::compare::CompareMsg) {
+        use super::views::compare::CompareMsg;
+        let c = &mut self.compare;
+        match m {
+            CompareMsg::Point(g, p) if g == c.generation => c.points.push(p),
+            CompareMsg::Done(g) if g == c.generation => c.measuring = false,
+            CompareMsg::Failed(g, e) if g == c.generation => {
+                c.measuring = false;
+                c.error = Some(e);
+            }
+            _ => {}
+        }
+    }
+
     pub fn plotted(&self) -> Vec<&RunSummary> {
         let marked: Vec<&RunSummary> = self
             .runs
@@ -774,6 +846,9 @@ impl App {
             Action::ViewProbe => self.view = View::Probe,
             Action::ViewSamples => self.view = View::Samples,
             Action::ViewKernels => self.view = View::Kernels,
+            Action::ViewCompare => self.view = View::Compare,
+            Action::CompareX => self.compare.by_wall = !self.compare.by_wall,
+            Action::CompareScaling => self.start_scaling(),
             Action::FocusNext => {
                 let i = View::ALL.iter().position(|v| *v == self.view).unwrap_or(0);
                 self.view = View::ALL[(i + 1) % View::ALL.len()];

@@ -13,6 +13,7 @@ pub enum Scope {
     Probe,
     Kernels,
     Samples,
+    Compare,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,6 +25,9 @@ pub enum Action {
     ViewProbe,
     ViewSamples,
     ViewKernels,
+    ViewCompare,
+    CompareX,
+    CompareScaling,
     FocusNext,
     Up,
     Down,
@@ -115,6 +119,7 @@ pub const BINDINGS: &[Binding] = &[
     b(ViewProbe,     "view_probe",    &["3"],           Global, "Probe view", false),
     b(ViewSamples,   "view_samples",  &["4"],           Global, "Samples view", false),
     b(ViewKernels,   "view_kernels",  &["5"],           Global, "Kernels view", false),
+    b(ViewCompare,   "view_compare",  &["6"],           Global, "Compare view (BiGS vs attention)", false),
     b(FocusNext,     "focus",         &["tab"],         Global, "next view", false),
     b(Up,            "up",            &["up", "k"],     Global, "select previous run", false),
     b(Down,          "down",          &["down", "j"],   Global, "select next run", false),
@@ -163,6 +168,8 @@ pub const BINDINGS: &[Binding] = &[
     b(GuidanceMore,  "guidance_more", &["G"],           Samples, "sample-now guidance +0.5", false),
     b(FullScreen,    "full_screen",   &["f"],           Samples, "full screen (any key back)", true),
     b(ImageProtocol, "image_protocol",&["P"],           Samples, "protocol (kitty, sixel, …)", true),
+    b(CompareX,      "compare_x",     &["x"],           Compare, "overlay by tokens / wall time", true),
+    b(CompareScaling, "compare_scaling", &["s"],        Compare, "time both models at L = 128 … 4096", true),
 ];
 
 /// Name of a key event as the table writes it ("q", "L", "ctrl-c", "enter", "space", "f1"…).

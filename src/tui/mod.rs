@@ -43,6 +43,44 @@ enum Msg {
     Kernels(app::KernelsMsg),
     Image(ImageEvent),
     Sample(SampleEvent),
+    Compare(views::compare::CompareMsg),
+}
+
+/// Times training steps of the Compare view's two models, one point per message; a newer job
+/// abandons the current one after the point in progress.
+fn spawn_compare_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::CompareJob> {
+    use views::compare::CompareMsg;
+    let (jtx, jrx) = mpsc::channel::<app::CompareJob>();
+    std::thread::spawn(move || {
+        let mut next: Option<app::CompareJob> = None;
+        loop {
+            let job = match next.take() {
+                Some(j) => j,
+                None => match jrx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                },
+            };
+            let g = job.generation;
+            let res =
+                crate::compare::scaling(&job.models, &crate::compare::LENGTHS, 8192, 1, |p| {
+                    if let Ok(j) = jrx.try_recv() {
+                        next = Some(j);
+                        return false;
+                    }
+                    tx.send(Msg::Compare(CompareMsg::Point(g, p.clone())))
+                        .is_ok()
+                });
+            let m = match res {
+                Ok(_) => CompareMsg::Done(g),
+                Err(e) => CompareMsg::Failed(g, format!("scaling: {e}")),
+            };
+            if tx.send(Msg::Compare(m)).is_err() {
+                return;
+            }
+        }
+    });
+    jtx
 }
 
 /// Computes the kernels of every checkpoint of a model path off the UI thread, one message per
@@ -332,6 +370,7 @@ fn event_loop(
     spawn_worker(app.runs_dir.clone(), tx.clone(), stop.clone());
     app.probe_tx = Some(spawn_probe_worker(tx.clone()));
     app.kernels_tx = Some(spawn_kernels_worker(tx.clone()));
+    app.compare_tx = Some(spawn_compare_worker(tx.clone()));
     app.image_tx = Some(image::spawn_image_worker({
         let tx = tx.clone();
         move |e| tx.send(Msg::Image(e)).is_ok()
@@ -382,6 +421,10 @@ fn event_loop(
             }
             Ok(Msg::Sample(e)) => {
                 app.on_sample_event(e);
+                dirty = true;
+            }
+            Ok(Msg::Compare(m)) => {
+                app.on_compare_msg(m);
                 dirty = true;
             }
             Ok(Msg::Input(Event::Key(k))) if k.kind != KeyEventKind::Release => {

@@ -1,6 +1,8 @@
 //! The test suite: one binary, one module per area.
 
+mod bench;
 mod common;
+mod compare;
 mod data;
 mod data_images;
 mod diffusion;

@@ -878,6 +878,14 @@ fn end_to_end_in_tmux() {
         s.contains("A: ") && s.contains("bigs-smoke") && s.contains('%'),
         "{s}"
     );
+    // the Compare view lists the masked-LM run; the scaling needs an attention twin
+    keys(&["6"]);
+    wait(
+        &|s| s.contains("do we need attention?") && s.contains("MFLOP/tok"),
+        10,
+    );
+    keys(&["s"]);
+    wait(&|s| s.contains("needs a BiGS"), 10);
     keys(&["q"]);
     let s = wait(&|s| s.contains("EXITED=0"), 10);
     assert!(

@@ -1,5 +1,6 @@
 //! Drawing: one function per view, plus the frame (tabs, status line, key bar, popups).
 
+pub mod compare;
 pub mod curves;
 pub mod form;
 pub mod kernels;
@@ -49,6 +50,7 @@ pub fn draw(f: &mut Frame, app: &App) {
         View::Probe => probe::draw(f, app, body),
         View::Kernels => kernels::draw(f, app, body),
         View::Samples => samples::draw(f, app, body),
+        View::Compare => compare::draw(f, app, body),
     }
     draw_status(f, app, status);
     draw_bar(f, app, bar);

@@ -294,7 +294,7 @@ fn message(f: &mut Frame, app: &App, area: Rect, title: &str, lines: Vec<String>
 }
 
 fn is_bigs(model: &str) -> bool {
-    model.to_lowercase().contains("bigs")
+    crate::runs::is_masked_lm(model)
 }
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
@@ -321,8 +321,9 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         } else if is_bigs(&run.model) {
             vec![
                 format!(
-                    "{} is a BiGS run (masked LM): it has no image samples.",
-                    run.id
+                    "{} is a {} run (masked LM): it has no image samples.",
+                    run.id,
+                    crate::runs::family_label(&run.model)
                 ),
                 String::new(),
                 "Select a diffusion run with j/k, or train one:".into(),

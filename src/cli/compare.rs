@@ -1,0 +1,204 @@
+//! `ssmlab compare`: launch a BiGS/attention preset pair, compare runs, measure the scaling.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::compare::{LENGTHS, RunRow, crossover, preset_pair, run_row, scaling};
+use crate::engine::bigs::{BigsConfig, Encoder};
+use crate::runs::index::RunsIndex;
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Launch both presets of a pair (one BiGS, one attention; same data, seed and token
+    /// budget), side by side, and print the comparison when both have finished.
+    #[arg(long, value_name = "BIGS,BERT")]
+    pub preset_pair: Option<String>,
+    /// With --preset-pair: return once both runs are started (watch them in the TUI).
+    #[arg(long)]
+    pub detach: bool,
+    /// Override a configuration key of both runs (repeatable), e.g. --set train.steps=500.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Compare these runs (ids under --runs-dir, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub runs: Vec<String>,
+    /// Time a training step per token at L = 128 … 4096 for both models (of --runs or
+    /// --preset-pair) and report where BiGS becomes cheaper.
+    #[arg(long)]
+    pub scaling: bool,
+    /// Tokens per step of the scaling measurement (batch = tokens / L).
+    #[arg(long, default_value_t = 8192)]
+    pub tokens: usize,
+    #[arg(long, value_delimiter = ',', default_values_t = LENGTHS)]
+    pub lengths: Vec<usize>,
+    #[arg(long, default_value = "checkpoints")]
+    pub runs_dir: PathBuf,
+    /// JSON lines instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: CompareArgs) -> anyhow::Result<()> {
+    let mut models: Vec<(String, BigsConfig)> = Vec::new();
+    let mut ids: Vec<String> = a.runs.clone();
+    if let Some(pair) = &a.preset_pair {
+        let pair = preset_pair(pair)?;
+        for (name, cfg) in &pair {
+            let cfg = cfg.with_overrides(&a.sets)?;
+            cfg.validate()?;
+            models.push((name.clone(), cfg.model.clone()));
+            ids.push(cfg.run.name.clone());
+        }
+        if !a.scaling {
+            launch(&a, &pair.map(|(n, _)| n))?;
+            if a.detach {
+                return Ok(());
+            }
+        }
+    }
+    if a.scaling {
+        if models.is_empty() {
+            for id in &a.runs {
+                let cfg = crate::train::RunConfig::from_toml_file(
+                    &a.runs_dir.join(id).join("config.toml"),
+                )
+                .with_context(|| {
+                    format!("--runs {id}: not an MLM run under {}", a.runs_dir.display())
+                })?;
+                models.push((id.clone(), cfg.model));
+            }
+        }
+        return print_scaling(&a, &models);
+    }
+    if ids.is_empty() {
+        bail!("give --preset-pair BIGS,BERT, --runs A,B or --scaling (see --help)");
+    }
+    print_table(&a, &ids)
+}
+
+/// Starts both runs as `ssmlab train` processes sharing the cores, and waits for them.
+fn launch(a: &CompareArgs, presets: &[String; 2]) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the ssmlab executable")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / 2).max(1);
+    let mut children = Vec::new();
+    for p in presets {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--threads", &threads.to_string(), "train", "--preset", p])
+            .arg("--runs-dir")
+            .arg(&a.runs_dir);
+        for s in &a.sets {
+            cmd.args(["--set", s]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        cmd.stderr(if a.detach {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        });
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        eprintln!("started {p} (pid {}, {threads} thread(s))", child.id());
+        // Keep the last lines of the child's log, draining the pipe so it never blocks.
+        let tail = child.stderr.take().map(|e| {
+            std::thread::spawn(move || {
+                let mut last: Vec<String> = Vec::new();
+                for line in BufReader::new(e).lines().map_while(Result::ok) {
+                    last.push(line);
+                    if last.len() > 5 {
+                        last.remove(0);
+                    }
+                }
+                last
+            })
+        });
+        children.push((p.clone(), child, tail));
+    }
+    if a.detach {
+        eprintln!("watch them in the TUI (ssmlab, Compare view) or: ssmlab compare --runs ...");
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for (p, mut child, tail) in children {
+        let status = child.wait()?;
+        let last = tail
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        if status.success() {
+            eprintln!("{p}: {}", last.last().map_or("done", String::as_str));
+        } else {
+            failed.push(format!("{p} ({status}): {}", last.join(" | ")));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("training failed: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+fn print_table(a: &CompareArgs, ids: &[String]) -> anyhow::Result<()> {
+    let runs = RunsIndex::new().scan(&a.runs_dir);
+    let mut rows: Vec<RunRow> = Vec::new();
+    for id in ids {
+        let run = runs
+            .iter()
+            .find(|r| &r.id == id)
+            .with_context(|| format!("no run {id} under {}", a.runs_dir.display()))?;
+        rows.push(run_row(run).with_context(|| {
+            format!("{id} is not a masked-LM run (bigs or bert); diffusion runs are not compared")
+        })?);
+    }
+    if a.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        print!("{}", crate::compare::table(&rows));
+    }
+    Ok(())
+}
+
+fn print_scaling(a: &CompareArgs, models: &[(String, BigsConfig)]) -> anyhow::Result<()> {
+    let find = |e: Encoder| models.iter().find(|(_, c)| c.encoder == e).map(|(n, _)| n);
+    let (Some(b), Some(t)) = (find(Encoder::Bigs), find(Encoder::Attention)) else {
+        bail!("--scaling needs one BiGS and one attention model (--preset-pair or --runs)");
+    };
+    if !a.json {
+        eprintln!(
+            "time per token of a training step, {} tokens per step",
+            a.tokens
+        );
+    }
+    let points = scaling(models, &a.lengths, a.tokens, 2, |p| {
+        if a.json {
+            println!("{}", serde_json::to_string(p).expect("json"));
+        } else {
+            println!(
+                "{:<14} L={:<5} batch {:<4} {:>9.2} µs/token",
+                p.model,
+                p.seq_len,
+                p.batch,
+                p.s_per_token * 1e6
+            );
+        }
+        true
+    })?;
+    let x = crossover(&points, b, t);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"crossover_seq_len": x, "bigs": b, "attention": t})
+        );
+    } else {
+        match x {
+            Some(l) => println!("{b} is cheaper per token than {t} from L = {l}"),
+            None => println!("{b} is not cheaper per token than {t} at any measured length"),
+        }
+    }
+    Ok(())
+}
