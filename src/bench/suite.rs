@@ -51,6 +51,9 @@ pub enum Case {
         /// Data-parallel shards (`train::parallel`; 0 = one per core).
         #[serde(default = "one")]
         shards: usize,
+        /// AdamW as a dozen tensor ops per parameter instead of the fused in-place update.
+        #[serde(default)]
+        unfused_optim: bool,
     },
     /// A DiffuSSM training step at `batch` with `shards` data-parallel shards.
     DiffussmTrain {
@@ -204,8 +207,16 @@ pub fn run_case(case: &Case) -> Result<Value> {
             head,
             reps,
             shards,
+            unfused_optim,
             ..
-        } => bigs_train(model, *batch, *seq_len, *head, *reps, *shards, &dev)?,
+        } => {
+            let how = StepHow {
+                head: *head,
+                shards: *shards,
+                fused_optim: !*unfused_optim,
+            };
+            bigs_train(model, *batch, *seq_len, how, *reps, &dev)?
+        }
         Case::DiffussmTrain {
             shards,
             batch,
@@ -267,17 +278,39 @@ pub fn run_case(case: &Case) -> Result<Value> {
     Ok(out)
 }
 
+/// How a benchmarked MLM training step runs.
+#[derive(Debug, Clone, Copy)]
+pub struct StepHow {
+    pub head: Head,
+    /// Data-parallel shards (0 = one per core).
+    pub shards: usize,
+    pub fused_optim: bool,
+}
+
+impl StepHow {
+    /// The trainer's way: head at masked positions, no shards, fused AdamW.
+    pub const TRAINER: StepHow = StepHow {
+        head: Head::Masked,
+        shards: 1,
+        fused_optim: true,
+    };
+}
+
 /// Median seconds of one MLM training step (forward, backward, AdamW) of a fresh model on
 /// random ids, 15% of positions masked, with the head run as `head` says.
 pub fn bigs_step_seconds(
     cfg: &BigsConfig,
     batch: usize,
     l: usize,
-    head: Head,
+    how: StepHow,
     reps: usize,
-    shards: usize,
     dev: &Device,
 ) -> Result<f64> {
+    let StepHow {
+        head,
+        shards,
+        fused_optim,
+    } = how;
     let dev = dev.clone();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let (model, varmap) = build_bigs(cfg, DType::F32, &dev, &mut rng)?;
@@ -290,6 +323,7 @@ pub fn bigs_step_seconds(
         optim.beta2,
         optim.eps,
     )?;
+    opt.fused = fused_optim;
     let ids: Vec<u32> = (0..batch * l)
         .map(|_| rng.random_range(5..cfg.vocab_size as u32))
         .collect();
@@ -351,17 +385,16 @@ pub fn bigs_step_seconds(
     timed(reps, &mut step)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn bigs_train(
     cfg: &BigsConfig,
     batch: usize,
     l: usize,
-    head: Head,
+    how: StepHow,
     reps: usize,
-    shards: usize,
     dev: &Device,
 ) -> Result<Value> {
-    let step_s = bigs_step_seconds(cfg, batch, l, head, reps, shards, dev)?;
+    let step_s = bigs_step_seconds(cfg, batch, l, how, reps, dev)?;
+    let (head, shards) = (how.head, how.shards);
     let per = masked_per_seq(l);
     let tokens = batch * l;
     let head_positions = match head {
@@ -373,7 +406,8 @@ fn bigs_train(
     Ok(
         json!({"step_s": step_s, "tokens_per_s": tokens as f64 / step_s,
               "s_per_token": step_s / tokens as f64, "batch": batch, "seq_len": l,
-              "head": head, "shards": shards, "flops_per_step": flops,
+              "head": head, "shards": shards, "fused_optim": how.fused_optim,
+              "flops_per_step": flops,
               "parameters": cfg.num_parameters()}),
     )
 }
@@ -391,6 +425,7 @@ pub fn cases() -> Vec<Case> {
             head: Head::Masked,
             reps: 3,
             shards: 1,
+            unfused_optim: false,
         });
     }
     for l in [128, 512] {
@@ -403,6 +438,7 @@ pub fn cases() -> Vec<Case> {
                 head,
                 reps: if l == 512 && head == Head::All { 2 } else { 3 },
                 shards: 1,
+                unfused_optim: false,
             });
         }
     }
@@ -414,6 +450,17 @@ pub fn cases() -> Vec<Case> {
         head: Head::Masked,
         reps: 3,
         shards: 0,
+        unfused_optim: false,
+    });
+    v.push(Case::BigsTrain {
+        name: "reference L=128 head=masked unfused AdamW".into(),
+        model: reference_bigs(512),
+        batch: 16,
+        seq_len: 128,
+        head: Head::Masked,
+        reps: 3,
+        shards: 1,
+        unfused_optim: true,
     });
     for l in SCALING_LENGTHS {
         v.push(Case::BigsTrain {
@@ -424,6 +471,7 @@ pub fn cases() -> Vec<Case> {
             head: Head::None,
             reps: 2,
             shards: 1,
+            unfused_optim: false,
         });
     }
     for shards in [1, 0] {
@@ -576,6 +624,13 @@ pub fn summaries(results: &[Value]) -> Vec<Value> {
             "tokens_per_s",
         ));
     }
+    v.extend(ratio(
+        results,
+        "fused in-place AdamW instead of tensor ops, BiGS reference L=128",
+        "reference L=128 head=masked",
+        "reference L=128 head=masked unfused AdamW",
+        "tokens_per_s",
+    ));
     v.extend(ratio(
         results,
         "data-parallel shards instead of op-parallel threads, BiGS reference L=128",

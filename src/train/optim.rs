@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, DType, Layout, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::engine::{EngineError, Result};
 
@@ -26,25 +27,32 @@ pub struct AdamW {
     pub eps: f64,
     /// Steps taken so far.
     pub t: u64,
+    /// Update f32/f64 CPU parameters with three in-place passes (moments, then the weights)
+    /// instead of a dozen tensor ops each allocating a new tensor (the default; the bench
+    /// measures both).
+    pub fused: bool,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
 }
 
 impl AdamW {
     pub fn new(params: Vec<Param>, beta1: f64, beta2: f64, eps: f64) -> Result<Self> {
-        let m = params
-            .iter()
-            .map(|p| p.var.as_tensor().zeros_like())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let v = m.clone();
+        // Separate buffers: the fused update writes the moments in place.
+        let zeros = || {
+            params
+                .iter()
+                .map(|p| p.var.as_tensor().zeros_like())
+                .collect::<candle_core::Result<Vec<_>>>()
+        };
         Ok(Self {
+            m: zeros()?,
+            v: zeros()?,
             params,
             beta1,
             beta2,
             eps,
             t: 0,
-            m,
-            v,
+            fused: true,
         })
     }
 
@@ -55,11 +63,37 @@ impl AdamW {
         let c1 = 1.0 - b1.powi(self.t as i32);
         let c2 = 1.0 - b2.powi(self.t as i32);
         for (i, (p, g)) in self.params.iter().zip(grads).enumerate() {
+            let lr_p = lr * p.lr_scale;
+            let w = p.var.as_tensor();
+            if self.fused && fusable(w) && g.dtype() == w.dtype() {
+                let g = g.contiguous()?;
+                self.m[i].inplace_op2(
+                    &g,
+                    &MomentOp {
+                        beta: b1,
+                        square: false,
+                    },
+                )?;
+                self.v[i].inplace_op2(
+                    &g,
+                    &MomentOp {
+                        beta: b2,
+                        square: true,
+                    },
+                )?;
+                let op = UpdateOp {
+                    lr: lr_p,
+                    c1,
+                    c2,
+                    eps: self.eps,
+                    keep: 1.0 - lr_p * p.weight_decay,
+                };
+                w.inplace_op3(&self.m[i], &self.v[i], &op)?;
+                continue;
+            }
             let m = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
             let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let lr_p = lr * p.lr_scale;
             let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.eps)?)?;
-            let w = p.var.as_tensor();
             let decayed = if p.weight_decay > 0.0 {
                 (w * (1.0 - lr_p * p.weight_decay))?
             } else {
@@ -109,10 +143,148 @@ impl AdamW {
                         found: t.dims().to_vec(),
                     });
                 }
-                slot[i] = t.to_dtype(p.var.dtype())?;
+                // a copy: the fused update writes the moments in place
+                slot[i] = t.to_dtype(p.var.dtype())?.copy()?;
             }
         }
         self.t = t;
+        Ok(())
+    }
+}
+
+/// Whether a tensor can take the fused in-place update.
+fn fusable(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64) && t.is_contiguous()
+}
+
+/// The contiguous elements of a storage as `&[T]` / `&mut [T]` for a contiguous layout.
+macro_rules! slices {
+    ($s:expr, $l:expr, $variant:ident) => {
+        match $s {
+            CpuStorage::$variant(v) => {
+                Some(&v[$l.start_offset()..$l.start_offset() + $l.shape().elem_count()])
+            }
+            _ => None,
+        }
+    };
+}
+
+/// `m ← β·m + (1 − β)·g` (or `g²` for the second moment), in place.
+struct MomentOp {
+    beta: f64,
+    square: bool,
+}
+
+const CHUNK: usize = 1 << 14;
+
+impl candle_core::InplaceOp2 for MomentOp {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        if !l1.is_contiguous() || !l2.is_contiguous() {
+            candle_core::bail!("adamw-moment: contiguous operands only");
+        }
+        let (o1, n) = (l1.start_offset(), l1.shape().elem_count());
+        macro_rules! run {
+            ($t:ty, $m:expr, $g:expr) => {{
+                let (b, sq) = (self.beta as $t, self.square);
+                $m[o1..o1 + n]
+                    .par_chunks_mut(CHUNK)
+                    .zip($g.par_chunks(CHUNK))
+                    .for_each(|(m, g)| {
+                        for (m, &g) in m.iter_mut().zip(g) {
+                            let x = if sq { g * g } else { g };
+                            *m = b * *m + (1.0 - b) * x;
+                        }
+                    });
+            }};
+        }
+        match s1 {
+            CpuStorage::F32(m) => {
+                let g = slices!(s2, l2, F32)
+                    .ok_or_else(|| candle_core::Error::Msg("adamw-moment: dtypes differ".into()))?;
+                run!(f32, m, g)
+            }
+            CpuStorage::F64(m) => {
+                let g = slices!(s2, l2, F64)
+                    .ok_or_else(|| candle_core::Error::Msg("adamw-moment: dtypes differ".into()))?;
+                run!(f64, m, g)
+            }
+            _ => candle_core::bail!("adamw-moment: f32 or f64 only"),
+        }
+        Ok(())
+    }
+}
+
+/// `p ← keep·p − lr·(m/c₁)/(√(v/c₂) + ε)`, in place (`keep = 1 − lr·wd`).
+struct UpdateOp {
+    lr: f64,
+    c1: f64,
+    c2: f64,
+    eps: f64,
+    keep: f64,
+}
+
+impl candle_core::InplaceOp3 for UpdateOp {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        if !l1.is_contiguous() || !l2.is_contiguous() || !l3.is_contiguous() {
+            candle_core::bail!("adamw-update: contiguous operands only");
+        }
+        let (o1, n) = (l1.start_offset(), l1.shape().elem_count());
+        let bad = || candle_core::Error::Msg("adamw-update: dtypes differ".into());
+        macro_rules! run {
+            ($t:ty, $p:expr, $m:expr, $v:expr) => {{
+                let (lr, c1, c2, eps, keep) = (
+                    self.lr as $t,
+                    self.c1 as $t,
+                    self.c2 as $t,
+                    self.eps as $t,
+                    self.keep as $t,
+                );
+                $p[o1..o1 + n]
+                    .par_chunks_mut(CHUNK)
+                    .zip($m.par_chunks(CHUNK))
+                    .zip($v.par_chunks(CHUNK))
+                    .for_each(|((p, m), v)| {
+                        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                            *p = keep * *p - lr * ((m / c1) / ((v / c2).sqrt() + eps));
+                        }
+                    });
+            }};
+        }
+        match s1 {
+            CpuStorage::F32(p) => {
+                let m = slices!(s2, l2, F32).ok_or_else(bad)?;
+                let v = slices!(s3, l3, F32).ok_or_else(bad)?;
+                run!(f32, p, m, v)
+            }
+            CpuStorage::F64(p) => {
+                let m = slices!(s2, l2, F64).ok_or_else(bad)?;
+                let v = slices!(s3, l3, F64).ok_or_else(bad)?;
+                run!(f64, p, m, v)
+            }
+            _ => candle_core::bail!("adamw-update: f32 or f64 only"),
+        }
         Ok(())
     }
 }

@@ -92,6 +92,7 @@ fn each_kind_of_case_runs_and_reports() {
             head,
             reps: 1,
             shards: 2,
+            unfused_optim: head == Head::All,
         })
         .unwrap();
         assert!(r["step_s"].as_f64().unwrap() > 0.0, "{r}");
