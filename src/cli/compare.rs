@@ -196,7 +196,9 @@ fn print_scaling(a: &CompareArgs, models: &[(String, BigsConfig)]) -> anyhow::Re
         );
     } else {
         match x {
-            Some(l) => println!("{b} is cheaper per token than {t} from L = {l}"),
+            Some(l) => println!(
+                "{b} is cheaper per token than {t} from L = {l} on (every longer L measured)"
+            ),
             None => println!("{b} is not cheaper per token than {t} at any measured length"),
         }
     }

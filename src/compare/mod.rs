@@ -6,7 +6,7 @@
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::bench::suite::{Head, bigs_step_seconds};
+use crate::bench::suite::{StepHow, bigs_step_seconds};
 use crate::engine::bigs::{BigsConfig, Encoder};
 use crate::runs::index::RunSummary;
 use crate::train::RunConfig;
@@ -90,7 +90,7 @@ pub fn scaling(
             let mut cfg = cfg.clone();
             cfg.max_position_embeddings = cfg.max_position_embeddings.max(l);
             let batch = (tokens / l).max(1);
-            let s = bigs_step_seconds(&cfg, batch, l, Head::Masked, reps, 1, &Device::Cpu)?;
+            let s = bigs_step_seconds(&cfg, batch, l, StepHow::TRAINER, reps, &Device::Cpu)?;
             let p = ScalingPoint {
                 model: name.clone(),
                 seq_len: l,
@@ -107,8 +107,9 @@ pub fn scaling(
     Ok(out)
 }
 
-/// The first length at which the BiGS model's time per token is below the attention model's
-/// (None if it never is among the points).
+/// The smallest measured length from which the BiGS model's time per token stays below the
+/// attention model's at every longer measured length (None if it is not cheaper at the
+/// longest). Measurement noise near the crossover cannot make it claim too early.
 pub fn crossover(points: &[ScalingPoint], bigs: &str, attention: &str) -> Option<usize> {
     let at = |m: &str, l: usize| {
         points
@@ -119,8 +120,15 @@ pub fn crossover(points: &[ScalingPoint], bigs: &str, attention: &str) -> Option
     let mut ls: Vec<usize> = points.iter().map(|p| p.seq_len).collect();
     ls.sort_unstable();
     ls.dedup();
-    ls.into_iter()
-        .find(|&l| matches!((at(bigs, l), at(attention, l)), (Some(b), Some(a)) if b < a))
+    let mut from = None;
+    for l in ls.into_iter().rev() {
+        match (at(bigs, l), at(attention, l)) {
+            (Some(b), Some(a)) if b < a => from = Some(l),
+            (Some(_), Some(_)) => break,
+            _ => {}
+        }
+    }
+    from
 }
 
 /// The two models of a preset pair (`bigs-tiny,bert-tiny`), checked to be one BiGS and one

@@ -173,7 +173,7 @@ fn the_pair_has_equal_parameters_and_the_formulas_hold() {
 }
 
 #[test]
-fn crossover_is_the_first_length_where_bigs_is_cheaper() {
+fn crossover_is_where_bigs_stays_cheaper() {
     let p = |m: &str, l, s| ScalingPoint {
         model: m.into(),
         seq_len: l,
@@ -190,6 +190,18 @@ fn crossover_is_the_first_length_where_bigs_is_cheaper() {
     ];
     assert_eq!(crossover(&pts, "b", "a"), Some(2048));
     assert_eq!(crossover(&pts[..4], "b", "a"), None);
+    // noise near the crossover: cheaper at 32, not at 64, cheaper from 128 on
+    let noisy = vec![
+        p("b", 32, 1.0),
+        p("a", 32, 1.1),
+        p("b", 64, 1.0),
+        p("a", 64, 0.9),
+        p("b", 128, 1.0),
+        p("a", 128, 1.2),
+        p("b", 256, 1.0),
+        p("a", 256, 1.5),
+    ];
+    assert_eq!(crossover(&noisy, "b", "a"), Some(128));
 }
 
 fn write_pair(dir: &Path) {
