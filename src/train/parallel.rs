@@ -2,10 +2,12 @@
 //! forward and backward pass on its own thread, and the shards' gradients are summed.
 //!
 //! Why: candle's CPU ops parallelise each op over the cores, which pays off for big matmuls
-//! but not for the many small element-wise ops of a small model (a DiffuSSM step at batch 32
-//! ran no faster on 2 threads than on 1). One single-threaded shard per core keeps every core
-//! busy for the whole step instead. Shards only pay off when candle's own pools are single
-//! threaded ([`single_threaded_ops`]); otherwise the shards queue on candle's op pool.
+//! but less for the many small element-wise ops of a small model. One single-threaded shard
+//! per core keeps every core busy for the whole step instead. Which is faster depends on the
+//! model and the machine (`ssmlab bench` measures both; on the 2-core CI machine they were
+//! within noise of each other for DiffuSSM and shards were 0.89× for the reference BiGS).
+//! Shards only make sense when candle's own pools are single threaded
+//! ([`single_threaded_ops`]); otherwise the shards queue on candle's op pool.
 
 use std::ops::Range;
 
