@@ -185,3 +185,22 @@ pub fn diffusion_init_run_with(
     std::fs::write(run.join("step-0/config.json"), cfg.model.to_json()).unwrap();
     run
 }
+
+/// One frame of the whole TUI at `w`×`h` in a headless buffer: the text (lines trimmed at the
+/// right) and the buffer (for styles).
+pub fn render_frame(
+    app: &ssmlab::tui::app::App,
+    w: u16,
+    h: u16,
+) -> (String, ratatui::buffer::Buffer) {
+    let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(w, h)).unwrap();
+    term.draw(|f| ssmlab::tui::views::draw(f, app)).unwrap();
+    let buf = term.backend().buffer().clone();
+    let mut s = String::new();
+    for y in 0..h {
+        let line: String = (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect();
+        s += line.trim_end();
+        s.push('\n');
+    }
+    (s, buf)
+}

@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use ratatui::Terminal;
-use ratatui::backend::TestBackend;
 use ssmlab::compare::{ScalingPoint, crossover, flops_per_token, preset_pair, run_row};
 use ssmlab::engine::attention::softmax_last;
 use ssmlab::engine::bigs::{BigsConfig, Encoder, Mode, build_bigs};
@@ -227,15 +225,7 @@ fn write_pair(dir: &Path) {
 }
 
 fn render(app: &App, w: u16, h: u16) -> String {
-    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
-    term.draw(|f| ssmlab::tui::views::draw(f, app)).unwrap();
-    let buf = term.backend().buffer().clone();
-    (0..h)
-        .map(|y| {
-            let line: String = (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect();
-            line.trim_end().to_string() + "\n"
-        })
-        .collect()
+    crate::common::render_frame(app, w, h).0
 }
 
 #[test]

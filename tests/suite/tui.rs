@@ -7,8 +7,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use ratatui::Terminal;
-use ratatui::backend::TestBackend;
 use ssmlab::probe::{Candidate, MaskPrediction, ProbeOutput, TargetScore};
 use ssmlab::runs::index::RunsIndex;
 use ssmlab::runs::{Metric, RunDir, RunState, Status, unix_now};
@@ -107,16 +105,7 @@ fn fixture_app() -> (tempfile::TempDir, App) {
 }
 
 fn render(app: &App, w: u16, h: u16) -> String {
-    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
-    term.draw(|f| ssmlab::tui::views::draw(f, app)).unwrap();
-    let buf = term.backend().buffer().clone();
-    let mut s = String::new();
-    for y in 0..h {
-        let line: String = (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect();
-        s += line.trim_end();
-        s.push('\n');
-    }
-    s
+    crate::common::render_frame(app, w, h).0
 }
 
 fn key(c: char) -> KeyEvent {

@@ -8,8 +8,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use ratatui::Terminal;
-use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::Color;
@@ -160,16 +158,7 @@ fn fixture_app(runs: &Path) -> App {
 }
 
 fn render(app: &App, w: u16, h: u16) -> (String, Buffer) {
-    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
-    term.draw(|f| ssmlab::tui::views::draw(f, app)).unwrap();
-    let buf = term.backend().buffer().clone();
-    let mut s = String::new();
-    for y in 0..h {
-        let line: String = (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect();
-        s += line.trim_end();
-        s.push('\n');
-    }
-    (s, buf)
+    crate::common::render_frame(app, w, h)
 }
 
 fn key(c: char) -> KeyEvent {
