@@ -73,6 +73,11 @@ pub enum KernelsError {
          is this a BiGS or DiffuSSM config.json?"
     )]
     UnknownFamily { path: PathBuf, model_type: String },
+    #[error(
+        "{path}: an attention model (BERT baseline) has no SSM kernels; the kernel view is for \
+         BiGS and DiffuSSM models"
+    )]
+    Attention { path: PathBuf },
 }
 
 impl From<candle_core::Error> for KernelsError {
@@ -661,6 +666,9 @@ pub fn open_source(files: &ModelFiles) -> Result<Box<dyn KernelSource>> {
                 &files.weights,
             )?))
         }
+        "bert" => Err(KernelsError::Attention {
+            path: files.config.clone(),
+        }),
         other => Err(KernelsError::UnknownFamily {
             path: files.config.clone(),
             model_type: other.into(),

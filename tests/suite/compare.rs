@@ -365,6 +365,17 @@ fn a_preset_pair_trains_side_by_side_and_both_probe() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // the kernel view has nothing to show for attention, and says so
+    let bert = runs.join("bert-smoke");
+    let out = ssmlab(
+        &["kernels", "--model", bert.to_str().unwrap()],
+        Path::new(root),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("attention model (BERT baseline) has no SSM kernels")
+    );
     // the table from existing runs, as JSON
     let out = ssmlab(
         &[
