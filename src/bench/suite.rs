@@ -73,7 +73,14 @@ pub enum Case {
         reps: usize,
     },
     /// GELU forward + backward over `n` values: the fused op or candle's own.
-    Gelu { fused: bool, n: usize, reps: usize },
+    Gelu {
+        fused: bool,
+        /// Exact (erf; loaded checkpoints) or tanh (what the BiGS presets train with).
+        #[serde(default)]
+        gelu: Gelu,
+        n: usize,
+        reps: usize,
+    },
 }
 
 impl Case {
@@ -83,9 +90,13 @@ impl Case {
             Case::BigsTrain { name, .. } | Case::DiffussmTrain { name, .. } => name.clone(),
             Case::DiffussmSample { n, steps } => format!("diffussm sample {n}×{steps} DDIM"),
             Case::Conv { path, l, .. } => format!("conv {} L={l}", path_name(*path)),
-            Case::Gelu { fused, .. } => {
-                format!("gelu {}", if *fused { "fused" } else { "candle" })
-            }
+            Case::Gelu {
+                fused, gelu: kind, ..
+            } => format!(
+                "gelu {} {}",
+                if *kind == Gelu::Tanh { "tanh" } else { "exact" },
+                if *fused { "fused" } else { "candle" }
+            ),
         }
     }
 }
@@ -255,13 +266,19 @@ pub fn run_case(case: &Case) -> Result<Value> {
             })?;
             json!({"seconds": s})
         }
-        Case::Gelu { fused, n, reps } => {
+        Case::Gelu {
+            fused,
+            gelu: kind,
+            n,
+            reps,
+        } => {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., *n, &dev)?)?;
             let s = timed(*reps, || {
-                let y = if *fused {
-                    fused::gelu(x.as_tensor(), Gelu::Exact)?
-                } else {
-                    x.as_tensor().gelu_erf()?
+                let x = x.as_tensor();
+                let y = match (*fused, kind) {
+                    (true, k) => fused::gelu(x, *k)?,
+                    (false, Gelu::Exact) => x.gelu_erf()?,
+                    (false, Gelu::Tanh) => x.gelu()?,
                 };
                 y.sum_all()?.backward()?;
                 Ok(())
@@ -501,12 +518,15 @@ pub fn cases() -> Vec<Case> {
             });
         }
     }
-    for fused in [true, false] {
-        v.push(Case::Gelu {
-            fused,
-            n: 1 << 22,
-            reps: 5,
-        });
+    for kind in [Gelu::Tanh, Gelu::Exact] {
+        for fused in [true, false] {
+            v.push(Case::Gelu {
+                fused,
+                gelu: kind,
+                n: 1 << 22,
+                reps: 5,
+            });
+        }
     }
     v
 }
@@ -654,13 +674,15 @@ pub fn summaries(results: &[Value]) -> Vec<Value> {
             "seconds",
         ));
     }
-    v.extend(ratio(
-        results,
-        "fused GELU (one-pass backward) instead of candle's",
-        "gelu fused",
-        "gelu candle",
-        "seconds",
-    ));
+    for kind in ["tanh", "exact"] {
+        v.extend(ratio(
+            results,
+            &format!("fused {kind} GELU (one-pass backward) instead of candle's"),
+            &format!("gelu {kind} fused"),
+            &format!("gelu {kind} candle"),
+            "seconds",
+        ));
+    }
     let points: Vec<(usize, f64)> = SCALING_LENGTHS
         .iter()
         .filter_map(|&l| {

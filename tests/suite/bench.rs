@@ -58,7 +58,8 @@ fn the_suite_has_every_case_of_the_issue() {
         "diffussm sample 16×50 DDIM",
         "conv fft L=512",
         "conv dense L=2048",
-        "gelu fused",
+        "gelu tanh fused",
+        "gelu exact candle",
     ] {
         assert!(has(s), "missing {s} in {labels:?}");
     }
@@ -111,6 +112,7 @@ fn each_kind_of_case_runs_and_reports() {
         },
         Case::Gelu {
             fused: true,
+            gelu: ssmlab::engine::nn::Gelu::Tanh,
             n: 1000,
             reps: 1,
         },
@@ -201,9 +203,12 @@ fn the_suite_runs_cases_in_child_processes_and_prints_json_lines() {
         cases,
         [
             "matmul 2048³",
-            "gelu fused",
-            "gelu candle",
-            "ratio: fused GELU (one-pass backward) instead of candle's"
+            "gelu tanh fused",
+            "gelu tanh candle",
+            "gelu exact fused",
+            "gelu exact candle",
+            "ratio: fused tanh GELU (one-pass backward) instead of candle's",
+            "ratio: fused exact GELU (one-pass backward) instead of candle's"
         ]
     );
     assert!(lines[0]["gflops"].as_f64().unwrap() > 0.1);
