@@ -185,15 +185,9 @@ fn ratios_scaling_and_table_come_from_the_results() {
 
 #[test]
 fn the_suite_runs_cases_in_child_processes_and_prints_json_lines() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ssmlab"))
-        .args(["bench", "--json", "--only", "gelu"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = crate::common::ssmlab(&["bench", "--json", "--only", "gelu"], here);
+    crate::common::assert_ok(&out);
     let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -215,10 +209,7 @@ fn the_suite_runs_cases_in_child_processes_and_prints_json_lines() {
     assert!(lines[1]["peak_rss_mib"].as_f64().unwrap() > 1.0);
     assert!(String::from_utf8_lossy(&out.stderr).contains("peak MiB"));
     // a bad spec is one clear line
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_ssmlab"))
-        .args(["bench", "case", "{\"kind\":\"nope\"}"])
-        .output()
-        .unwrap();
+    let bad = crate::common::ssmlab(&["bench", "case", "{\"kind\":\"nope\"}"], here);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a case spec"));
 }

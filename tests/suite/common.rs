@@ -142,17 +142,11 @@ pub fn smoke_diffusion_run() -> &'static std::path::Path {
         let runs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernels-diffussm-runs");
         let _ = std::fs::remove_dir_all(&runs);
         std::fs::create_dir_all(&runs).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ssmlab"))
-            .args(["train", "--preset", "diffussm-smoke", "--runs-dir"])
-            .arg(&runs)
-            .current_dir(&runs)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let dir = runs.to_str().unwrap();
+        assert_ok(&ssmlab(
+            &["train", "--preset", "diffussm-smoke", "--runs-dir", dir],
+            &runs,
+        ));
         runs.join("diffussm-smoke")
     })
 }
@@ -203,4 +197,34 @@ pub fn render_frame(
         s.push('\n');
     }
     (s, buf)
+}
+
+/// Runs the `ssmlab` binary with `args` in `cwd` and returns its output.
+pub fn ssmlab(args: &[&str], cwd: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ssmlab"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+/// Asserts that a run of the binary succeeded (showing its stderr if not).
+pub fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An app over `runs` with the default keymap and the dark theme, as `ssmlab` starts.
+pub fn app_over(runs: Vec<ssmlab::runs::index::RunSummary>) -> ssmlab::tui::app::App {
+    let (keymap, _) = ssmlab::tui::keymap::Keymap::new(&Default::default());
+    let mut app = ssmlab::tui::app::App::new(
+        PathBuf::from("checkpoints"),
+        keymap,
+        ssmlab::tui::theme::Theme::builtin("dark").unwrap(),
+    );
+    app.set_runs(runs);
+    app
 }

@@ -1,7 +1,7 @@
 //! The attention baseline and the comparison: attention gradients against finite differences,
 //! parameter and FLOP formulas, the preset pair, the crossover, and the Compare view.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
@@ -13,10 +13,9 @@ use ssmlab::runs::index::RunsIndex;
 use ssmlab::runs::{Metric, RunDir};
 use ssmlab::train::presets::preset;
 use ssmlab::tui::app::{App, View};
-use ssmlab::tui::keymap::Keymap;
-use ssmlab::tui::theme::Theme;
 
 use crate::common::fd_check;
+use crate::common::ssmlab;
 
 fn tiny_bert(pre_norm: bool) -> BigsConfig {
     let mut c = preset("bert-tiny").unwrap().model;
@@ -239,13 +238,7 @@ fn compare_view_shows_the_table_overlay_and_scaling() {
         ("bert", 81920, Some(8000.0))
     );
     assert!((row.eval_acc.unwrap() - 0.19).abs() < 1e-12);
-    let (keymap, _) = Keymap::new(&Default::default());
-    let mut app = App::new(
-        PathBuf::from("checkpoints"),
-        keymap,
-        Theme::builtin("dark").unwrap(),
-    );
-    app.set_runs(runs);
+    let mut app = crate::common::app_over(runs);
     app.view = View::Compare;
     let s = render(&app, 80, 24);
     assert!(s.contains("press s"), "{s}");
@@ -304,14 +297,6 @@ fn compare_view_shows_the_table_overlay_and_scaling() {
         s.contains("bert-tiny") && !s.lines().nth(3).unwrap().contains("bigs-tiny"),
         "{s}"
     );
-}
-
-fn ssmlab(args: &[&str], cwd: &Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_ssmlab"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap()
 }
 
 #[test]

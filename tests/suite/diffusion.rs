@@ -2,7 +2,6 @@
 //! gradients, and a whole (tiny) training run through the binary.
 
 use std::path::Path;
-use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -16,6 +15,7 @@ use ssmlab::engine::init::normal;
 use ssmlab::engine::ssm::KernelMode;
 use ssmlab::runs::samples::list_sample_sets;
 
+use crate::common::ssmlab;
 use crate::common::{fd_check, fixture, max_abs};
 
 fn tiny(kernel: KernelMode, patch: usize, hourglass: usize) -> DiffussmConfig {
@@ -301,14 +301,6 @@ fn config_errors_name_the_field() {
     c.hourglass = 2;
     c.patch_size = 5;
     assert!(c.validate().unwrap_err().to_string().contains("patch_size"));
-}
-
-fn ssmlab(args: &[&str], cwd: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ssmlab"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap()
 }
 
 #[test]

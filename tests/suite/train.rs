@@ -9,6 +9,8 @@ use ssmlab::runs::{RunDir, RunState, read_metrics};
 use ssmlab::train::presets::preset;
 use ssmlab::train::{Outcome, RunConfig, Trainer};
 
+use crate::common::ssmlab;
+
 fn smoke(steps: u64) -> RunConfig {
     let mut c = preset("bigs-smoke").unwrap();
     c.train.steps = steps;
@@ -148,14 +150,6 @@ fn spawn_smoke(runs: &Path, sets: &[&str]) -> (std::process::Child, RunDir) {
             path: runs.join("bigs-smoke"),
         },
     )
-}
-
-fn ssmlab(args: &[&str], cwd: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ssmlab"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap()
 }
 
 #[test]

@@ -93,13 +93,7 @@ fn fixture_app() -> (tempfile::TempDir, App) {
             s.pid = 4242; // the liveness check is done; pin what the snapshots show
         }
     }
-    let (keymap, _) = Keymap::new(&Default::default());
-    let mut app = App::new(
-        PathBuf::from("checkpoints"),
-        keymap,
-        Theme::builtin("dark").unwrap(),
-    );
-    app.set_runs(runs);
+    let mut app = crate::common::app_over(runs);
     app.probe.a.model = Some(PathBuf::from("checkpoints/bigs-mobydick"));
     (tmp, app)
 }

@@ -19,8 +19,6 @@ use ssmlab::runs::{RunDir, RunState, Status, unix_now};
 use ssmlab::train::presets::preset;
 use ssmlab::tui::app::{App, Effect, View};
 use ssmlab::tui::image::{HalfBlocks, Picture, Protocol, fit, resample};
-use ssmlab::tui::keymap::Keymap;
-use ssmlab::tui::theme::Theme;
 use ssmlab::tui::views::samples::{SampleEvent, SampleRequest, spawn_sample_worker};
 
 const ROWS: usize = 4;
@@ -147,14 +145,7 @@ fn fixture_app(runs: &Path) -> App {
     for r in &mut rs {
         r.age_s = Some(3.0);
     }
-    let (keymap, _) = Keymap::new(&Default::default());
-    let mut app = App::new(
-        PathBuf::from("checkpoints"),
-        keymap,
-        Theme::builtin("dark").unwrap(),
-    );
-    app.set_runs(rs);
-    app
+    crate::common::app_over(rs)
 }
 
 fn render(app: &App, w: u16, h: u16) -> (String, Buffer) {
