@@ -322,6 +322,32 @@ const BIGS_HINT: &str = "kernels need a BiGS checkpoint with \
     bigs.encoder.layer.N.{fs4,bs4}.kernel.{A_re,A_im,C,log_step}; pass a run directory, a step-N/ \
     checkpoint or a BiGS Hugging Face directory";
 
+/// Tensor `name` of a checkpoint (`path`), which must have `shape`: a missing one is
+/// `NoSsm` with `hint`, a mis-shaped one a shape mismatch naming it.
+fn pick(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+    hint: &'static str,
+) -> Result<Tensor> {
+    let t = tensors.get(name).ok_or_else(|| KernelsError::NoSsm {
+        path: path.into(),
+        tensor: name.to_string(),
+        hint,
+    })?;
+    if t.dims() != shape {
+        return Err(EngineError::ShapeMismatch {
+            path: path.into(),
+            name: name.to_string(),
+            expected: shape.to_vec(),
+            found: t.dims().to_vec(),
+        }
+        .into());
+    }
+    Ok(t.clone())
+}
+
 /// The tensor names of one BiGS SSM.
 fn bigs_names(layer: usize, dir: &str) -> [String; 5] {
     let p = format!("bigs.encoder.layer.{layer}.{dir}");
@@ -347,21 +373,8 @@ impl BigsSource {
         for layer in 0..cfg.num_hidden_layers {
             for dir in ["fs4", "bs4"] {
                 for (name, shape) in bigs_names(layer, dir).into_iter().zip(&shapes) {
-                    let t = tensors.get(&name).ok_or_else(|| KernelsError::NoSsm {
-                        path: path.into(),
-                        tensor: name.clone(),
-                        hint: BIGS_HINT,
-                    })?;
-                    if t.dims() != shape.as_slice() {
-                        return Err(EngineError::ShapeMismatch {
-                            path: path.into(),
-                            name,
-                            expected: shape.clone(),
-                            found: t.dims().to_vec(),
-                        }
-                        .into());
-                    }
-                    picked.insert(name, t.clone());
+                    let t = pick(tensors, path, &name, shape, BIGS_HINT)?;
+                    picked.insert(name, t);
                 }
             }
         }
@@ -484,21 +497,8 @@ impl DiffussmSource {
             for dir in ["ssm_fwd", "ssm_bwd"] {
                 for (leaf, shape) in diffussm_names(&cfg) {
                     let name = format!("blocks.{i}.{dir}.{leaf}");
-                    let t = tensors.get(&name).ok_or_else(|| KernelsError::NoSsm {
-                        path: weights.into(),
-                        tensor: name.clone(),
-                        hint: DIFFUSSM_HINT,
-                    })?;
-                    if t.dims() != shape.as_slice() {
-                        return Err(EngineError::ShapeMismatch {
-                            path: weights.into(),
-                            name,
-                            expected: shape,
-                            found: t.dims().to_vec(),
-                        }
-                        .into());
-                    }
-                    picked.insert(name, t.clone());
+                    let t = pick(tensors, weights, &name, &shape, DIFFUSSM_HINT)?;
+                    picked.insert(name, t);
                 }
             }
         }
