@@ -11,10 +11,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::attention::AttentionLayer;
-use super::conv::{ConvPath, causal_conv_blc};
+use super::conv::{ConvPath, causal_conv_blc, resolve_path, toeplitz};
 use super::error::{EngineError, Result};
 use super::init::{AInit, a_init_full, dropout_mask, normal, tensor_f64, uniform};
 use super::nn::{Embedding, Gelu, LayerNorm, Linear, Module, embedding, linear};
+use super::rowops::{bias_act, bias_mul, bias_residual, gelu_bias_mul};
 use super::s4d::bigs_kernel;
 use super::weights::{LoadReport, load_varmap, read_checkpoint};
 
@@ -330,6 +331,35 @@ impl BigsSsm {
         let y = causal_conv_blc(u, &k, self.conv)?;
         Ok((y + u.broadcast_mul(&self.d)?)?)
     }
+
+    /// The same on rows `u` (B·L, H) of `batch` sequences; `reverse` runs it anti-causally,
+    /// `y[t] = Σ_{j≥0} K[j] u[t+j] + D u[t]`, which equals flip ∘ forward ∘ flip without the
+    /// two copies. The skip is folded into the kernel (`K[0] + D`), so it costs no pass of its own.
+    pub fn forward_rows(&self, u: &Tensor, batch: usize, reverse: bool) -> Result<Tensor> {
+        let (rows, h) = u.dims2()?;
+        if batch == 0 || rows % batch != 0 {
+            return Err(EngineError::Input(format!(
+                "{rows} rows do not split into {batch} sequences"
+            )));
+        }
+        let l = rows / batch;
+        let k = self.kernel(l)?;
+        let mut e0 = vec![0f32; l];
+        e0[0] = 1.0;
+        let e0 = Tensor::new(e0, u.device())?.to_dtype(k.dtype())?;
+        let k = (k + e0.broadcast_mul(&self.d)?)?.unsqueeze(0)?;
+        let u3 = u.reshape((batch, l, h))?;
+        let y = match resolve_path(self.conv, &u3, 1, l) {
+            ConvPath::Fft if reverse => causal_conv_blc(&u3.flip(&[1])?, &k, ConvPath::Fft)?
+                .contiguous()?
+                .flip(&[1])?,
+            ConvPath::Fft => causal_conv_blc(&u3, &k, ConvPath::Fft)?,
+            // One (L, L) Toeplitz matrix for every sequence: lower-triangular for the causal
+            // direction, its transpose for the anti-causal one.
+            _ => toeplitz(&k, reverse)?.squeeze(0)?.broadcast_matmul(&u3)?,
+        };
+        Ok(y.reshape((rows, h))?)
+    }
 }
 
 /// One pre-norm BiGS layer.
@@ -370,22 +400,35 @@ impl BigsLayer {
 
     /// x (B, L, H) → x (B, L, H).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let act = |t: Tensor| self.act.apply(&t);
+        let (b, l, h) = x.dims3()?;
+        Ok(self
+            .forward_rows(&x.reshape((b * l, h))?, b)?
+            .reshape((b, l, h))?)
+    }
+
+    /// The layer on rows x (B·L, H) of `batch` sequences. Linear and flip commute along the
+    /// sequence, so the backward branch runs its SSM anti-causally instead of flipping; biases,
+    /// GELUs, the gate products and the residual are fused ops ([`super::rowops`]).
+    pub fn forward_rows(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
+        let k = Some(self.act);
         let h = if self.pre_norm {
             self.ln.forward(x)?
         } else {
             x.clone()
         };
-        let v = act(self.dv.forward(&h)?)?;
-        let uf = act(self.du_forward.forward(&h)?)?;
-        let ub = act(self.du_backward.forward(&h.flip(&[1])?)?)?;
-        let sf = self.fs4.forward(&uf)?;
-        let sb = self.bs4.forward(&ub)?;
-        let gf = self.duc_forward.forward(&sf)?;
-        let gb = self.duc_backward.forward(&sb)?.flip(&[1])?;
-        let z = act(self.dol.forward(&(gf * gb)?)?)?;
-        let out = self.do_.forward(&(z * v)?)?;
-        let y = (x + out)?;
+        let v = self.dv.forward_act(&h, k)?;
+        let uf = self.du_forward.forward_act(&h, k)?;
+        let ub = self.du_backward.forward_act(&h, k)?;
+        let sf = self.fs4.forward_rows(&uf, batch, false)?;
+        let sb = self.bs4.forward_rows(&ub, batch, true)?;
+        let g = bias_mul(
+            &self.duc_forward.raw(&sf)?,
+            self.duc_forward.bias()?,
+            &self.duc_backward.raw(&sb)?,
+            self.duc_backward.bias()?,
+        )?;
+        let zv = gelu_bias_mul(&self.dol.raw(&g)?, self.dol.bias()?, &v, self.act)?;
+        let y = bias_residual(&self.do_.raw(&zv)?, self.do_.bias()?, x)?;
         if self.pre_norm {
             Ok(y)
         } else {
@@ -540,8 +583,13 @@ impl BigsForMaskedLm {
             )?;
             x = (x * m)?;
         }
-        for layer in &self.layers {
-            x = layer.forward(&x)?;
+        if !self.layers.is_empty() {
+            let (b, l, h) = x.dims3()?;
+            let mut rows = x.reshape((b * l, h))?;
+            for layer in &self.layers {
+                rows = layer.forward_rows(&rows, b)?;
+            }
+            x = rows.reshape((b, l, h))?;
         }
         for layer in &self.attention_layers {
             x = layer.forward(&x)?;
@@ -570,7 +618,7 @@ impl BigsForMaskedLm {
 
     /// Head transform `LN(gelu(dense x))` of hidden states of any leading shape.
     pub fn head_transform(&self, hidden: &Tensor) -> Result<Tensor> {
-        let t = Gelu::Exact.apply(&self.head.dense.forward(hidden)?)?;
+        let t = self.head.dense.forward_act(hidden, Some(Gelu::Exact))?;
         self.head.ln.forward(&t)
     }
 
@@ -578,8 +626,16 @@ impl BigsForMaskedLm {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let t = self.head_transform(hidden)?;
         let w = self.embeddings.word.embeddings();
-        Ok(t.broadcast_matmul(&w.t()?)?
-            .broadcast_add(&self.head.bias)?)
+        let dims = t.dims().to_vec();
+        let (h, lead) = dims
+            .split_last()
+            .ok_or_else(|| EngineError::Input("MLM head applied to a scalar".into()))?;
+        let rows: usize = lead.iter().product();
+        let z = t.reshape((rows, *h))?.matmul(&w.t()?)?;
+        let z = bias_act(&z, &self.head.bias, None)?;
+        let mut out = lead.to_vec();
+        out.push(self.config.vocab_size);
+        Ok(z.reshape(out)?)
     }
 
     /// Logits only at `positions` (flat indices into B·L), (P, V): the head costs nothing at

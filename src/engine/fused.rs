@@ -17,7 +17,7 @@ const C: f64 = 0.044_715;
 
 /// GELU value and derivative at `x`, in f64.
 #[inline(always)]
-fn gelu_f64(kind: Gelu, x: f64) -> (f64, f64) {
+pub(crate) fn gelu_f64(kind: Gelu, x: f64) -> (f64, f64) {
     match kind {
         Gelu::Exact => {
             let cdf =
@@ -46,7 +46,7 @@ fn tanh_f32(u: f32) -> f32 {
 
 /// GELU value and derivative at `x`, in f32 (the tanh form in f32 arithmetic).
 #[inline(always)]
-fn gelu_f32(kind: Gelu, x: f32) -> (f32, f32) {
+pub(crate) fn gelu_f32(kind: Gelu, x: f32) -> (f32, f32) {
     match kind {
         Gelu::Exact => {
             let (v, d) = gelu_f64(kind, x as f64);

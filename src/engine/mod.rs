@@ -11,6 +11,7 @@ pub mod error;
 pub mod fused;
 pub mod init;
 pub mod nn;
+pub mod rowops;
 pub mod s4d;
 pub mod ssm;
 pub mod weights;

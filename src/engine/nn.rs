@@ -1,7 +1,7 @@
 //! Layers written from differentiable ops. candle-nn's fused LayerNorm/RmsNorm/softmax have no
 //! backward (see `candle-notes.md`): everything here passes gradients to every parameter.
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -29,19 +29,39 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, None)
+    }
+
+    /// `act(x Wᵀ + b)` with the bias (and GELU) fused into one op ([`super::rowops`]).
+    pub fn forward_act(&self, x: &Tensor, act: Option<Gelu>) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (last, lead) = dims
             .split_last()
             .ok_or_else(|| super::EngineError::Input("linear layer applied to a scalar".into()))?;
         let rows: usize = lead.iter().product();
-        let y = x.reshape((rows, *last))?.matmul(&self.weight.t()?)?;
+        let y = self.raw(&x.reshape((rows, *last))?)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+            Some(b) => super::rowops::bias_act(&y, b, act)?,
+            None => match act {
+                Some(k) => k.apply(&y)?,
+                None => y,
+            },
         };
         let mut out = lead.to_vec();
         out.push(self.weight.dim(0)?);
         Ok(y.reshape(out)?)
+    }
+
+    /// `x Wᵀ` of rows x (R, in), without the bias.
+    pub fn raw(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.weight.t()?)?)
+    }
+
+    /// The bias, which the fused layers that call [`Self::raw`] add themselves.
+    pub fn bias(&self) -> Result<&Tensor> {
+        self.bias.as_ref().ok_or_else(|| {
+            super::EngineError::Input("this layer needs a linear layer with a bias".into())
+        })
     }
 }
 
@@ -64,18 +84,17 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let xn = normalize(x, self.eps)?;
-        Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+        super::rowops::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
 /// `(x − mean)/sqrt(var + eps)` over the last axis: LayerNorm without affine parameters (the
 /// adaLN layers of DiffuSSM modulate it instead).
 pub fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(xc.broadcast_div(&(var + eps)?.sqrt()?)?)
+    let n = x.dims().last().copied().unwrap_or(1);
+    let ones = Tensor::ones(n, x.dtype(), x.device())?;
+    let zeros = Tensor::zeros(n, x.dtype(), x.device())?;
+    super::rowops::layer_norm(x, &ones, &zeros, eps)
 }
 
 /// Activation of a layer: GELU (exact or tanh, fused) or SiLU.
