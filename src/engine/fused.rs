@@ -9,6 +9,7 @@ use realfft::num_traits::Float;
 use super::conv::cpu_slice;
 use super::error::Result;
 use super::nn::Gelu;
+use super::simd::vectorised;
 
 const CHUNK: usize = 8192;
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -41,7 +42,7 @@ pub(crate) fn gelu_f64(kind: Gelu, x: f64) -> (f64, f64) {
 /// Absolute error ~1e-7; saturates cleanly to ±1.
 #[inline(always)]
 fn tanh_f32(u: f32) -> f32 {
-    1.0 - 2.0 / (1.0 + (2.0 * u).exp())
+    1.0 - 2.0 / (1.0 + super::simd::exp_f32(2.0 * u))
 }
 
 /// GELU value and derivative at `x`, in f32 (the tanh form in f32 arithmetic).
@@ -70,7 +71,7 @@ fn par_map<T: Copy + Send + Sync + Default>(x: &[T], f: impl Fn(T) -> T + Sync) 
     let mut out = vec![T::default(); x.len()];
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, x)| *o = f(*x)));
+        .for_each(|(o, x)| vectorised(|| o.iter_mut().zip(x).for_each(|(o, x)| *o = f(*x))));
     out
 }
 
@@ -83,9 +84,11 @@ fn par_map2<T: Copy + Send + Sync + Default>(
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
         .for_each(|(o, (x, g))| {
-            o.iter_mut()
-                .zip(x.iter().zip(g))
-                .for_each(|(o, (x, g))| *o = f(*x, *g))
+            vectorised(|| {
+                o.iter_mut()
+                    .zip(x.iter().zip(g))
+                    .for_each(|(o, (x, g))| *o = f(*x, *g))
+            })
         });
     out
 }
@@ -98,12 +101,18 @@ impl CustomOp1 for GeluOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let k = self.0;
-        let out = match s {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(par_map(cpu_slice(v, l, "fused op")?, |x| gelu_f32(k, x).0))
+        let out = match (s, self.0) {
+            (CpuStorage::F32(v), Gelu::Tanh) => {
+                CpuStorage::F32(par_map(cpu_slice(v, l, "fused op")?, |x| {
+                    gelu_f32(Gelu::Tanh, x).0
+                }))
             }
-            CpuStorage::F64(v) => {
+            (CpuStorage::F32(v), Gelu::Exact) => {
+                CpuStorage::F32(par_map(cpu_slice(v, l, "fused op")?, |x| {
+                    gelu_f32(Gelu::Exact, x).0
+                }))
+            }
+            (CpuStorage::F64(v), k) => {
                 CpuStorage::F64(par_map(cpu_slice(v, l, "fused op")?, |x| gelu_f64(k, x).0))
             }
             _ => candle_core::bail!("fused-gelu: f32 or f64 only"),
@@ -141,11 +150,13 @@ impl CustomOp2 for GeluGradOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let k = self.0;
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(par_map2(
-                cpu_slice(x, l1, "fused op")?,
-                cpu_slice(g, l2, "fused op")?,
-                |x, g| g * gelu_f32(k, x).1,
-            )),
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                let (x, g) = (cpu_slice(x, l1, "fused op")?, cpu_slice(g, l2, "fused op")?);
+                CpuStorage::F32(match k {
+                    Gelu::Tanh => par_map2(x, g, |x, g| g * gelu_f32(Gelu::Tanh, x).1),
+                    Gelu::Exact => par_map2(x, g, |x, g| g * gelu_f32(Gelu::Exact, x).1),
+                })
+            }
             (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(par_map2(
                 cpu_slice(x, l1, "fused op")?,
                 cpu_slice(g, l2, "fused op")?,
@@ -175,29 +186,68 @@ pub fn gelu(x: &Tensor, kind: Gelu) -> Result<Tensor> {
 /// the (masked positions × vocabulary) logits.
 struct CrossEntropyOp;
 
-fn ce_rows<T: Float + Send + Sync>(z: &[T], t: &[u32], v: usize) -> Vec<T> {
+/// Float types of the cross-entropy kernels, with the exponential they use.
+trait CeFloat: Float + Send + Sync {
+    fn exp_v(self) -> Self;
+}
+
+impl CeFloat for f32 {
+    #[inline(always)]
+    fn exp_v(self) -> f32 {
+        super::simd::exp_f32(self)
+    }
+}
+
+impl CeFloat for f64 {
+    #[inline(always)]
+    fn exp_v(self) -> f64 {
+        self.exp()
+    }
+}
+
+/// Max and Σ exp(z − max) of one row, in 8 interleaved partial sums so the loop vectorises.
+#[inline(always)]
+fn row_max_sum<T: CeFloat>(row: &[T]) -> (T, T) {
+    let m = row.iter().copied().fold(T::neg_infinity(), T::max);
+    let mut acc = [T::zero(); 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a = *a + (*x - m).exp_v();
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(T::zero(), |a, x| a + (*x - m).exp_v());
+    (m, acc.iter().fold(tail, |a, x| a + *x))
+}
+
+fn ce_rows<T: CeFloat>(z: &[T], t: &[u32], v: usize) -> Vec<T> {
     let mut out = vec![T::zero(); t.len()];
     out.par_iter_mut().enumerate().for_each(|(r, o)| {
-        let row = &z[r * v..(r + 1) * v];
-        let m = row.iter().copied().fold(T::neg_infinity(), T::max);
-        let s = row.iter().fold(T::zero(), |a, x| a + (*x - m).exp());
-        *o = m + s.ln() - row[t[r] as usize];
+        vectorised(|| {
+            let row = &z[r * v..(r + 1) * v];
+            let (m, s) = row_max_sum(row);
+            *o = m + s.ln() - row[t[r] as usize];
+        })
     });
     out
 }
 
-fn ce_grad<T: Float + Send + Sync>(z: &[T], t: &[u32], g: &[T], v: usize) -> Vec<T> {
+fn ce_grad<T: CeFloat>(z: &[T], t: &[u32], g: &[T], v: usize) -> Vec<T> {
     let mut out = vec![T::zero(); z.len()];
     out.par_chunks_mut(v).enumerate().for_each(|(r, o)| {
-        let row = &z[r * v..(r + 1) * v];
-        let m = row.iter().copied().fold(T::neg_infinity(), T::max);
-        let s = row.iter().fold(T::zero(), |a, x| a + (*x - m).exp());
-        let scale = g[r] / s;
-        for (o, x) in o.iter_mut().zip(row) {
-            *o = (*x - m).exp() * scale;
-        }
-        let i = t[r] as usize;
-        o[i] = o[i] - g[r];
+        vectorised(|| {
+            let row = &z[r * v..(r + 1) * v];
+            let (m, s) = row_max_sum(row);
+            let scale = g[r] / s;
+            for (o, x) in o.iter_mut().zip(row) {
+                *o = (*x - m).exp_v() * scale;
+            }
+            let i = t[r] as usize;
+            o[i] = o[i] - g[r];
+        })
     });
     out
 }

@@ -13,6 +13,7 @@ pub mod init;
 pub mod nn;
 pub mod rowops;
 pub mod s4d;
+pub mod simd;
 pub mod ssm;
 pub mod weights;
 

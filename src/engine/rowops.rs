@@ -17,6 +17,7 @@ use super::conv::cpu_slice;
 use super::error::{EngineError, Result};
 use super::fused::{gelu_f32, gelu_f64};
 use super::nn::Gelu;
+use super::simd::vectorised;
 
 /// Element types of the fused kernels.
 trait Elem: Float + Send + Sync + Default + 'static {
@@ -91,6 +92,28 @@ fn dispatch(
     }
 }
 
+/// Binds `$f` to the activation `k` (an `Option<Gelu>`) with its derivative, as a closure
+/// whose variant is fixed at compile time: a `match` on the variant inside the loop over
+/// elements would keep the loop from vectorising.
+macro_rules! with_act {
+    ($act:expr, $t:ty, |$f:ident| $body:expr) => {
+        match $act {
+            None => {
+                let $f = |x: $t| (x, 1.0 as $t);
+                $body
+            }
+            Some(Gelu::Tanh) => {
+                let $f = |x: $t| <$t as Elem>::gelu(Gelu::Tanh, x);
+                $body
+            }
+            Some(Gelu::Exact) => {
+                let $f = |x: $t| <$t as Elem>::gelu(Gelu::Exact, x);
+                $body
+            }
+        }
+    };
+}
+
 /// Rows per parallel task: about 32K elements, fixed by the row width alone so that column
 /// sums are added in the same order whatever the thread count.
 fn block_rows(n: usize) -> usize {
@@ -141,23 +164,20 @@ fn last_dim(l: &Layout) -> usize {
 /// `act(y + b)` for y (…, N), b (N).
 struct BiasAct(Option<Gelu>);
 
-fn bias_act_fwd<T: Elem>(y: &[T], b: &[T], act: Option<Gelu>) -> Vec<T> {
+fn bias_act_fwd<T: Elem>(y: &[T], b: &[T], f: impl Fn(T) -> (T, T) + Sync) -> Vec<T> {
     let n = b.len();
     let bn = block_rows(n) * n;
     let mut out = vec![T::zero(); y.len()];
     out.par_chunks_mut(bn)
         .zip(y.par_chunks(bn))
         .for_each(|(o, y)| {
-            for (o, y) in o.chunks_mut(n).zip(y.chunks(n)) {
-                match act {
-                    None => o.iter_mut().zip(y.iter().zip(b)).for_each(|(o, (y, b))| {
-                        *o = *y + *b;
-                    }),
-                    Some(k) => o.iter_mut().zip(y.iter().zip(b)).for_each(|(o, (y, b))| {
-                        *o = T::gelu(k, *y + *b).0;
-                    }),
+            vectorised(|| {
+                for (o, y) in o.chunks_mut(n).zip(y.chunks(n)) {
+                    o.iter_mut().zip(y.iter().zip(b)).for_each(|(o, (y, b))| {
+                        *o = f(*y + *b).0;
+                    });
                 }
-            }
+            })
         });
     out
 }
@@ -168,18 +188,20 @@ fn col_sums<T: Elem>(g: &[T], n: usize) -> Vec<T> {
     let parts: Vec<Vec<T>> = g
         .par_chunks(bn)
         .map(|g| {
-            let mut acc = vec![T::zero(); n];
-            for g in g.chunks(n) {
-                acc.iter_mut().zip(g).for_each(|(a, g)| *a = *a + *g);
-            }
-            acc
+            vectorised(|| {
+                let mut acc = vec![T::zero(); n];
+                for g in g.chunks(n) {
+                    acc.iter_mut().zip(g).for_each(|(a, g)| *a = *a + *g);
+                }
+                acc
+            })
         })
         .collect();
     sum_blocks(&parts, n)
 }
 
 /// (y, b, g) → [dy = g·act'(y + b), db = Σ_rows dy], packed.
-fn bias_act_bwd<T: Elem>(y: &[T], b: &[T], g: &[T], k: Gelu) -> Vec<T> {
+fn bias_act_bwd<T: Elem>(y: &[T], b: &[T], g: &[T], f: impl Fn(T) -> (T, T) + Sync) -> Vec<T> {
     let n = b.len();
     let bn = block_rows(n) * n;
     let mut out = vec![T::zero(); y.len() + n];
@@ -188,15 +210,17 @@ fn bias_act_bwd<T: Elem>(y: &[T], b: &[T], g: &[T], k: Gelu) -> Vec<T> {
         .par_chunks_mut(bn)
         .zip(y.par_chunks(bn).zip(g.par_chunks(bn)))
         .map(|(d, (y, g))| {
-            let mut acc = vec![T::zero(); n];
-            for (d, (y, g)) in d.chunks_mut(n).zip(y.chunks(n).zip(g.chunks(n))) {
-                for j in 0..n {
-                    let v = g[j] * T::gelu(k, y[j] + b[j]).1;
-                    d[j] = v;
-                    acc[j] = acc[j] + v;
+            vectorised(|| {
+                let mut acc = vec![T::zero(); n];
+                for (d, (y, g)) in d.chunks_mut(n).zip(y.chunks(n).zip(g.chunks(n))) {
+                    for j in 0..n {
+                        let v = g[j] * f(y[j] + b[j]).1;
+                        d[j] = v;
+                        acc[j] = acc[j] + v;
+                    }
                 }
-            }
-            acc
+                acc
+            })
         })
         .collect();
     db.copy_from_slice(&sum_blocks(&parts, n));
@@ -219,8 +243,8 @@ impl CustomOp2 for BiasAct {
         let s = dispatch(
             "bias-act",
             &[(s1, l1), (s2, l2)],
-            |x| bias_act_fwd(x[0], x[1], act),
-            |x| bias_act_fwd(x[0], x[1], act),
+            |x| with_act!(act, f32, |f| bias_act_fwd(x[0], x[1], f)),
+            |x| with_act!(act, f64, |f| bias_act_fwd(x[0], x[1], f)),
         )?;
         Ok((s, l1.shape().clone()))
     }
@@ -267,8 +291,8 @@ impl CustomOp3 for BiasActGrad {
         let s = dispatch(
             "bias-act grad",
             &[(s1, l1), (s2, l2), (s3, l3)],
-            |x| bias_act_bwd(x[0], x[1], x[2], k),
-            |x| bias_act_bwd(x[0], x[1], x[2], k),
+            |x| with_act!(Some(k), f32, |f| bias_act_bwd(x[0], x[1], x[2], f)),
+            |x| with_act!(Some(k), f64, |f| bias_act_bwd(x[0], x[1], x[2], f)),
         )?;
         Ok((
             s,
@@ -311,11 +335,13 @@ fn bias_mul_fwd<T: Elem>(a: &[T], c: &[T], bb: &[T]) -> Vec<T> {
     out.par_chunks_mut(bn)
         .zip(a.par_chunks(bn).zip(c.par_chunks(bn)))
         .for_each(|(o, (a, c))| {
-            for (o, (a, c)) in o.chunks_mut(n).zip(a.chunks(n).zip(c.chunks(n))) {
-                for j in 0..n {
-                    o[j] = (a[j] + ba[j]) * (c[j] + bc[j]);
+            vectorised(|| {
+                for (o, (a, c)) in o.chunks_mut(n).zip(a.chunks(n).zip(c.chunks(n))) {
+                    for j in 0..n {
+                        o[j] = (a[j] + ba[j]) * (c[j] + bc[j]);
+                    }
                 }
-            }
+            })
         });
     out
 }
@@ -334,22 +360,24 @@ fn bias_mul_bwd<T: Elem>(a: &[T], c: &[T], g: &[T], bb: &[T]) -> Vec<T> {
         .zip(dc.par_chunks_mut(bn))
         .zip(a.par_chunks(bn).zip(c.par_chunks(bn)).zip(g.par_chunks(bn)))
         .map(|((da, dc), ((a, c), g))| {
-            let mut acc = vec![T::zero(); 2 * n];
-            let rows = da
-                .chunks_mut(n)
-                .zip(dc.chunks_mut(n))
-                .zip(a.chunks(n).zip(c.chunks(n)).zip(g.chunks(n)));
-            for ((da, dc), ((a, c), g)) in rows {
-                for j in 0..n {
-                    let x = g[j] * (c[j] + bc[j]);
-                    let y = g[j] * (a[j] + ba[j]);
-                    da[j] = x;
-                    dc[j] = y;
-                    acc[j] = acc[j] + x;
-                    acc[n + j] = acc[n + j] + y;
+            vectorised(|| {
+                let mut acc = vec![T::zero(); 2 * n];
+                let rows = da
+                    .chunks_mut(n)
+                    .zip(dc.chunks_mut(n))
+                    .zip(a.chunks(n).zip(c.chunks(n)).zip(g.chunks(n)));
+                for ((da, dc), ((a, c), g)) in rows {
+                    for j in 0..n {
+                        let x = g[j] * (c[j] + bc[j]);
+                        let y = g[j] * (a[j] + ba[j]);
+                        da[j] = x;
+                        dc[j] = y;
+                        acc[j] = acc[j] + x;
+                        acc[n + j] = acc[n + j] + y;
+                    }
                 }
-            }
-            acc
+                acc
+            })
         })
         .collect();
     dbb.copy_from_slice(&sum_blocks(&parts, 2 * n));
@@ -423,24 +451,32 @@ impl CustomOp3 for BiasMulGrad {
 /// `gelu(z + b)·v` for z, v (…, N), b (N).
 struct GeluBiasMul(Gelu);
 
-fn gelu_bias_mul_fwd<T: Elem>(z: &[T], b: &[T], v: &[T], k: Gelu) -> Vec<T> {
+fn gelu_bias_mul_fwd<T: Elem>(z: &[T], b: &[T], v: &[T], f: impl Fn(T) -> (T, T) + Sync) -> Vec<T> {
     let n = b.len();
     let bn = block_rows(n) * n;
     let mut out = vec![T::zero(); z.len()];
     out.par_chunks_mut(bn)
         .zip(z.par_chunks(bn).zip(v.par_chunks(bn)))
         .for_each(|(o, (z, v))| {
-            for (o, (z, v)) in o.chunks_mut(n).zip(z.chunks(n).zip(v.chunks(n))) {
-                for j in 0..n {
-                    o[j] = T::gelu(k, z[j] + b[j]).0 * v[j];
+            vectorised(|| {
+                for (o, (z, v)) in o.chunks_mut(n).zip(z.chunks(n).zip(v.chunks(n))) {
+                    for j in 0..n {
+                        o[j] = f(z[j] + b[j]).0 * v[j];
+                    }
                 }
-            }
+            })
         });
     out
 }
 
 /// (z, v, g) with b → [dz, dv, db], packed.
-fn gelu_bias_mul_bwd<T: Elem>(z: &[T], v: &[T], g: &[T], b: &[T], k: Gelu) -> Vec<T> {
+fn gelu_bias_mul_bwd<T: Elem>(
+    z: &[T],
+    v: &[T],
+    g: &[T],
+    b: &[T],
+    f: impl Fn(T) -> (T, T) + Sync,
+) -> Vec<T> {
     let n = b.len();
     let bn = block_rows(n) * n;
     let len = z.len();
@@ -452,21 +488,23 @@ fn gelu_bias_mul_bwd<T: Elem>(z: &[T], v: &[T], g: &[T], b: &[T], k: Gelu) -> Ve
         .zip(dv.par_chunks_mut(bn))
         .zip(z.par_chunks(bn).zip(v.par_chunks(bn)).zip(g.par_chunks(bn)))
         .map(|((dz, dv), ((z, v), g))| {
-            let mut acc = vec![T::zero(); n];
-            let rows = dz
-                .chunks_mut(n)
-                .zip(dv.chunks_mut(n))
-                .zip(z.chunks(n).zip(v.chunks(n)).zip(g.chunks(n)));
-            for ((dz, dv), ((z, v), g)) in rows {
-                for j in 0..n {
-                    let (gv, gd) = T::gelu(k, z[j] + b[j]);
-                    let x = g[j] * v[j] * gd;
-                    dz[j] = x;
-                    dv[j] = g[j] * gv;
-                    acc[j] = acc[j] + x;
+            vectorised(|| {
+                let mut acc = vec![T::zero(); n];
+                let rows = dz
+                    .chunks_mut(n)
+                    .zip(dv.chunks_mut(n))
+                    .zip(z.chunks(n).zip(v.chunks(n)).zip(g.chunks(n)));
+                for ((dz, dv), ((z, v), g)) in rows {
+                    for j in 0..n {
+                        let (gv, gd) = f(z[j] + b[j]);
+                        let x = g[j] * v[j] * gd;
+                        dz[j] = x;
+                        dv[j] = g[j] * gv;
+                        acc[j] = acc[j] + x;
+                    }
                 }
-            }
-            acc
+                acc
+            })
         })
         .collect();
     db.copy_from_slice(&sum_blocks(&parts, n));
@@ -491,8 +529,8 @@ impl CustomOp3 for GeluBiasMul {
         let s = dispatch(
             "gelu-bias-mul",
             &[(s1, l1), (s2, l2), (s3, l3)],
-            |x| gelu_bias_mul_fwd(x[0], x[1], x[2], k),
-            |x| gelu_bias_mul_fwd(x[0], x[1], x[2], k),
+            |x| with_act!(Some(k), f32, |f| gelu_bias_mul_fwd(x[0], x[1], x[2], f)),
+            |x| with_act!(Some(k), f64, |f| gelu_bias_mul_fwd(x[0], x[1], x[2], f)),
         )?;
         Ok((s, l1.shape().clone()))
     }
@@ -532,8 +570,24 @@ impl CustomOp3 for GeluBiasMulGrad {
         let s = dispatch(
             "gelu-bias-mul grad",
             &[(s1, l1), (s2, l2), (s3, l3)],
-            |x| gelu_bias_mul_bwd(x[0], x[1], x[2], &small(b), k),
-            |x| gelu_bias_mul_bwd(x[0], x[1], x[2], &small(b), k),
+            |x| {
+                with_act!(Some(k), f32, |f| gelu_bias_mul_bwd(
+                    x[0],
+                    x[1],
+                    x[2],
+                    &small(b),
+                    f
+                ))
+            },
+            |x| {
+                with_act!(Some(k), f64, |f| gelu_bias_mul_bwd(
+                    x[0],
+                    x[1],
+                    x[2],
+                    &small(b),
+                    f
+                ))
+            },
         )?;
         Ok((s, Shape::from(2 * l1.shape().elem_count() + b.len())))
     }
@@ -549,11 +603,13 @@ fn bias_residual_fwd<T: Elem>(y: &[T], b: &[T], x: &[T]) -> Vec<T> {
     out.par_chunks_mut(bn)
         .zip(y.par_chunks(bn).zip(x.par_chunks(bn)))
         .for_each(|(o, (y, x))| {
-            for (o, (y, x)) in o.chunks_mut(n).zip(y.chunks(n).zip(x.chunks(n))) {
-                for j in 0..n {
-                    o[j] = y[j] + b[j] + x[j];
+            vectorised(|| {
+                for (o, (y, x)) in o.chunks_mut(n).zip(y.chunks(n).zip(x.chunks(n))) {
+                    for j in 0..n {
+                        o[j] = y[j] + b[j] + x[j];
+                    }
                 }
-            }
+            })
         });
     out
 }
@@ -621,12 +677,14 @@ fn layer_norm_fwd<T: Elem>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
     out.par_chunks_mut(bn)
         .zip(x.par_chunks(bn))
         .for_each(|(o, x)| {
-            for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
-                let (mean, rstd) = row_stats(x, eps);
-                for j in 0..n {
-                    o[j] = (x[j] - mean) * rstd * w[j] + b[j];
+            vectorised(|| {
+                for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
+                    let (mean, rstd) = row_stats(x, eps);
+                    for j in 0..n {
+                        o[j] = (x[j] - mean) * rstd * w[j] + b[j];
+                    }
                 }
-            }
+            })
         });
     out
 }
@@ -644,25 +702,27 @@ fn layer_norm_bwd<T: Elem>(x: &[T], g: &[T], w: &[T], eps: f64) -> Vec<T> {
         .par_chunks_mut(bn)
         .zip(x.par_chunks(bn).zip(g.par_chunks(bn)))
         .map(|(dx, (x, g))| {
-            let mut acc = vec![T::zero(); 2 * n];
-            for (dx, (x, g)) in dx.chunks_mut(n).zip(x.chunks(n).zip(g.chunks(n))) {
-                let (mean, rstd) = row_stats(x, eps);
-                let (mut s1, mut s2) = (T::zero(), T::zero());
-                for j in 0..n {
-                    let xh = (x[j] - mean) * rstd;
-                    let gw = g[j] * w[j];
-                    s1 = s1 + gw;
-                    s2 = s2 + gw * xh;
-                    acc[j] = acc[j] + g[j] * xh;
-                    acc[n + j] = acc[n + j] + g[j];
+            vectorised(|| {
+                let mut acc = vec![T::zero(); 2 * n];
+                for (dx, (x, g)) in dx.chunks_mut(n).zip(x.chunks(n).zip(g.chunks(n))) {
+                    let (mean, rstd) = row_stats(x, eps);
+                    let (mut s1, mut s2) = (T::zero(), T::zero());
+                    for j in 0..n {
+                        let xh = (x[j] - mean) * rstd;
+                        let gw = g[j] * w[j];
+                        s1 = s1 + gw;
+                        s2 = s2 + gw * xh;
+                        acc[j] = acc[j] + g[j] * xh;
+                        acc[n + j] = acc[n + j] + g[j];
+                    }
+                    let (m1, m2) = (s1 / nf, s2 / nf);
+                    for j in 0..n {
+                        let xh = (x[j] - mean) * rstd;
+                        dx[j] = rstd * (g[j] * w[j] - m1 - xh * m2);
+                    }
                 }
-                let (m1, m2) = (s1 / nf, s2 / nf);
-                for j in 0..n {
-                    let xh = (x[j] - mean) * rstd;
-                    dx[j] = rstd * (g[j] * w[j] - m1 - xh * m2);
-                }
-            }
-            acc
+                acc
+            })
         })
         .collect();
     dwb.copy_from_slice(&sum_blocks(&parts, 2 * n));

@@ -198,3 +198,18 @@ fn row_ops_reject_operands_that_do_not_fit() {
     let e = layer_norm(o.a.as_tensor(), &short, o.b2.as_tensor(), 1e-5).unwrap_err();
     assert!(e.to_string().contains("LayerNorm weight"), "{e}");
 }
+
+#[test]
+fn vectorisable_exp_is_accurate_and_keeps_nan() {
+    use ssmlab::engine::simd::exp_f32;
+    let mut worst = 0f64;
+    for i in 0..=200_000 {
+        let x = -87.0 + 175.0 * i as f64 / 200_000.0;
+        let got = exp_f32(x as f32) as f64;
+        let want = (x as f32 as f64).exp();
+        worst = worst.max((got - want).abs() / want);
+    }
+    assert!(worst < 5e-7, "worst relative error {worst:e}");
+    assert!(exp_f32(f32::NAN).is_nan());
+    assert!(exp_f32(-1000.0) < 1e-37 && exp_f32(1000.0) > 1e38);
+}
