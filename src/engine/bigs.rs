@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::attention::AttentionLayer;
+use super::bigs_fused::{BigsLayerOp, LayerSpec};
 use super::conv::{ConvPath, causal_conv_blc, resolve_path, toeplitz};
 use super::error::{EngineError, Result};
 use super::init::{AInit, a_init_full, dropout_mask, normal, tensor_f64, uniform};
@@ -332,6 +333,15 @@ impl BigsSsm {
         Ok((y + u.broadcast_mul(&self.d)?)?)
     }
 
+    /// The kernel with the skip folded into its first tap, `K + D·δ₀`, (L).
+    pub fn skip_kernel(&self, l: usize) -> Result<Tensor> {
+        let k = self.kernel(l)?;
+        let mut e0 = vec![0f32; l];
+        e0[0] = 1.0;
+        let e0 = Tensor::new(e0, k.device())?.to_dtype(k.dtype())?;
+        Ok((k + e0.broadcast_mul(&self.d)?)?)
+    }
+
     /// The same on rows `u` (B·L, H) of `batch` sequences; `reverse` runs it anti-causally,
     /// `y[t] = Σ_{j≥0} K[j] u[t+j] + D u[t]`, which equals flip ∘ forward ∘ flip without the
     /// two copies. The skip is folded into the kernel (`K[0] + D`), so it costs no pass of its own.
@@ -343,11 +353,7 @@ impl BigsSsm {
             )));
         }
         let l = rows / batch;
-        let k = self.kernel(l)?;
-        let mut e0 = vec![0f32; l];
-        e0[0] = 1.0;
-        let e0 = Tensor::new(e0, u.device())?.to_dtype(k.dtype())?;
-        let k = (k + e0.broadcast_mul(&self.d)?)?.unsqueeze(0)?;
+        let k = self.skip_kernel(l)?.unsqueeze(0)?;
         let u3 = u.reshape((batch, l, h))?;
         let y = match resolve_path(self.conv, &u3, 1, l) {
             ConvPath::Fft if reverse => causal_conv_blc(&u3.flip(&[1])?, &k, ConvPath::Fft)?
@@ -410,6 +416,53 @@ impl BigsLayer {
     /// sequence, so the backward branch runs its SSM anti-causally instead of flipping; biases,
     /// GELUs, the gate products and the residual are fused ops ([`super::rowops`]).
     pub fn forward_rows(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
+        if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+            return self.forward_fused(x, batch);
+        }
+        self.forward_ops(x, batch)
+    }
+
+    /// The layer as one fused op with a hand-written backward ([`super::bigs_fused`]).
+    pub fn forward_fused(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
+        let (rows, h) = x.dims2()?;
+        if batch == 0 || rows % batch != 0 {
+            return Err(EngineError::Input(format!(
+                "{rows} rows do not split into {batch} sequences"
+            )));
+        }
+        let l = rows / batch;
+        let lin = |m: &Linear| -> Result<[Tensor; 2]> {
+            Ok([m.weight.flatten_all()?, m.bias()?.clone()])
+        };
+        let mut parts = vec![self.ln.weight.clone(), self.ln.bias.clone()];
+        for m in [
+            &self.dv,
+            &self.du_forward,
+            &self.du_backward,
+            &self.duc_forward,
+            &self.duc_backward,
+            &self.dol,
+            &self.do_,
+        ] {
+            parts.extend(lin(m)?);
+        }
+        let p = Tensor::cat(&parts, 0)?;
+        let k = Tensor::stack(&[self.fs4.skip_kernel(l)?, self.bs4.skip_kernel(l)?], 0)?;
+        let spec = LayerSpec {
+            batch,
+            hidden: h,
+            intermediate: self.dv.weight.dim(0)?,
+            eps: self.ln.eps,
+            act: self.act,
+            pre_norm: self.pre_norm,
+            dense: resolve_path(self.fs4.conv, x, 1, l) == ConvPath::Dense,
+        };
+        Ok(x.contiguous()?.apply_op3(&p, &k, BigsLayerOp::new(spec))?)
+    }
+
+    /// The layer from (fused) candle ops: the path on other devices, and the reference the
+    /// fused layer is tested against.
+    pub fn forward_ops(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
         let k = Some(self.act);
         let h = if self.pre_norm {
             self.ln.forward(x)?

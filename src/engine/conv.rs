@@ -328,7 +328,7 @@ struct Scratch<T> {
     si: Vec<Complex<T>>,
 }
 
-fn conv_fwd<T: FftFloat>(u: &[T], k: &[T], c: usize, ck: usize, l: usize) -> Vec<T> {
+pub(crate) fn conv_fwd<T: FftFloat>(u: &[T], k: &[T], c: usize, ck: usize, l: usize) -> Vec<T> {
     let plans = Plans::<T>::new(l);
     let kspec = plans.spectra(k);
     plans.filter_rows(u, &kspec, c, ck)
@@ -338,7 +338,14 @@ fn conv_fwd<T: FftFloat>(u: &[T], k: &[T], c: usize, ck: usize, l: usize) -> Vec
 /// du[b,c,s] = Σ_{t≥s} k[c,t−s]·dy[b,c,t] and dk[c,j] = Σ_b Σ_{t≥j} u[b,c,t−j]·dy[b,c,t]
 /// (summed over channels too for a shared kernel). Returns `du` followed by `dk`, flat.
 /// Every sum runs in a fixed order, so results are bitwise reproducible across runs.
-fn conv_grad<T: FftFloat>(u: &[T], k: &[T], dy: &[T], c: usize, ck: usize, l: usize) -> Vec<T> {
+pub(crate) fn conv_grad<T: FftFloat>(
+    u: &[T],
+    k: &[T],
+    dy: &[T],
+    c: usize,
+    ck: usize,
+    l: usize,
+) -> Vec<T> {
     let plans = Plans::<T>::new(l);
     let nf = plans.bins();
     let zero = Complex::new(T::zero(), T::zero());

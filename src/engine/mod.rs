@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod bigs;
+pub mod bigs_fused;
 pub mod classifier;
 pub mod conv;
 pub mod diffusion;

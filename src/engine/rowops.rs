@@ -20,7 +20,9 @@ use super::nn::Gelu;
 use super::simd::vectorised;
 
 /// Element types of the fused kernels.
-trait Elem: Float + Send + Sync + Default + 'static {
+pub(crate) trait Elem:
+    Float + std::ops::AddAssign + Send + Sync + Default + 'static
+{
     fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [Self]>;
     fn storage(v: Vec<Self>) -> CpuStorage;
     /// GELU value and derivative.
@@ -125,7 +127,7 @@ fn sum_blocks<T: Elem>(parts: &[Vec<T>], width: usize) -> Vec<T> {
     let mut total = vec![T::zero(); width];
     for p in parts {
         for (t, v) in total.iter_mut().zip(p) {
-            *t = *t + *v;
+            *t += *v;
         }
     }
     total
@@ -191,7 +193,7 @@ fn col_sums<T: Elem>(g: &[T], n: usize) -> Vec<T> {
             vectorised(|| {
                 let mut acc = vec![T::zero(); n];
                 for g in g.chunks(n) {
-                    acc.iter_mut().zip(g).for_each(|(a, g)| *a = *a + *g);
+                    acc.iter_mut().zip(g).for_each(|(a, g)| *a += *g);
                 }
                 acc
             })
@@ -216,7 +218,7 @@ fn bias_act_bwd<T: Elem>(y: &[T], b: &[T], g: &[T], f: impl Fn(T) -> (T, T) + Sy
                     for j in 0..n {
                         let v = g[j] * f(y[j] + b[j]).1;
                         d[j] = v;
-                        acc[j] = acc[j] + v;
+                        acc[j] += v;
                     }
                 }
                 acc
@@ -372,8 +374,8 @@ fn bias_mul_bwd<T: Elem>(a: &[T], c: &[T], g: &[T], bb: &[T]) -> Vec<T> {
                         let y = g[j] * (a[j] + ba[j]);
                         da[j] = x;
                         dc[j] = y;
-                        acc[j] = acc[j] + x;
-                        acc[n + j] = acc[n + j] + y;
+                        acc[j] += x;
+                        acc[n + j] += y;
                     }
                 }
                 acc
@@ -500,7 +502,7 @@ fn gelu_bias_mul_bwd<T: Elem>(
                         let x = g[j] * v[j] * gd;
                         dz[j] = x;
                         dv[j] = g[j] * gv;
-                        acc[j] = acc[j] + x;
+                        acc[j] += x;
                     }
                 }
                 acc
@@ -710,10 +712,10 @@ fn layer_norm_bwd<T: Elem>(x: &[T], g: &[T], w: &[T], eps: f64) -> Vec<T> {
                     for j in 0..n {
                         let xh = (x[j] - mean) * rstd;
                         let gw = g[j] * w[j];
-                        s1 = s1 + gw;
-                        s2 = s2 + gw * xh;
-                        acc[j] = acc[j] + g[j] * xh;
-                        acc[n + j] = acc[n + j] + g[j];
+                        s1 += gw;
+                        s2 += gw * xh;
+                        acc[j] += g[j] * xh;
+                        acc[n + j] += g[j];
                     }
                     let (m1, m2) = (s1 / nf, s2 / nf);
                     for j in 0..n {

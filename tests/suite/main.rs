@@ -7,6 +7,7 @@ mod data;
 mod data_images;
 mod diffusion;
 mod engine_bigs;
+mod engine_bigs_fused;
 mod engine_conv;
 mod engine_kernels;
 mod engine_rowops;

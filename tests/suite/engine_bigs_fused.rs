@@ -1,0 +1,123 @@
+//! The fused BiGS layer (`engine::bigs_fused`, one autograd node with a hand-written backward)
+//! against the same layer built from candle ops: outputs and the gradients of every variable and
+//! of the input, pre- and post-norm, dense and FFT convolution, f64 and f32.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use ssmlab::engine::bigs::{BigsConfig, build_bigs};
+use ssmlab::engine::conv::ConvPath;
+
+use crate::common::{fixture, max_rel};
+
+fn wave(n: usize, a: f64, dt: DType) -> Tensor {
+    Tensor::arange(0f64, n as f64, &Device::Cpu)
+        .unwrap()
+        .affine(a, 0.3)
+        .unwrap()
+        .sin()
+        .unwrap()
+        .to_dtype(dt)
+        .unwrap()
+}
+
+/// Worst relative errors (output, gradients) of the fused layer against the op-built one.
+fn compare(pre_norm: bool, conv: ConvPath, dt: DType, batch: usize, l: usize) -> (f64, f64) {
+    let mut cfg = BigsConfig::from_json_file(&fixture("bigs_tiny/config.json")).unwrap();
+    cfg.pre_norm = pre_norm;
+    cfg.conv = conv;
+    cfg.max_position_embeddings = cfg.max_position_embeddings.max(l);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (model, varmap) = build_bigs(&cfg, dt, &Device::Cpu, &mut rng).unwrap();
+    let vars: Vec<(String, Var)> = {
+        let d = varmap.data().lock().unwrap();
+        let mut v: Vec<_> = d
+            .iter()
+            .filter(|(n, _)| n.starts_with("bigs.encoder.layer.0."))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    // Non-trivial values everywhere (a fresh init has zero biases and unit LayerNorms).
+    for (i, (name, v)) in vars.iter().enumerate() {
+        if !name.contains("kernel.A_") && !name.contains("log_step") {
+            let noise = (wave(v.elem_count(), 0.7 + i as f64, dt) * 0.3)
+                .unwrap()
+                .reshape(v.shape())
+                .unwrap();
+            v.set(&(v.as_tensor() + noise).unwrap()).unwrap();
+        }
+    }
+    let h = cfg.hidden_size;
+    let x = Var::from_tensor(
+        &wave(batch * l * h, 0.13, dt)
+            .reshape((batch * l, h))
+            .unwrap(),
+    )
+    .unwrap();
+    let w = wave(batch * l * h, 0.29, dt)
+        .reshape((batch * l, h))
+        .unwrap();
+    let layer = &model.layers[0];
+    let run = |fused: bool| {
+        let y = if fused {
+            layer.forward_fused(x.as_tensor(), batch).unwrap()
+        } else {
+            layer.forward_ops(x.as_tensor(), batch).unwrap()
+        };
+        let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut gs: Vec<Tensor> = vars
+            .iter()
+            .map(|(n, v)| {
+                grads
+                    .get(v.as_tensor())
+                    .unwrap_or_else(|| panic!("fused={fused}: no gradient for {n}"))
+                    .clone()
+            })
+            .collect();
+        gs.push(grads.get(x.as_tensor()).expect("input gradient").clone());
+        (y, gs)
+    };
+    let (yf, gf) = run(true);
+    let (yo, go) = run(false);
+    let out = max_rel(&yf, &yo);
+    let grad = gf
+        .iter()
+        .zip(&go)
+        .map(|(a, b)| max_rel(a, b))
+        .fold(0f64, f64::max);
+    (out, grad)
+}
+
+#[test]
+fn fused_bigs_layer_matches_the_op_built_layer_f64() {
+    for pre_norm in [true, false] {
+        for conv in [ConvPath::Dense, ConvPath::Fft] {
+            let (out, grad) = compare(pre_norm, conv, DType::F64, 3, 10);
+            let what = format!("pre_norm={pre_norm} conv={conv:?}");
+            assert!(out < 1e-12, "{what}: output {out:e}");
+            assert!(grad < 1e-10, "{what}: gradients {grad:e}");
+        }
+    }
+}
+
+#[test]
+fn fused_bigs_layer_matches_the_op_built_layer_f32() {
+    // Long enough for several row blocks and for `Auto` to take the FFT path.
+    for conv in [ConvPath::Auto, ConvPath::Dense] {
+        let (out, grad) = compare(true, conv, DType::F32, 2, 160);
+        assert!(out < 1e-5, "conv={conv:?}: output {out:e}");
+        assert!(grad < 1e-4, "conv={conv:?}: gradients {grad:e}");
+    }
+}
+
+#[test]
+fn fused_bigs_layer_rejects_rows_that_are_not_whole_sequences() {
+    let cfg = BigsConfig::from_json_file(&fixture("bigs_tiny/config.json")).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (model, _) = build_bigs(&cfg, DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let x = Tensor::zeros((7, cfg.hidden_size), DType::F32, &Device::Cpu).unwrap();
+    let e = model.layers[0].forward_fused(&x, 2).unwrap_err();
+    assert!(e.to_string().contains("7 rows do not split into 2"), "{e}");
+}
