@@ -54,6 +54,9 @@ pub enum Case {
         /// AdamW as a dozen tensor ops per parameter instead of the fused in-place update.
         #[serde(default)]
         unfused_optim: bool,
+        /// BiGS layers built from candle ops instead of the one-node fused layer.
+        #[serde(default)]
+        op_layers: bool,
     },
     /// A DiffuSSM training step at `batch` with `shards` data-parallel shards.
     DiffussmTrain {
@@ -219,8 +222,10 @@ pub fn run_case(case: &Case) -> Result<Value> {
             reps,
             shards,
             unfused_optim,
+            op_layers,
             ..
         } => {
+            let _layers = crate::engine::bigs_fused::set_enabled(!*op_layers);
             let how = StepHow {
                 head: *head,
                 shards: *shards,
@@ -443,6 +448,7 @@ pub fn cases() -> Vec<Case> {
             reps: 3,
             shards: 1,
             unfused_optim: false,
+            op_layers: false,
         });
     }
     for l in [128, 512] {
@@ -456,6 +462,7 @@ pub fn cases() -> Vec<Case> {
                 reps: if l == 512 && head == Head::All { 2 } else { 3 },
                 shards: 1,
                 unfused_optim: false,
+                op_layers: false,
             });
         }
     }
@@ -468,6 +475,7 @@ pub fn cases() -> Vec<Case> {
         reps: 3,
         shards: 0,
         unfused_optim: false,
+        op_layers: false,
     });
     v.push(Case::BigsTrain {
         name: "reference L=128 head=masked unfused AdamW".into(),
@@ -478,6 +486,18 @@ pub fn cases() -> Vec<Case> {
         reps: 3,
         shards: 1,
         unfused_optim: true,
+        op_layers: false,
+    });
+    v.push(Case::BigsTrain {
+        name: "reference L=128 head=masked op-built layers".into(),
+        model: reference_bigs(512),
+        batch: 16,
+        seq_len: 128,
+        head: Head::Masked,
+        reps: 3,
+        shards: 1,
+        unfused_optim: false,
+        op_layers: true,
     });
     for l in SCALING_LENGTHS {
         v.push(Case::BigsTrain {
@@ -489,6 +509,7 @@ pub fn cases() -> Vec<Case> {
             reps: 2,
             shards: 1,
             unfused_optim: false,
+            op_layers: false,
         });
     }
     for shards in [1, 0] {
@@ -649,6 +670,13 @@ pub fn summaries(results: &[Value]) -> Vec<Value> {
         "fused in-place AdamW instead of tensor ops, BiGS reference L=128",
         "reference L=128 head=masked",
         "reference L=128 head=masked unfused AdamW",
+        "tokens_per_s",
+    ));
+    v.extend(ratio(
+        results,
+        "BiGS layer as one fused node instead of candle ops, reference L=128",
+        "reference L=128 head=masked",
+        "reference L=128 head=masked op-built layers",
         "tokens_per_s",
     ));
     v.extend(ratio(

@@ -416,7 +416,10 @@ impl BigsLayer {
     /// sequence, so the backward branch runs its SSM anti-causally instead of flipping; biases,
     /// GELUs, the gate products and the residual are fused ops ([`super::rowops`]).
     pub fn forward_rows(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
-        if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        if super::bigs_fused::enabled()
+            && x.device().is_cpu()
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+        {
             return self.forward_fused(x, batch);
         }
         self.forward_ops(x, batch)
@@ -684,8 +687,11 @@ impl BigsForMaskedLm {
             .split_last()
             .ok_or_else(|| EngineError::Input("MLM head applied to a scalar".into()))?;
         let rows: usize = lead.iter().product();
-        let z = t.reshape((rows, *h))?.matmul(&w.t()?)?;
-        let z = bias_act(&z, &self.head.bias, None)?;
+        let t = t.reshape((rows, *h))?;
+        let z = match super::bigs_fused::linear_rows(&t, w, &self.head.bias)? {
+            Some(z) => z,
+            None => bias_act(&t.matmul(&w.t()?)?, &self.head.bias, None)?,
+        };
         let mut out = lead.to_vec();
         out.push(self.config.vocab_size);
         Ok(z.reshape(out)?)

@@ -12,6 +12,7 @@
 //! (with the skip D folded into tap 0) as a (2, L) tensor, so the node has three inputs.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -22,6 +23,30 @@ use rayon::prelude::*;
 use super::conv::{FftFloat, conv_fwd, conv_grad, cpu_slice};
 use super::nn::Gelu;
 use super::rowops::Elem;
+
+thread_local! {
+    static ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether BiGS layers on the CPU run as this fused op (the default) or as candle ops, on this
+/// thread; the benchmark switches it off to measure what the fusion buys.
+pub fn enabled() -> bool {
+    ENABLED.with(Cell::get)
+}
+
+/// Sets [`enabled`] for this thread until the returned guard is dropped.
+pub fn set_enabled(on: bool) -> EnabledGuard {
+    EnabledGuard(ENABLED.with(|e| e.replace(on)))
+}
+
+/// Restores the previous [`enabled`] setting when dropped.
+pub struct EnabledGuard(bool);
+
+impl Drop for EnabledGuard {
+    fn drop(&mut self) {
+        ENABLED.with(|e| e.set(self.0));
+    }
+}
 
 /// Order of the layer's parameters in the flat vector: (name, rows, cols) with `h` = hidden and
 /// `i` = intermediate size; weights are (out, in) as in PyTorch.
@@ -946,4 +971,159 @@ impl CustomOp3 for BigsLayerGrad {
             + 2 * (l1.shape().dims()[0] / self.spec.batch);
         Ok((out, Shape::from(n)))
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// a linear layer as one node
+
+/// `x Wᵀ + b` for rows x (R, in), W (out, in), b (out) as one node: the product and the bias in
+/// one `gemm` (the output starts as the bias rows), and a backward that writes `dW` in W's own
+/// layout (candle's transposed-weight view costs a zeroed buffer and a strided add per step).
+struct LinearOp;
+
+fn linear_bwd<T: Elem>(x: &[T], w: &[T], g: &[T], inp: usize) -> Vec<T> {
+    let out = w.len() / inp;
+    let rows = x.len() / inp;
+    let mut r = vec![T::zero(); x.len() + w.len() + out];
+    let (dx, rest) = r.split_at_mut(x.len());
+    let (dw, db) = rest.split_at_mut(w.len());
+    mm(
+        rows,
+        inp,
+        out,
+        dx,
+        false,
+        rm(g, out),
+        rm(w, inp),
+        parallelism(),
+    );
+    weight_grad(dw, g, x, out, inp);
+    db.copy_from_slice(&col_sums(g, out));
+    r
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, inp) = l1.shape().dims2()?;
+        let (out, win) = l2.shape().dims2()?;
+        if win != inp || l3.shape().dims() != [out] {
+            candle_core::bail!(
+                "linear: input {:?}, weight {:?}, bias {:?} do not fit",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            )
+        }
+        let what = "linear";
+        let y = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                CpuStorage::F32(linear(
+                    cpu_slice(x, l1, what)?,
+                    cpu_slice(w, l2, what)?,
+                    cpu_slice(b, l3, what)?,
+                    inp,
+                ))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                CpuStorage::F64(linear(
+                    cpu_slice(x, l1, what)?,
+                    cpu_slice(w, l2, what)?,
+                    cpu_slice(b, l3, what)?,
+                    inp,
+                ))
+            }
+            _ => candle_core::bail!("{what}: f32 or f64 operands of one dtype"),
+        };
+        Ok((y, Shape::from((rows, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearGrad)?;
+        let (nx, nw) = (x.elem_count(), w.elem_count());
+        Ok((
+            Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?),
+            Some(packed.narrow(0, nx, nw)?.reshape(w.shape())?),
+            Some(packed.narrow(0, nx + nw, b.elem_count())?),
+        ))
+    }
+}
+
+/// (x, W, dy) → [dx, dW, db], packed.
+struct LinearGrad;
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "fused-linear-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, inp) = l1.shape().dims2()?;
+        let what = "linear backward";
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => {
+                CpuStorage::F32(linear_bwd(
+                    cpu_slice(x, l1, what)?,
+                    cpu_slice(w, l2, what)?,
+                    cpu_slice(g, l3, what)?,
+                    inp,
+                ))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => {
+                CpuStorage::F64(linear_bwd(
+                    cpu_slice(x, l1, what)?,
+                    cpu_slice(w, l2, what)?,
+                    cpu_slice(g, l3, what)?,
+                    inp,
+                ))
+            }
+            _ => candle_core::bail!("{what}: f32 or f64 operands of one dtype"),
+        };
+        let (o, _) = l2.shape().dims2()?;
+        let n = l1.shape().elem_count() + l2.shape().elem_count() + o;
+        Ok((out, Shape::from(n)))
+    }
+}
+
+/// `x Wᵀ + b` for rows x (R, in) as one node on the CPU (f32/f64); `None` elsewhere, for the
+/// caller's op-built path.
+pub fn linear_rows(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let ok = [x, w, b]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == x.dtype())
+        && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
+    if !ok {
+        return Ok(None);
+    }
+    Ok(Some(x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        LinearOp,
+    )?))
 }

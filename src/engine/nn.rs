@@ -39,13 +39,24 @@ impl Linear {
             .split_last()
             .ok_or_else(|| super::EngineError::Input("linear layer applied to a scalar".into()))?;
         let rows: usize = lead.iter().product();
-        let y = self.raw(&x.reshape((rows, *last))?)?;
-        let y = match &self.bias {
-            Some(b) => super::rowops::bias_act(&y, b, act)?,
-            None => match act {
+        let x2 = x.reshape((rows, *last))?;
+        let fused = match &self.bias {
+            Some(b) => super::bigs_fused::linear_rows(&x2, &self.weight, b)?,
+            None => None,
+        };
+        let y = match (fused, &self.bias) {
+            (Some(y), _) => match act {
                 Some(k) => k.apply(&y)?,
                 None => y,
             },
+            (None, Some(b)) => super::rowops::bias_act(&self.raw(&x2)?, b, act)?,
+            (None, None) => {
+                let y = self.raw(&x2)?;
+                match act {
+                    Some(k) => k.apply(&y)?,
+                    None => y,
+                }
+            }
         };
         let mut out = lead.to_vec();
         out.push(self.weight.dim(0)?);

@@ -60,6 +60,7 @@ fn the_suite_has_every_case_of_the_issue() {
         "conv dense L=2048",
         "gelu tanh fused",
         "gelu exact candle",
+        "reference L=128 head=masked op-built layers",
     ] {
         assert!(has(s), "missing {s} in {labels:?}");
     }
@@ -94,6 +95,7 @@ fn each_kind_of_case_runs_and_reports() {
             reps: 1,
             shards: 2,
             unfused_optim: head == Head::All,
+            op_layers: head == Head::None,
         })
         .unwrap();
         assert!(r["step_s"].as_f64().unwrap() > 0.0, "{r}");

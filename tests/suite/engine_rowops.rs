@@ -213,3 +213,59 @@ fn vectorisable_exp_is_accurate_and_keeps_nan() {
     assert!(exp_f32(f32::NAN).is_nan());
     assert!(exp_f32(-1000.0) < 1e-37 && exp_f32(1000.0) > 1e38);
 }
+
+#[test]
+fn fused_linear_matches_finite_differences_and_candle_ops() {
+    use ssmlab::engine::bigs_fused::linear_rows;
+    // f64: every gradient against finite differences
+    let (x, w, b) = (
+        var(&[7, 5], 0.2, DType::F64),
+        var(&[3, 5], 0.9, DType::F64),
+        var(&[3], 1.7, DType::F64),
+    );
+    let wt = var(&[7, 3], 4.1, DType::F64);
+    let loss = || {
+        let y = linear_rows(x.as_tensor(), w.as_tensor(), b.as_tensor())
+            .unwrap()
+            .expect("fused on the CPU");
+        (y * wt.as_tensor()).unwrap().sum_all().unwrap()
+    };
+    let worst = fd_check(&[("x", &x), ("w", &w), ("b", &b)], loss, 15, 1e-6);
+    assert!(worst < 1e-6, "worst relative error {worst:e}");
+    // f32: values and gradients against matmul + broadcast_add
+    let (x, w, b) = (
+        var(&[300, 48], 0.2, DType::F32),
+        var(&[40, 48], 0.9, DType::F32),
+        var(&[40], 1.7, DType::F32),
+    );
+    let yf = linear_rows(x.as_tensor(), w.as_tensor(), b.as_tensor())
+        .unwrap()
+        .unwrap();
+    let yc = x
+        .as_tensor()
+        .matmul(&w.as_tensor().t().unwrap())
+        .unwrap()
+        .broadcast_add(b.as_tensor())
+        .unwrap();
+    assert!(max_rel(&yf, &yc) < 1e-5);
+    let wt = var(&[300, 40], 4.1, DType::F32);
+    let gf = (yf * wt.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gc = (yc * wt.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for v in [&x, &w, &b] {
+        let err = max_rel(
+            gf.get(v.as_tensor()).unwrap(),
+            gc.get(v.as_tensor()).unwrap(),
+        );
+        assert!(err < 1e-5, "gradient {err:e}");
+    }
+}
