@@ -459,7 +459,11 @@ pub fn cases() -> Vec<Case> {
                 batch: 16,
                 seq_len: l,
                 head,
-                reps: if l == 512 && head == Head::All { 2 } else { 3 },
+                reps: match (l, head) {
+                    (512, Head::All) => 2,
+                    (128, _) => 5,
+                    _ => 3,
+                },
                 shards: 1,
                 unfused_optim: false,
                 op_layers: false,
