@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::conv::{FftFloat, conv_fwd, conv_grad, cpu_slice};
 use super::nn::Gelu;
-use super::rowops::Elem;
+use super::rowops::{Elem, col_sums, layer_norm_bwd, layer_norm_fwd};
 
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
@@ -294,70 +294,6 @@ impl<T> Rows<T> {
     }
 }
 
-fn layer_norm<T: Elem>(x: &[T], w: &[T], b: &[T], eps: T) -> Vec<T> {
-    let n = w.len();
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(block(n))
-        .zip(x.par_chunks(block(n)))
-        .for_each(|(y, x)| {
-            for (y, x) in y.chunks_mut(n).zip(x.chunks(n)) {
-                let (mean, rstd) = stats(x, eps);
-                for j in 0..n {
-                    y[j] = (x[j] - mean) * rstd * w[j] + b[j];
-                }
-            }
-        });
-    y
-}
-
-#[inline(always)]
-fn stats<T: Elem>(x: &[T], eps: T) -> (T, T) {
-    let n = T::of(x.len() as f64);
-    let mean = x.iter().fold(T::zero(), |a, v| a + *v) / n;
-    let var = x
-        .iter()
-        .fold(T::zero(), |a, v| a + (*v - mean) * (*v - mean))
-        / n;
-    (mean, T::one() / (var + eps).sqrt())
-}
-
-/// LayerNorm backward: returns dx and writes [dw, db] sums; `add` is added to dx.
-fn layer_norm_bwd<T: Elem>(x: &[T], g: &[T], w: &[T], eps: T, add: &[T]) -> (Vec<T>, Vec<T>) {
-    let n = w.len();
-    let rows = x.len() / n;
-    let mut dx = vec![T::zero(); x.len()];
-    let out = Rows::of(&mut dx, n);
-    let nf = T::of(n as f64);
-    let dwb = rows_sum(n, rows, 2 * n, |r, acc| {
-        // SAFETY: each block owns its rows.
-        let dx = unsafe { out.get(r.clone()) };
-        for (k, row) in r.enumerate() {
-            let (x, g, a) = (
-                &x[row * n..(row + 1) * n],
-                &g[row * n..(row + 1) * n],
-                &add[row * n..(row + 1) * n],
-            );
-            let d = &mut dx[k * n..(k + 1) * n];
-            let (mean, rstd) = stats(x, eps);
-            let (mut s1, mut s2) = (T::zero(), T::zero());
-            for j in 0..n {
-                let xh = (x[j] - mean) * rstd;
-                let gw = g[j] * w[j];
-                s1 += gw;
-                s2 += gw * xh;
-                acc[j] += g[j] * xh;
-                acc[n + j] += g[j];
-            }
-            let (m1, m2) = (s1 / nf, s2 / nf);
-            for j in 0..n {
-                let xh = (x[j] - mean) * rstd;
-                d[j] = rstd * (g[j] * w[j] - m1 - xh * m2) + a[j];
-            }
-        }
-    });
-    (dx, dwb)
-}
-
 fn gelu_all<T: Elem>(x: &[T], k: Gelu) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(8192)
@@ -394,15 +330,6 @@ fn gelu_grad_inplace<T: Elem>(d: &mut [T], pre: &[T], n: usize, k: Gelu) -> Vec<
                     acc[j] += d[j];
                 }),
             }
-        }
-    })
-}
-
-/// Column sums of a (rows × n) matrix.
-fn col_sums<T: Elem>(x: &[T], n: usize) -> Vec<T> {
-    rows_sum(n, x.len() / n, n, |r, acc| {
-        for row in x[r.start * n..r.end * n].chunks(n) {
-            acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v);
         }
     })
 }
@@ -530,9 +457,8 @@ fn forward<T: Elem + FftFloat>(sp: &LayerSpec, x: &[T], p: &[T], k: &[T]) -> (Ve
     let w = |j: usize| &p[pr[j].clone()];
     let l = k.len() / 2;
     let (kf, kb) = k.split_at(l);
-    let eps = T::of(sp.eps);
     let hn = if sp.pre_norm {
-        layer_norm(x, w(0), w(1), eps)
+        layer_norm_fwd(x, w(0), w(1), sp.eps)
     } else {
         x.to_vec()
     };
@@ -593,7 +519,7 @@ fn forward<T: Elem + FftFloat>(sp: &LayerSpec, x: &[T], p: &[T], k: &[T]) -> (Ve
     let (y, y_pre) = if sp.pre_norm {
         (y, Vec::new())
     } else {
-        (layer_norm(&y, w(0), w(1), eps), y)
+        (layer_norm_fwd(&y, w(0), w(1), sp.eps), y)
     };
     let saved = Saved {
         h: hn,
@@ -674,7 +600,6 @@ fn backward<T: Elem + FftFloat>(
     let rows = x.len() / h;
     let l = s.k.len() / 2;
     let (kf, kb) = s.k.split_at(l);
-    let eps = T::of(sp.eps);
     let par = parallelism();
     let mut out = vec![T::zero(); x.len() + p.len() + 2 * l];
     let (dx_out, rest) = out.split_at_mut(x.len());
@@ -683,11 +608,11 @@ fn backward<T: Elem + FftFloat>(
     let dy_pre: Vec<T> = if sp.pre_norm {
         dy.to_vec()
     } else {
-        let zeros = vec![T::zero(); dy.len()];
-        let (d, dwb) = layer_norm_bwd(&s.y_pre, dy, w(0), eps, &zeros);
+        let packed = layer_norm_bwd(&s.y_pre, dy, w(0), sp.eps, None);
+        let (d, dwb) = packed.split_at(dy.len());
         dp[pr[0].clone()].copy_from_slice(&dwb[..h]);
         dp[pr[1].clone()].copy_from_slice(&dwb[h..]);
-        d
+        d.to_vec()
     };
     // do: y = x + zv Woᵀ + bo
     weight_grad(&mut dp[pr[14].clone()], &dy_pre, &s.zv, h, i);
@@ -795,10 +720,11 @@ fn backward<T: Elem + FftFloat>(
     mm(rows, h, h, &mut dh, true, rm(&duf, h), rm(w(4), h), par);
     mm(rows, h, h, &mut dh, true, rm(&dub, h), rm(w(6), h), par);
     if sp.pre_norm {
-        let (dx, dwb) = layer_norm_bwd(x, &dh, w(0), eps, &dy_pre);
+        let packed = layer_norm_bwd(x, &dh, w(0), sp.eps, Some(&dy_pre));
+        let (dx, dwb) = packed.split_at(x.len());
         dp[pr[0].clone()].copy_from_slice(&dwb[..h]);
         dp[pr[1].clone()].copy_from_slice(&dwb[h..]);
-        dx_out.copy_from_slice(&dx);
+        dx_out.copy_from_slice(dx);
     } else {
         dx_out
             .par_chunks_mut(8192)

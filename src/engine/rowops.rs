@@ -185,7 +185,7 @@ fn bias_act_fwd<T: Elem>(y: &[T], b: &[T], f: impl Fn(T) -> (T, T) + Sync) -> Ve
 }
 
 /// Column sums of `g` (…, N).
-fn col_sums<T: Elem>(g: &[T], n: usize) -> Vec<T> {
+pub(crate) fn col_sums<T: Elem>(g: &[T], n: usize) -> Vec<T> {
     let bn = block_rows(n) * n;
     let parts: Vec<Vec<T>> = g
         .par_chunks(bn)
@@ -671,7 +671,7 @@ fn row_stats<T: Elem>(x: &[T], eps: T) -> (T, T) {
     (mean, T::one() / (var + eps).sqrt())
 }
 
-fn layer_norm_fwd<T: Elem>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
+pub(crate) fn layer_norm_fwd<T: Elem>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
     let n = w.len();
     let eps = T::of(eps);
     let bn = block_rows(n) * n;
@@ -693,7 +693,13 @@ fn layer_norm_fwd<T: Elem>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
 
 /// (x, g) with w → [dx, dw, db], packed:
 /// dx = rstd·(g·w − mean(g·w) − x̂·mean(g·w·x̂)), dw = Σ g·x̂, db = Σ g.
-fn layer_norm_bwd<T: Elem>(x: &[T], g: &[T], w: &[T], eps: f64) -> Vec<T> {
+pub(crate) fn layer_norm_bwd<T: Elem>(
+    x: &[T],
+    g: &[T],
+    w: &[T],
+    eps: f64,
+    add: Option<&[T]>,
+) -> Vec<T> {
     let n = w.len();
     let eps = T::of(eps);
     let nf = T::of(n as f64);
@@ -728,6 +734,11 @@ fn layer_norm_bwd<T: Elem>(x: &[T], g: &[T], w: &[T], eps: f64) -> Vec<T> {
         })
         .collect();
     dwb.copy_from_slice(&sum_blocks(&parts, 2 * n));
+    if let Some(a) = add {
+        dx.par_chunks_mut(bn)
+            .zip(a.par_chunks(bn))
+            .for_each(|(d, a)| d.iter_mut().zip(a).for_each(|(d, a)| *d += *a));
+    }
     out
 }
 
@@ -788,8 +799,8 @@ impl CustomOp2 for LayerNormGrad {
         let s = dispatch(
             "layer-norm grad",
             &[(s1, l1), (s2, l2)],
-            |x| layer_norm_bwd(x[0], x[1], &small(w), eps),
-            |x| layer_norm_bwd(x[0], x[1], &small(w), eps),
+            |x| layer_norm_bwd(x[0], x[1], &small(w), eps, None),
+            |x| layer_norm_bwd(x[0], x[1], &small(w), eps, None),
         )?;
         Ok((s, Shape::from(l1.shape().elem_count() + 2 * w.len())))
     }
