@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::conv::{FftFloat, conv_fwd, conv_grad, cpu_slice};
 use super::nn::Gelu;
-use super::rowops::{Elem, col_sums, layer_norm_bwd, layer_norm_fwd};
+use super::rowops::{Elem, col_sums, dispatch, layer_norm_bwd, layer_norm_fwd};
 
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
@@ -952,26 +952,12 @@ impl CustomOp3 for LinearOp {
                 l3.shape()
             )
         }
-        let what = "linear";
-        let y = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                CpuStorage::F32(linear(
-                    cpu_slice(x, l1, what)?,
-                    cpu_slice(w, l2, what)?,
-                    cpu_slice(b, l3, what)?,
-                    inp,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                CpuStorage::F64(linear(
-                    cpu_slice(x, l1, what)?,
-                    cpu_slice(w, l2, what)?,
-                    cpu_slice(b, l3, what)?,
-                    inp,
-                ))
-            }
-            _ => candle_core::bail!("{what}: f32 or f64 operands of one dtype"),
-        };
+        let y = dispatch(
+            "linear",
+            &[(s1, l1), (s2, l2), (s3, l3)],
+            |v| linear(v[0], v[1], v[2], inp),
+            |v| linear(v[0], v[1], v[2], inp),
+        )?;
         Ok((y, Shape::from((rows, out))))
     }
 
@@ -1011,26 +997,12 @@ impl CustomOp3 for LinearGrad {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, inp) = l1.shape().dims2()?;
-        let what = "linear backward";
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => {
-                CpuStorage::F32(linear_bwd(
-                    cpu_slice(x, l1, what)?,
-                    cpu_slice(w, l2, what)?,
-                    cpu_slice(g, l3, what)?,
-                    inp,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => {
-                CpuStorage::F64(linear_bwd(
-                    cpu_slice(x, l1, what)?,
-                    cpu_slice(w, l2, what)?,
-                    cpu_slice(g, l3, what)?,
-                    inp,
-                ))
-            }
-            _ => candle_core::bail!("{what}: f32 or f64 operands of one dtype"),
-        };
+        let out = dispatch(
+            "linear backward",
+            &[(s1, l1), (s2, l2), (s3, l3)],
+            |v| linear_bwd(v[0], v[1], v[2], inp),
+            |v| linear_bwd(v[0], v[1], v[2], inp),
+        )?;
         let (o, _) = l2.shape().dims2()?;
         let n = l1.shape().elem_count() + l2.shape().elem_count() + o;
         Ok((out, Shape::from(n)))

@@ -69,7 +69,7 @@ impl Elem for f64 {
 }
 
 /// Runs the f32 or f64 instance of a kernel on the operands' slices.
-fn dispatch(
+pub(crate) fn dispatch(
     what: &str,
     ops: &[(&CpuStorage, &Layout)],
     f32k: impl FnOnce(&[&[f32]]) -> Vec<f32>,
