@@ -571,6 +571,23 @@ fn gated_gelu_bwd<T: Elem>(
     }
 }
 
+/// `dx = dy W` (rows × in) of a linear layer's input, for dy (rows × out) and W (out × in).
+fn input_grad<T: Elem>(dy: &[T], w: &[T], out: usize, inp: usize) -> Vec<T> {
+    let rows = dy.len() / out;
+    let mut dx = vec![T::zero(); rows * inp];
+    mm(
+        rows,
+        inp,
+        out,
+        &mut dx,
+        false,
+        rm(dy, out),
+        rm(w, inp),
+        parallelism(),
+    );
+    dx
+}
+
 /// `dW = dyᵀ x` (out × in) into `dst`.
 fn weight_grad<T: Elem>(dst: &mut [T], dy: &[T], x: &[T], out: usize, inp: usize) {
     let rows = dy.len() / out;
@@ -617,20 +634,10 @@ fn backward<T: Elem + FftFloat>(
     // do: y = x + zv Woᵀ + bo
     weight_grad(&mut dp[pr[14].clone()], &dy_pre, &s.zv, h, i);
     dp[pr[15].clone()].copy_from_slice(&col_sums(&dy_pre, h));
-    let mut dzv = vec![T::zero(); rows * i];
-    mm(
-        rows,
-        i,
-        h,
-        &mut dzv,
-        false,
-        rm(&dy_pre, h),
-        rm(w(14), i),
-        par,
-    );
-    // zv = gelu(z_pre) ⊙ gelu(v_pre): dz_pre in place of dzv, dv_pre beside it.
+    let mut dz_pre = input_grad(&dy_pre, w(14), h, i);
+    // zv = gelu(z_pre) ⊙ gelu(v_pre): d zv becomes dz_pre in place, dv_pre beside it.
     let mut dv_pre = vec![T::zero(); rows * i];
-    let (dzr, dvr) = (Rows::of(&mut dzv, i), Rows::of(&mut dv_pre, i));
+    let (dzr, dvr) = (Rows::of(&mut dz_pre, i), Rows::of(&mut dv_pre, i));
     let act = sp.act;
     let sums = rows_sum(i, rows, 2 * i, |r, acc| {
         // SAFETY: each block owns its rows.
@@ -644,22 +651,11 @@ fn backward<T: Elem + FftFloat>(
             Gelu::Exact => gated_gelu_bwd(dz, dv, zp, vp, i, acc, |x| T::gelu(Gelu::Exact, x)),
         }
     });
-    let dz_pre = dzv;
     dp[pr[13].clone()].copy_from_slice(&sums[..i]);
     dp[pr[3].clone()].copy_from_slice(&sums[i..]);
     // dol: z_pre = g Wolᵀ + bol
     weight_grad(&mut dp[pr[12].clone()], &dz_pre, &s.g, i, h);
-    let mut dg = vec![T::zero(); rows * h];
-    mm(
-        rows,
-        h,
-        i,
-        &mut dg,
-        false,
-        rm(&dz_pre, i),
-        rm(w(12), h),
-        par,
-    );
+    let dg = input_grad(&dz_pre, w(12), i, h);
     // g = af ⊙ ab
     let mut daf = vec![T::zero(); rows * h];
     let mut dab = vec![T::zero(); rows * h];
@@ -688,10 +684,8 @@ fn backward<T: Elem + FftFloat>(
     dp[pr[11].clone()].copy_from_slice(&sums[h..]);
     weight_grad(&mut dp[pr[8].clone()], &daf, &s.sf, h, h);
     weight_grad(&mut dp[pr[10].clone()], &dab, &s.sb, h, h);
-    let mut dsf = vec![T::zero(); rows * h];
-    mm(rows, h, h, &mut dsf, false, rm(&daf, h), rm(w(8), h), par);
-    let mut dsb = vec![T::zero(); rows * h];
-    mm(rows, h, h, &mut dsb, false, rm(&dab, h), rm(w(10), h), par);
+    let dsf = input_grad(&daf, w(8), h, h);
+    let dsb = input_grad(&dab, w(10), h, h);
     // the SSMs
     let (mut duf, dkf) = conv_bwd(&s.uf, kf, &dsf, h, false, sp.dense);
     let (mut dub, dkb) = conv_bwd(&s.ub, kb, &dsb, h, true, sp.dense);
@@ -701,22 +695,11 @@ fn backward<T: Elem + FftFloat>(
     let dbub = gelu_grad_inplace(&mut dub, &s.ub_pre, h, act);
     dp[pr[5].clone()].copy_from_slice(&dbuf);
     dp[pr[7].clone()].copy_from_slice(&dbub);
-    let dv_pre_ = dv_pre;
     // input projections
-    weight_grad(&mut dp[pr[2].clone()], &dv_pre_, &s.h, i, h);
+    weight_grad(&mut dp[pr[2].clone()], &dv_pre, &s.h, i, h);
     weight_grad(&mut dp[pr[4].clone()], &duf, &s.h, h, h);
     weight_grad(&mut dp[pr[6].clone()], &dub, &s.h, h, h);
-    let mut dh = vec![T::zero(); rows * h];
-    mm(
-        rows,
-        h,
-        i,
-        &mut dh,
-        false,
-        rm(&dv_pre_, i),
-        rm(w(2), h),
-        par,
-    );
+    let mut dh = input_grad(&dv_pre, w(2), i, h);
     mm(rows, h, h, &mut dh, true, rm(&duf, h), rm(w(4), h), par);
     mm(rows, h, h, &mut dh, true, rm(&dub, h), rm(w(6), h), par);
     if sp.pre_norm {
