@@ -304,7 +304,7 @@ pub struct BigsSsm {
     pub c: Tensor,
     pub log_step: Tensor,
     pub d: Tensor,
-    conv: ConvPath,
+    pub(crate) conv: ConvPath,
 }
 
 impl BigsSsm {

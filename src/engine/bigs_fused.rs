@@ -154,7 +154,7 @@ struct Saved<T> {
 // ------------------------------------------------------------------------------------------
 // building blocks
 
-fn parallelism() -> Parallelism {
+pub(crate) fn parallelism() -> Parallelism {
     let n = candle_core::utils::get_num_threads();
     if n > 1 {
         Parallelism::Rayon(n)
@@ -165,24 +165,24 @@ fn parallelism() -> Parallelism {
 
 /// A row-major matrix view: element (r, c) at `r·rs + c·cs`.
 #[derive(Clone, Copy)]
-struct Mat<'a, T> {
-    d: &'a [T],
-    rs: usize,
-    cs: usize,
+pub(crate) struct Mat<'a, T> {
+    pub(crate) d: &'a [T],
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
 }
 
-fn rm<T>(d: &[T], cols: usize) -> Mat<'_, T> {
+pub(crate) fn rm<T>(d: &[T], cols: usize) -> Mat<'_, T> {
     Mat { d, rs: cols, cs: 1 }
 }
 
 /// Transposed view of a row-major (rows × cols) matrix.
-fn tr<T>(d: &[T], cols: usize) -> Mat<'_, T> {
+pub(crate) fn tr<T>(d: &[T], cols: usize) -> Mat<'_, T> {
     Mat { d, rs: 1, cs: cols }
 }
 
 /// `dst (m × n, row-major) = [dst +] a (m × k) · b (k × n)`.
 #[allow(clippy::too_many_arguments)]
-fn mm<T: Elem>(
+pub(crate) fn mm<T: Elem>(
     m: usize,
     n: usize,
     k: usize,
@@ -192,7 +192,27 @@ fn mm<T: Elem>(
     b: Mat<T>,
     par: Parallelism,
 ) {
-    assert!(dst.len() >= m * n, "gemm: destination too small");
+    mm_rows(m, n, k, dst, n, acc, a, b, par)
+}
+
+/// [`mm`] into rows of `dst` that lie `dst_rs` elements apart (a column block of a wider
+/// matrix).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mm_rows<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    dst_rs: usize,
+    acc: bool,
+    a: Mat<T>,
+    b: Mat<T>,
+    par: Parallelism,
+) {
+    assert!(
+        m == 0 || n == 0 || (dst_rs >= n && (m - 1) * dst_rs + n <= dst.len()),
+        "gemm: destination too small"
+    );
     let last =
         |x: Mat<T>, rows: usize, cols: usize| (rows.max(1) - 1) * x.rs + (cols.max(1) - 1) * x.cs;
     assert!(
@@ -207,7 +227,7 @@ fn mm<T: Elem>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             acc,
             a.d.as_ptr(),
             a.cs as isize,
@@ -226,7 +246,7 @@ fn mm<T: Elem>(
 }
 
 /// `x Wᵀ + b` for rows x (R × in), W (out × in), b (out).
-fn linear<T: Elem>(x: &[T], w: &[T], b: &[T], inp: usize) -> Vec<T> {
+pub(crate) fn linear<T: Elem>(x: &[T], w: &[T], b: &[T], inp: usize) -> Vec<T> {
     let out = b.len();
     let rows = x.len() / inp;
     let mut y = vec![T::zero(); rows * out];
@@ -246,13 +266,13 @@ fn linear<T: Elem>(x: &[T], w: &[T], b: &[T], inp: usize) -> Vec<T> {
 }
 
 /// Rows per parallel block (fixed by the width, so sums do not depend on the thread count).
-fn block(n: usize) -> usize {
+pub(crate) fn block(n: usize) -> usize {
     (32768 / n.max(1)).max(1) * n
 }
 
 /// Runs `f(block index, rows of every slice)` over blocks of rows in parallel and returns the
 /// per-block accumulators (width `acc`) summed in block order.
-fn rows_sum<T: Elem>(
+pub(crate) fn rows_sum<T: Elem>(
     width: usize,
     rows: usize,
     acc: usize,
@@ -278,23 +298,23 @@ fn rows_sum<T: Elem>(
 
 /// Mutable rows `r` of a (· × width) buffer shared across blocks that touch disjoint rows.
 #[derive(Clone, Copy)]
-struct Rows<T>(*mut T, usize);
+pub(crate) struct Rows<T>(*mut T, usize);
 // SAFETY: blocks write disjoint row ranges only.
-unsafe impl<T> Send for Rows<T> {}
-unsafe impl<T> Sync for Rows<T> {}
+unsafe impl<T: Send> Send for Rows<T> {}
+unsafe impl<T: Send + Sync> Sync for Rows<T> {}
 
 impl<T> Rows<T> {
-    fn of(v: &mut [T], width: usize) -> Self {
+    pub(crate) fn of(v: &mut [T], width: usize) -> Self {
         Self(v.as_mut_ptr(), width)
     }
     /// SAFETY: callers touch each row from one block only.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn get(&self, r: Range<usize>) -> &mut [T] {
+    pub(crate) unsafe fn get(&self, r: Range<usize>) -> &mut [T] {
         unsafe { std::slice::from_raw_parts_mut(self.0.add(r.start * self.1), r.len() * self.1) }
     }
 }
 
-fn gelu_all<T: Elem>(x: &[T], k: Gelu) -> Vec<T> {
+pub(crate) fn gelu_all<T: Elem>(x: &[T], k: Gelu) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(8192)
         .zip(x.par_chunks(8192))
@@ -312,7 +332,7 @@ fn gelu_all<T: Elem>(x: &[T], k: Gelu) -> Vec<T> {
 }
 
 /// `d ⊙ act'(pre)` in place, returning the column sums (the bias gradient).
-fn gelu_grad_inplace<T: Elem>(d: &mut [T], pre: &[T], n: usize, k: Gelu) -> Vec<T> {
+pub(crate) fn gelu_grad_inplace<T: Elem>(d: &mut [T], pre: &[T], n: usize, k: Gelu) -> Vec<T> {
     let rows = d.len() / n;
     let out = Rows::of(d, n);
     rows_sum(n, rows, n, |r, acc| {
@@ -352,7 +372,7 @@ fn toeplitz<T: Elem>(k: &[T], anti: bool) -> Vec<T> {
 }
 
 /// (B, L, H) → (B, H, L), time reversed if `rev`.
-fn to_bhl<T: Elem>(u: &[T], l: usize, h: usize, rev: bool) -> Vec<T> {
+pub(crate) fn to_bhl<T: Elem>(u: &[T], l: usize, h: usize, rev: bool) -> Vec<T> {
     let mut o = vec![T::zero(); u.len()];
     o.par_chunks_mut(h * l)
         .zip(u.par_chunks(l * h))
@@ -368,7 +388,7 @@ fn to_bhl<T: Elem>(u: &[T], l: usize, h: usize, rev: bool) -> Vec<T> {
 }
 
 /// (B, H, L) → (B, L, H), time reversed if `rev`.
-fn to_blh<T: Elem>(u: &[T], l: usize, h: usize, rev: bool) -> Vec<T> {
+pub(crate) fn to_blh<T: Elem>(u: &[T], l: usize, h: usize, rev: bool) -> Vec<T> {
     let mut o = vec![T::zero(); u.len()];
     o.par_chunks_mut(l * h)
         .zip(u.par_chunks(h * l))
@@ -383,15 +403,47 @@ fn to_blh<T: Elem>(u: &[T], l: usize, h: usize, rev: bool) -> Vec<T> {
     o
 }
 
-/// `y_b = T u_b` for every sequence b of u (B, L, H).
-fn conv<T: Elem + FftFloat>(u: &[T], k: &[T], h: usize, anti: bool, dense: bool) -> Vec<T> {
-    let l = k.len();
+/// `y_b = T u_b` for every sequence b of u (B, L, H), with one kernel for all channels
+/// (`ck` = 1, `k` of length L) or one per channel (`ck` = H, `k` (H, L)).
+pub(crate) fn conv<T: Elem + FftFloat>(
+    u: &[T],
+    k: &[T],
+    h: usize,
+    ck: usize,
+    anti: bool,
+    dense: bool,
+) -> Vec<T> {
+    let l = k.len() / ck;
     if !dense {
         let ut = to_bhl(u, l, h, anti);
-        return to_blh(&conv_fwd(&ut, k, h, 1, l), l, h, anti);
+        return to_blh(&conv_fwd(&ut, k, h, ck, l), l, h, anti);
+    }
+    let mut y = vec![T::zero(); u.len()];
+    if ck != 1 {
+        // Per-channel kernels on short sequences: direct sums (a Toeplitz product per channel
+        // would be a matrix-vector product each).
+        y.par_chunks_mut(l * h)
+            .zip(u.par_chunks(l * h))
+            .for_each(|(y, u)| {
+                for t in 0..l {
+                    for s in 0..l {
+                        let lag = if anti {
+                            s.wrapping_sub(t)
+                        } else {
+                            t.wrapping_sub(s)
+                        };
+                        if lag >= l {
+                            continue;
+                        }
+                        for c in 0..h {
+                            y[t * h + c] += k[c * l + lag] * u[s * h + c];
+                        }
+                    }
+                }
+            });
+        return y;
     }
     let tm = toeplitz(k, anti);
-    let mut y = vec![T::zero(); u.len()];
     y.par_chunks_mut(l * h)
         .zip(u.par_chunks(l * h))
         .for_each(|(y, u)| mm(l, h, l, y, false, rm(&tm, l), rm(u, h), Parallelism::None));
@@ -399,20 +451,57 @@ fn conv<T: Elem + FftFloat>(u: &[T], k: &[T], h: usize, anti: bool, dense: bool)
 }
 
 /// Gradients of [`conv`]: (du, dk) from dy.
-fn conv_bwd<T: Elem + FftFloat>(
+pub(crate) fn conv_bwd<T: Elem + FftFloat>(
     u: &[T],
     k: &[T],
     dy: &[T],
     h: usize,
+    ck: usize,
     anti: bool,
     dense: bool,
 ) -> (Vec<T>, Vec<T>) {
-    let l = k.len();
+    let l = k.len() / ck;
     if !dense {
         let (ut, dyt) = (to_bhl(u, l, h, anti), to_bhl(dy, l, h, anti));
-        let out = conv_grad(&ut, k, &dyt, h, 1, l);
+        let out = conv_grad(&ut, k, &dyt, h, ck, l);
         let (du, dk) = out.split_at(ut.len());
         return (to_blh(du, l, h, anti), dk.to_vec());
+    }
+    if ck != 1 {
+        // du[s] = Σ_t k[lag(t, s)]·dy[t]; dk[c, lag] = Σ_b Σ_t dy[t, c]·u[s, c], per sequence,
+        // then summed in batch order.
+        let mut du = vec![T::zero(); u.len()];
+        let dks: Vec<Vec<T>> = du
+            .par_chunks_mut(l * h)
+            .zip(u.par_chunks(l * h).zip(dy.par_chunks(l * h)))
+            .map(|(du, (u, dy))| {
+                let mut dk = vec![T::zero(); h * l];
+                for t in 0..l {
+                    for s in 0..l {
+                        let lag = if anti {
+                            s.wrapping_sub(t)
+                        } else {
+                            t.wrapping_sub(s)
+                        };
+                        if lag >= l {
+                            continue;
+                        }
+                        for c in 0..h {
+                            du[s * h + c] += k[c * l + lag] * dy[t * h + c];
+                            dk[c * l + lag] += dy[t * h + c] * u[s * h + c];
+                        }
+                    }
+                }
+                dk
+            })
+            .collect();
+        let mut dk = vec![T::zero(); h * l];
+        for part in &dks {
+            for (d, p) in dk.iter_mut().zip(part) {
+                *d += *p;
+            }
+        }
+        return (du, dk);
     }
     let tm = toeplitz(k, anti);
     let mut du = vec![T::zero(); u.len()];
@@ -467,8 +556,8 @@ fn forward<T: Elem + FftFloat>(sp: &LayerSpec, x: &[T], p: &[T], k: &[T]) -> (Ve
     let ub_pre = linear(&hn, w(6), w(7), h);
     let uf = gelu_all(&uf_pre, sp.act);
     let ub = gelu_all(&ub_pre, sp.act);
-    let sf = conv(&uf, kf, h, false, sp.dense);
-    let sb = conv(&ub, kb, h, true, sp.dense);
+    let sf = conv(&uf, kf, h, 1, false, sp.dense);
+    let sb = conv(&ub, kb, h, 1, true, sp.dense);
     let af = linear(&sf, w(8), w(9), h);
     let ab = linear(&sb, w(10), w(11), h);
     let mut g = vec![T::zero(); af.len()];
@@ -544,7 +633,7 @@ fn forward<T: Elem + FftFloat>(sp: &LayerSpec, x: &[T], p: &[T], k: &[T]) -> (Ve
 /// Backward of `zv = act(z)·act(v)` over rows of width `n`: `dz ← dz·act(v)·act'(z)` in place,
 /// `dv = dz·act(z)·act'(v)`, column sums of both into `acc` ([dz sums, dv sums]).
 #[inline(always)]
-fn gated_gelu_bwd<T: Elem>(
+pub(crate) fn gated_gelu_bwd<T: Elem>(
     dz: &mut [T],
     dv: &mut [T],
     zp: &[T],
@@ -572,7 +661,7 @@ fn gated_gelu_bwd<T: Elem>(
 }
 
 /// `dx = dy W` (rows × in) of a linear layer's input, for dy (rows × out) and W (out × in).
-fn input_grad<T: Elem>(dy: &[T], w: &[T], out: usize, inp: usize) -> Vec<T> {
+pub(crate) fn input_grad<T: Elem>(dy: &[T], w: &[T], out: usize, inp: usize) -> Vec<T> {
     let rows = dy.len() / out;
     let mut dx = vec![T::zero(); rows * inp];
     mm(
@@ -589,7 +678,7 @@ fn input_grad<T: Elem>(dy: &[T], w: &[T], out: usize, inp: usize) -> Vec<T> {
 }
 
 /// `dW = dyᵀ x` (out × in) into `dst`.
-fn weight_grad<T: Elem>(dst: &mut [T], dy: &[T], x: &[T], out: usize, inp: usize) {
+pub(crate) fn weight_grad<T: Elem>(dst: &mut [T], dy: &[T], x: &[T], out: usize, inp: usize) {
     let rows = dy.len() / out;
     mm(
         out,
@@ -687,8 +776,8 @@ fn backward<T: Elem + FftFloat>(
     let dsf = input_grad(&daf, w(8), h, h);
     let dsb = input_grad(&dab, w(10), h, h);
     // the SSMs
-    let (mut duf, dkf) = conv_bwd(&s.uf, kf, &dsf, h, false, sp.dense);
-    let (mut dub, dkb) = conv_bwd(&s.ub, kb, &dsb, h, true, sp.dense);
+    let (mut duf, dkf) = conv_bwd(&s.uf, kf, &dsf, h, 1, false, sp.dense);
+    let (mut dub, dkb) = conv_bwd(&s.ub, kb, &dsb, h, 1, true, sp.dense);
     dk_out[..l].copy_from_slice(&dkf);
     dk_out[l..].copy_from_slice(&dkb);
     let dbuf = gelu_grad_inplace(&mut duf, &s.uf_pre, h, act);

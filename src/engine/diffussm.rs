@@ -22,7 +22,8 @@ use candle_nn::{VarBuilder, VarMap};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::conv::ConvPath;
+use super::conv::{ConvPath, resolve_path};
+use super::diffussm_fused::{BlockSpec, DiffussmBlockOp};
 use super::error::{EngineError, Result};
 use super::init::{AInit, a_init_full, a_init_half, normal, tensor_f64, uniform};
 use super::nn::{Activation, Linear, linear, normalize};
@@ -330,8 +331,62 @@ impl DiffussmBlock {
         })
     }
 
-    /// x (B, J, D), c (B, D) → (B, J, D).
+    /// x (B, J, D), c (B, D) → (B, J, D): one fused node on the CPU (f32/f64,
+    /// [`super::diffussm_fused`]), candle ops elsewhere.
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        if super::bigs_fused::enabled()
+            && x.device().is_cpu()
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+        {
+            return self.forward_fused(x, c);
+        }
+        self.forward_ops(x, c)
+    }
+
+    /// The block as one autograd node with a hand-written backward.
+    pub fn forward_fused(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        let (b, j, d) = x.dims3()?;
+        let l = j * self.m;
+        let mods = self.ada.forward(&silu(c)?)?; // (B, 3D): shift, scale, gate
+        let kf = self.ssm_fwd.skip_kernel(l)?;
+        let kb = self.ssm_bwd.skip_kernel(l)?;
+        let e = Tensor::cat(
+            &[kf.flatten_all()?, kb.flatten_all()?, mods.flatten_all()?],
+            0,
+        )?;
+        let mut parts = Vec::with_capacity(12);
+        for lin in [&self.w0, &self.up] {
+            parts.push(lin.weight.flatten_all()?);
+            parts.push(lin.bias()?.clone());
+        }
+        parts.push(self.down_w.flatten_all()?);
+        parts.push(self.down_b.flatten_all()?);
+        for lin in [&self.w1, &self.w2, &self.w3] {
+            parts.push(lin.weight.flatten_all()?);
+            parts.push(lin.bias()?.clone());
+        }
+        let p = Tensor::cat(&parts, 0)?;
+        let ck = kf.dim(0)?;
+        let spec = BlockSpec {
+            batch: b,
+            stream: j,
+            m: self.m,
+            d,
+            f: self.w1.weight.dim(0)?,
+            ck,
+            act: self.act,
+            dense: resolve_path(self.ssm_fwd.conv_path(), x, ck, l) == ConvPath::Dense,
+        };
+        let y =
+            x.reshape((b * j, d))?
+                .contiguous()?
+                .apply_op3(&p, &e, DiffussmBlockOp::new(spec))?;
+        Ok(y.reshape((b, j, d))?)
+    }
+
+    /// The block from candle ops: the path on other devices, and the reference the fused
+    /// block is tested against.
+    pub fn forward_ops(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let (b, j, d) = x.dims3()?;
         let m = self.m;
         let act = |t: &Tensor| self.act.apply(t);

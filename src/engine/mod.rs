@@ -8,6 +8,7 @@ pub mod classifier;
 pub mod conv;
 pub mod diffusion;
 pub mod diffussm;
+pub mod diffussm_fused;
 pub mod error;
 pub mod fused;
 pub mod init;

@@ -61,6 +61,15 @@ impl S4dSsm {
         )
     }
 
+    /// The kernels with the skip folded into their first tap, `K[h] + D[h]·δ₀`, (H, L).
+    pub fn skip_kernel(&self, l: usize) -> Result<Tensor> {
+        let k = self.kernel(l)?;
+        let mut e0 = vec![0f32; l];
+        e0[0] = 1.0;
+        let e0 = Tensor::new(e0, k.device())?.to_dtype(k.dtype())?;
+        Ok((k + self.d.unsqueeze(1)?.broadcast_mul(&e0.unsqueeze(0)?)?)?)
+    }
+
     /// `y[:, t, h] = Σ_{j≤t} K[h, j]·u[:, t−j, h] + D[h]·u[:, t, h]` for `u` (B, L, H).
     pub fn forward(&self, u: &Tensor) -> Result<Tensor> {
         let k = self.kernel(u.dim(1)?)?;
@@ -95,6 +104,22 @@ impl Ssm {
         match self {
             Self::PerChannel(s) => s.kernel(l),
             Self::Shared(s) => Ok(s.kernel(l)?.unsqueeze(0)?),
+        }
+    }
+
+    /// Kernels with the skip folded into tap 0, (rows, L).
+    pub fn skip_kernel(&self, l: usize) -> Result<Tensor> {
+        match self {
+            Self::PerChannel(s) => s.skip_kernel(l),
+            Self::Shared(s) => Ok(s.skip_kernel(l)?.unsqueeze(0)?),
+        }
+    }
+
+    /// The convolution path the layer was configured with.
+    pub fn conv_path(&self) -> ConvPath {
+        match self {
+            Self::PerChannel(s) => s.conv,
+            Self::Shared(s) => s.conv,
         }
     }
 

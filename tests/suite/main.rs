@@ -9,6 +9,7 @@ mod diffusion;
 mod engine_bigs;
 mod engine_bigs_fused;
 mod engine_conv;
+mod engine_diffussm_fused;
 mod engine_kernels;
 mod engine_rowops;
 mod kernels;

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Compile-checks the `cuda` feature on a machine without a GPU (and without a CUDA toolkit):
+# nvcc, the CUDA runtime headers and CCCL come from NVIDIA's PyPI wheels in a venv, and
+# `CUDA_COMPUTE_CAP` stands in for the GPU that nvcc would otherwise query.
+#
+#   scripts/cuda-check.sh                  # venv in ~/.cache/ssmlab-cuda-venv, target/cuda-check
+#   CUDA_VENV=/tmp/v scripts/cuda-check.sh
+#
+# Why `check` and not `build`: cudarc links against libcuda, which only a GPU machine's driver
+# has; the link and the run happen in scripts/gpu-check.sh on a GPU machine.
+# The 13.4 wheels are pinned: cudarc 0.19 (candle 0.11.1) knows CUDA up to 13.4 and panics on
+# newer toolkits ("Unsupported cuda toolkit version"). Nearly all of the time (about 10 minutes
+# on 2 cores) is nvcc compiling candle's kernels on one core, so the venv and the target
+# directory are kept between runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${CUDA_VENV:-$HOME/.cache/ssmlab-cuda-venv}"
+CUDA_WHEEL_VERSION="${CUDA_WHEEL_VERSION:-13.4.*}"
+start=$(date +%s)
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c 'import nvidia' 2>/dev/null || [ ! -d "$VENV/.ssmlab-cuda-ok" ]; then
+  "$VENV/bin/pip" install -q \
+    "nvidia-cuda-nvcc==$CUDA_WHEEL_VERSION" \
+    "nvidia-cuda-runtime==$CUDA_WHEEL_VERSION" \
+    "nvidia-cuda-cccl==$CUDA_WHEEL_VERSION"
+  mkdir -p "$VENV/.ssmlab-cuda-ok"
+fi
+site=$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))')
+root=""
+for cand in "$site/nvidia/cu13" "$site/nvidia/cuda_nvcc"; do
+  if [ -x "$cand/bin/nvcc" ]; then root="$cand"; break; fi
+done
+if [ -z "$root" ]; then
+  echo "cuda-check: no nvcc under $site/nvidia (the nvidia-cuda-nvcc wheel's layout changed?)" >&2
+  exit 1
+fi
+export CUDA_HOME="$root" CUDA_PATH="$root" CUDA_ROOT="$root"
+export PATH="$root/bin:$PATH"
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+# The include folder must hold cuda_runtime.h and CCCL (cuda/std, cub, thrust).
+export CPATH="$root/include${CPATH:+:$CPATH}"
+nvcc --version | tail -n 2
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda-check}" \
+  cargo check --release --features cuda --all-targets
+echo "cuda-check: cargo check --release --features cuda passed in $(( $(date +%s) - start )) s"
