@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use super::conv::{FftFloat, conv_fwd, conv_grad, cpu_slice};
 use super::nn::Gelu;
 use super::rowops::{Elem, col_sums, dispatch, layer_norm_bwd, layer_norm_fwd};
+use super::simd::vectorised;
 
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
@@ -318,15 +319,17 @@ pub(crate) fn gelu_all<T: Elem>(x: &[T], k: Gelu) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(8192)
         .zip(x.par_chunks(8192))
-        .for_each(|(y, x)| match k {
-            Gelu::Tanh => y
-                .iter_mut()
-                .zip(x)
-                .for_each(|(y, x)| *y = T::gelu(Gelu::Tanh, *x).0),
-            Gelu::Exact => y
-                .iter_mut()
-                .zip(x)
-                .for_each(|(y, x)| *y = T::gelu(Gelu::Exact, *x).0),
+        .for_each(|(y, x)| {
+            vectorised(|| match k {
+                Gelu::Tanh => y
+                    .iter_mut()
+                    .zip(x)
+                    .for_each(|(y, x)| *y = T::gelu(Gelu::Tanh, *x).0),
+                Gelu::Exact => y
+                    .iter_mut()
+                    .zip(x)
+                    .for_each(|(y, x)| *y = T::gelu(Gelu::Exact, *x).0),
+            })
         });
     y
 }
@@ -339,18 +342,20 @@ pub(crate) fn gelu_grad_inplace<T: Elem>(d: &mut [T], pre: &[T], n: usize, k: Ge
         // SAFETY: each block owns its rows.
         let d = unsafe { out.get(r.clone()) };
         let p = &pre[r.start * n..r.end * n];
-        for (d, p) in d.chunks_mut(n).zip(p.chunks(n)) {
-            match k {
-                Gelu::Tanh => (0..n).for_each(|j| {
-                    d[j] = d[j] * T::gelu(Gelu::Tanh, p[j]).1;
-                    acc[j] += d[j];
-                }),
-                Gelu::Exact => (0..n).for_each(|j| {
-                    d[j] = d[j] * T::gelu(Gelu::Exact, p[j]).1;
-                    acc[j] += d[j];
-                }),
+        vectorised(|| {
+            for (d, p) in d.chunks_mut(n).zip(p.chunks(n)) {
+                match k {
+                    Gelu::Tanh => (0..n).for_each(|j| {
+                        d[j] = d[j] * T::gelu(Gelu::Tanh, p[j]).1;
+                        acc[j] += d[j];
+                    }),
+                    Gelu::Exact => (0..n).for_each(|j| {
+                        d[j] = d[j] * T::gelu(Gelu::Exact, p[j]).1;
+                        acc[j] += d[j];
+                    }),
+                }
             }
-        }
+        })
     })
 }
 
@@ -573,14 +578,15 @@ fn forward<T: Elem + FftFloat>(sp: &LayerSpec, x: &[T], p: &[T], k: &[T]) -> (Ve
     let act = sp.act;
     zv.par_chunks_mut(8192)
         .zip(z_pre.par_chunks(8192).zip(v_pre.par_chunks(8192)))
-        .for_each(|(o, (z, v))| match act {
-            Gelu::Tanh => o
-                .iter_mut()
-                .zip(z.iter().zip(v))
-                .for_each(|(o, (z, v))| *o = T::gelu(Gelu::Tanh, *z).0 * T::gelu(Gelu::Tanh, *v).0),
-            Gelu::Exact => o.iter_mut().zip(z.iter().zip(v)).for_each(|(o, (z, v))| {
-                *o = T::gelu(Gelu::Exact, *z).0 * T::gelu(Gelu::Exact, *v).0
-            }),
+        .for_each(|(o, (z, v))| {
+            vectorised(|| match act {
+                Gelu::Tanh => o.iter_mut().zip(z.iter().zip(v)).for_each(|(o, (z, v))| {
+                    *o = T::gelu(Gelu::Tanh, *z).0 * T::gelu(Gelu::Tanh, *v).0
+                }),
+                Gelu::Exact => o.iter_mut().zip(z.iter().zip(v)).for_each(|(o, (z, v))| {
+                    *o = T::gelu(Gelu::Exact, *z).0 * T::gelu(Gelu::Exact, *v).0
+                }),
+            })
         });
     // y = x + zv Woᵀ + bo: start from x + bo, accumulate the product.
     let mut y = vec![T::zero(); x.len()];
@@ -735,10 +741,10 @@ fn backward<T: Elem + FftFloat>(
             &s.z_pre[r.start * i..r.end * i],
             &s.v_pre[r.start * i..r.end * i],
         );
-        match act {
+        vectorised(|| match act {
             Gelu::Tanh => gated_gelu_bwd(dz, dv, zp, vp, i, acc, |x| T::gelu(Gelu::Tanh, x)),
             Gelu::Exact => gated_gelu_bwd(dz, dv, zp, vp, i, acc, |x| T::gelu(Gelu::Exact, x)),
-        }
+        })
     });
     dp[pr[13].clone()].copy_from_slice(&sums[..i]);
     dp[pr[3].clone()].copy_from_slice(&sums[i..]);

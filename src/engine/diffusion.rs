@@ -292,6 +292,8 @@ pub fn sample(
     rng: &mut ChaCha8Rng,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Samples> {
+    // Detached weights, kernels computed once for all steps.
+    let model = &model.for_sampling()?;
     let c = &model.cfg;
     let shape = (y.len(), c.in_channels, c.image_height, c.image_width);
     let dev = model.device().clone();

@@ -309,6 +309,27 @@ pub struct DiffussmBlock {
     w3: Linear,
     act: Activation,
     m: usize,
+    /// Set by [`Diffussm::for_sampling`]: the packed parameters and both SSM kernels, detached
+    /// and computed once (they do not depend on the input or the timestep).
+    frozen: Option<Frozen>,
+}
+
+/// What a block's fused node takes besides the input and the modulations, precomputed.
+#[derive(Debug, Clone)]
+struct Frozen {
+    /// The sequence length the kernels were computed for.
+    l: usize,
+    params: Tensor,
+    /// K_f and K_b with the skip in tap 0, flat (2·rows·L).
+    kernels: Tensor,
+}
+
+/// The same layer on detached tensors (no autograd graph is recorded through it).
+fn detached(l: &Linear) -> Linear {
+    Linear {
+        weight: l.weight.detach(),
+        bias: l.bias.as_ref().map(Tensor::detach),
+    }
 }
 
 impl DiffussmBlock {
@@ -328,7 +349,56 @@ impl DiffussmBlock {
             w3: linear(f, d, vb.pp("w3"))?,
             act: cfg.activation,
             m,
+            frozen: None,
         })
+    }
+
+    /// The parameters of the fused node, flat in [`super::diffussm_fused::PARAMS`] order.
+    fn packed_params(&self) -> Result<Tensor> {
+        let mut parts = Vec::with_capacity(12);
+        for lin in [&self.w0, &self.up] {
+            parts.push(lin.weight.flatten_all()?);
+            parts.push(lin.bias()?.clone());
+        }
+        parts.push(self.down_w.flatten_all()?);
+        parts.push(self.down_b.flatten_all()?);
+        for lin in [&self.w1, &self.w2, &self.w3] {
+            parts.push(lin.weight.flatten_all()?);
+            parts.push(lin.bias()?.clone());
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// Both kernels with the skip in tap 0, flat, and their row count (D or 1).
+    fn packed_kernels(&self, l: usize) -> Result<(Tensor, usize)> {
+        let kf = self.ssm_fwd.skip_kernel(l)?;
+        let kb = self.ssm_bwd.skip_kernel(l)?;
+        let ck = kf.dim(0)?;
+        Ok((Tensor::cat(&[kf.flatten_all()?, kb.flatten_all()?], 0)?, ck))
+    }
+
+    /// This block on detached weights, with its packed parameters and kernels at length `l`
+    /// computed once.
+    fn frozen(&self, l: usize) -> Result<Self> {
+        let mut b = Self {
+            ada: detached(&self.ada),
+            w0: detached(&self.w0),
+            up: detached(&self.up),
+            down_w: self.down_w.detach(),
+            down_b: self.down_b.detach(),
+            w1: detached(&self.w1),
+            w2: detached(&self.w2),
+            w3: detached(&self.w3),
+            frozen: None,
+            ..self.clone()
+        };
+        let (kernels, _) = self.packed_kernels(l)?;
+        b.frozen = Some(Frozen {
+            l,
+            params: b.packed_params()?,
+            kernels: kernels.detach(),
+        });
+        Ok(b)
     }
 
     /// x (B, J, D), c (B, D) → (B, J, D): one fused node on the CPU (f32/f64,
@@ -348,25 +418,18 @@ impl DiffussmBlock {
         let (b, j, d) = x.dims3()?;
         let l = j * self.m;
         let mods = self.ada.forward(&silu(c)?)?; // (B, 3D): shift, scale, gate
-        let kf = self.ssm_fwd.skip_kernel(l)?;
-        let kb = self.ssm_bwd.skip_kernel(l)?;
-        let e = Tensor::cat(
-            &[kf.flatten_all()?, kb.flatten_all()?, mods.flatten_all()?],
-            0,
-        )?;
-        let mut parts = Vec::with_capacity(12);
-        for lin in [&self.w0, &self.up] {
-            parts.push(lin.weight.flatten_all()?);
-            parts.push(lin.bias()?.clone());
-        }
-        parts.push(self.down_w.flatten_all()?);
-        parts.push(self.down_b.flatten_all()?);
-        for lin in [&self.w1, &self.w2, &self.w3] {
-            parts.push(lin.weight.flatten_all()?);
-            parts.push(lin.bias()?.clone());
-        }
-        let p = Tensor::cat(&parts, 0)?;
-        let ck = kf.dim(0)?;
+        let (p, k, ck) = match &self.frozen {
+            Some(f) if f.l == l => (
+                f.params.clone(),
+                f.kernels.clone(),
+                f.kernels.elem_count() / (2 * l),
+            ),
+            _ => {
+                let (k, ck) = self.packed_kernels(l)?;
+                (self.packed_params()?, k, ck)
+            }
+        };
+        let e = Tensor::cat(&[k, mods.flatten_all()?], 0)?;
         let spec = BlockSpec {
             batch: b,
             stream: j,
@@ -452,6 +515,28 @@ impl Diffussm {
 
     pub fn device(&self) -> &Device {
         self.y_table.device()
+    }
+
+    /// The same model for sampling: detached weights (no autograd graph is recorded) and, in
+    /// each block, the packed parameters and the SSM kernels computed once instead of at every
+    /// denoising step. Outputs are bitwise those of `self`.
+    pub fn for_sampling(&self) -> Result<Self> {
+        let l = self.cfg.seq_len();
+        Ok(Self {
+            cfg: self.cfg.clone(),
+            x_embedder: detached(&self.x_embedder),
+            t_mlp0: detached(&self.t_mlp0),
+            t_mlp2: detached(&self.t_mlp2),
+            y_table: self.y_table.detach(),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.frozen(l))
+                .collect::<Result<_>>()?,
+            final_ada: detached(&self.final_ada),
+            final_linear: detached(&self.final_linear),
+            pos: self.pos.clone(),
+        })
     }
 
     /// The null class of classifier-free guidance.

@@ -38,6 +38,7 @@ use super::bigs_fused::{
 use super::conv::{FftFloat, cpu_slice};
 use super::nn::{Activation, Gelu};
 use super::rowops::{Elem, col_sums, layer_norm_bwd, layer_norm_fwd};
+use super::simd::vectorised;
 
 /// Order of the block's parameters in the flat vector (DiT / DiffuSSM names under the block).
 pub const PARAMS: [&str; 12] = [
@@ -153,7 +154,7 @@ fn act_all<T: Elem>(x: &[T], f: impl Fn(T) -> (T, T) + Sync) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(8192)
         .zip(x.par_chunks(8192))
-        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y = f(*x).0));
+        .for_each(|(y, x)| vectorised(|| y.iter_mut().zip(x).for_each(|(y, x)| *y = f(*x).0)));
     y
 }
 
@@ -170,12 +171,14 @@ fn act_grad_inplace<T: Elem>(
         // SAFETY: each block owns its rows.
         let d = unsafe { out.get(r.clone()) };
         let p = &pre[r.start * n..r.end * n];
-        for (d, p) in d.chunks_mut(n).zip(p.chunks(n)) {
-            for j in 0..n {
-                d[j] = d[j] * f(p[j]).1;
-                acc[j] += d[j];
+        vectorised(|| {
+            for (d, p) in d.chunks_mut(n).zip(p.chunks(n)) {
+                for j in 0..n {
+                    d[j] = d[j] * f(p[j]).1;
+                    acc[j] += d[j];
+                }
             }
-        }
+        })
     })
 }
 
@@ -282,9 +285,11 @@ fn forward<T: Elem + FftFloat>(
     o.par_chunks_mut(8192)
         .zip(p_pre.par_chunks(8192).zip(q_pre.par_chunks(8192)))
         .for_each(|(o, (pp, qp))| {
-            o.iter_mut()
-                .zip(pp.iter().zip(qp))
-                .for_each(|(o, (pp, qp))| *o = f(*pp).0 * f(*qp).0)
+            vectorised(|| {
+                o.iter_mut()
+                    .zip(pp.iter().zip(qp))
+                    .for_each(|(o, (pp, qp))| *o = f(*pp).0 * f(*qp).0)
+            })
         });
     let o2 = linear(&o, w(10), w(11), ff);
     let mut y = vec![T::zero(); x.len()];

@@ -177,3 +177,50 @@ fn fused_block_output_does_not_depend_on_the_batch_it_is_in() {
     let d = max_rel(&one, &all.narrow(0, 1, 1).unwrap());
     assert!(d < 1e-12, "image 1 differs by {d:e} alone vs in a batch");
 }
+
+#[test]
+fn the_sampling_model_predicts_the_same_noise_without_a_graph() {
+    // `for_sampling` detaches the weights and computes the SSM kernels once: its outputs are
+    // bitwise the trained model's, and they record no autograd graph.
+    for (kernel, conv) in [
+        (KernelMode::PerChannel, ConvPath::Fft),
+        (KernelMode::Shared, ConvPath::Dense),
+    ] {
+        let cfg = DiffussmConfig {
+            image_height: 4,
+            image_width: 6,
+            in_channels: 2,
+            patch_size: 1,
+            hidden_size: 8,
+            num_layers: 2,
+            hourglass: 2,
+            fusion_width: 12,
+            state_size: 4,
+            kernel,
+            conv,
+            num_classes: 3,
+            frequency_size: 16,
+            ..DiffussmConfig::default()
+        };
+        let dev = Device::Cpu;
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let (model, varmap) = build_diffussm(&cfg, DType::F32, &dev, &mut rng).unwrap();
+        for v in varmap.all_vars() {
+            let noise = normal(&mut rng, v.shape().clone(), 0.0, 0.2, DType::F32, &dev).unwrap();
+            v.set(&(v.as_tensor() + noise).unwrap()).unwrap();
+        }
+        let x = normal(&mut rng, (2, 2, 4, 6), 0.0, 1.0, DType::F32, &dev).unwrap();
+        let want = model.forward(&x, &[10.0, 900.0], &[1, 3]).unwrap();
+        assert!(want.track_op(), "the trained model records its graph");
+        let frozen = model.for_sampling().unwrap();
+        for _ in 0..2 {
+            let got = frozen.forward(&x, &[10.0, 900.0], &[1, 3]).unwrap();
+            assert!(
+                !got.track_op(),
+                "{kernel:?}: the sampling model records a graph"
+            );
+            let d = crate::common::max_abs(&got, &want);
+            assert_eq!(d, 0.0, "{kernel:?}: sampling model differs by {d:e}");
+        }
+    }
+}
