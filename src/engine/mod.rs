@@ -15,6 +15,7 @@ pub mod init;
 pub mod nn;
 pub mod rowops;
 pub mod s4d;
+pub mod s4d_fused;
 pub mod simd;
 pub mod ssm;
 pub mod weights;

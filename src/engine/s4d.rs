@@ -180,6 +180,19 @@ pub fn s4_kernel(
             c.dims()
         )));
     }
+    if disc == Discretization::Zoh
+        && super::bigs_fused::enabled()
+        && a_re.device().is_cpu()
+        && matches!(a_re.dtype(), DType::F32 | DType::F64)
+    {
+        // One node with a hand-written backward ([`super::s4d_fused`]).
+        let a = Tensor::stack(&[a_re, a_im], 2)?.contiguous()?;
+        return Ok(log_dt.contiguous()?.apply_op3(
+            &a,
+            &c.contiguous()?,
+            super::s4d_fused::S4KernelOp { len: l },
+        )?);
+    }
     let dt = log_dt.exp()?.unsqueeze(1)?; // (H, 1)
     let a = Cx::new(a_re.clone(), a_im.clone());
     let dta = a.scale_real(&dt)?; // (H, M)

@@ -282,3 +282,52 @@ fn lin_and_inv_inits() {
         .collect();
     assert_eq!(inv, want);
 }
+
+#[test]
+fn fused_s4_kernel_equals_the_op_built_kernel_with_gradients() {
+    // The CPU's one-node ZOH kernel (engine::s4d_fused) against the tensor-op kernel that other
+    // devices run: values and the gradients of all four parameters, f64 and f32, short and
+    // long kernels.
+    let v = load_st("s4d_kernel.safetensors");
+    for (dtype, tol) in [(DType::F64, 1e-9), (DType::F32, 2e-4)] {
+        for l in [7usize, 64, 1024] {
+            let var = |k: &str| {
+                Var::from_tensor(&v[&format!("s4.{k}")].to_dtype(dtype).unwrap()).unwrap()
+            };
+            let (log_dt, lar, aim, c) = (var("log_dt"), var("log_A_real"), var("A_imag"), var("C"));
+            let h = log_dt.dim(0).unwrap();
+            let w = Tensor::arange(0f64, (h * l) as f64, &Device::Cpu)
+                .unwrap()
+                .reshape((h, l))
+                .unwrap()
+                .affine(0.37, 0.1)
+                .unwrap()
+                .sin()
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let run = |fused: bool| {
+                let _g = ssmlab::engine::bigs_fused::set_enabled(fused);
+                let are = lar.as_tensor().exp().unwrap().neg().unwrap();
+                let k = s4_kernel(&log_dt, &are, &aim, &c, l, Discretization::Zoh).unwrap();
+                let grads = (&k * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                let gs: Vec<Tensor> = [&log_dt, &lar, &aim, &c]
+                    .iter()
+                    .map(|p| grads.get(p.as_tensor()).unwrap().clone())
+                    .collect();
+                (k, gs)
+            };
+            let (k_ops, g_ops) = run(false);
+            let (k_fused, g_fused) = run(true);
+            let ek = max_rel(&k_fused, &k_ops);
+            assert!(ek < tol, "{dtype:?} L={l}: kernel differs by {ek:e}");
+            for (i, (a, b)) in g_fused.iter().zip(&g_ops).enumerate() {
+                let e = max_rel(a, b);
+                assert!(
+                    e < tol * 10.0,
+                    "{dtype:?} L={l}: gradient {i} differs by {e:e}"
+                );
+            }
+        }
+    }
+}
