@@ -425,26 +425,27 @@ pub(crate) fn conv<T: Elem + FftFloat>(
     }
     let mut y = vec![T::zero(); u.len()];
     if ck != 1 {
-        // Per-channel kernels on short sequences: direct sums (a Toeplitz product per channel
-        // would be a matrix-vector product each).
+        // Per-channel kernels on short sequences: direct sums, vectorised over channels (a
+        // Toeplitz product per channel would be a matrix-vector product each).
+        let kt = lag_major(k, h, l);
         y.par_chunks_mut(l * h)
             .zip(u.par_chunks(l * h))
             .for_each(|(y, u)| {
-                for t in 0..l {
-                    for s in 0..l {
-                        let lag = if anti {
-                            s.wrapping_sub(t)
-                        } else {
-                            t.wrapping_sub(s)
-                        };
-                        if lag >= l {
-                            continue;
-                        }
-                        for c in 0..h {
-                            y[t * h + c] += k[c * l + lag] * u[s * h + c];
+                vectorised(|| {
+                    for t in 0..l {
+                        let yt = &mut y[t * h..(t + 1) * h];
+                        for (lag, kl) in kt.chunks(h).enumerate() {
+                            let s = if anti { t + lag } else { t.wrapping_sub(lag) };
+                            if s >= l {
+                                continue;
+                            }
+                            let us = &u[s * h..(s + 1) * h];
+                            for c in 0..h {
+                                yt[c] += kl[c] * us[c];
+                            }
                         }
                     }
-                }
+                })
             });
         return y;
     }
@@ -453,6 +454,17 @@ pub(crate) fn conv<T: Elem + FftFloat>(
         .zip(u.par_chunks(l * h))
         .for_each(|(y, u)| mm(l, h, l, y, false, rm(&tm, l), rm(u, h), Parallelism::None));
     y
+}
+
+/// Per-channel kernels (H, L) → (L, H), lag-major.
+fn lag_major<T: Elem>(k: &[T], h: usize, l: usize) -> Vec<T> {
+    let mut kt = vec![T::zero(); l * h];
+    for c in 0..h {
+        for lag in 0..l {
+            kt[lag * h + c] = k[c * l + lag];
+        }
+    }
+    kt
 }
 
 /// Gradients of [`conv`]: (du, dk) from dy.
@@ -474,36 +486,49 @@ pub(crate) fn conv_bwd<T: Elem + FftFloat>(
     }
     if ck != 1 {
         // du[s] = Σ_t k[lag(t, s)]·dy[t]; dk[c, lag] = Σ_b Σ_t dy[t, c]·u[s, c], per sequence,
-        // then summed in batch order.
+        // then summed in batch order; vectorised over channels.
+        let kt = lag_major(k, h, l);
         let mut du = vec![T::zero(); u.len()];
         let dks: Vec<Vec<T>> = du
             .par_chunks_mut(l * h)
             .zip(u.par_chunks(l * h).zip(dy.par_chunks(l * h)))
             .map(|(du, (u, dy))| {
-                let mut dk = vec![T::zero(); h * l];
-                for t in 0..l {
-                    for s in 0..l {
-                        let lag = if anti {
-                            s.wrapping_sub(t)
-                        } else {
-                            t.wrapping_sub(s)
-                        };
-                        if lag >= l {
-                            continue;
-                        }
-                        for c in 0..h {
-                            du[s * h + c] += k[c * l + lag] * dy[t * h + c];
-                            dk[c * l + lag] += dy[t * h + c] * u[s * h + c];
+                let mut dk = vec![T::zero(); l * h];
+                vectorised(|| {
+                    for t in 0..l {
+                        let dyt = &dy[t * h..(t + 1) * h];
+                        for lag in 0..l {
+                            let s = if anti { t + lag } else { t.wrapping_sub(lag) };
+                            if s >= l {
+                                continue;
+                            }
+                            let kl = &kt[lag * h..(lag + 1) * h];
+                            let us = &u[s * h..(s + 1) * h];
+                            let dus = &mut du[s * h..(s + 1) * h];
+                            for c in 0..h {
+                                dus[c] += kl[c] * dyt[c];
+                            }
+                            let dkl = &mut dk[lag * h..(lag + 1) * h];
+                            for c in 0..h {
+                                dkl[c] += dyt[c] * us[c];
+                            }
                         }
                     }
-                }
+                });
                 dk
             })
             .collect();
-        let mut dk = vec![T::zero(); h * l];
+        let mut dkt = vec![T::zero(); l * h];
         for part in &dks {
-            for (d, p) in dk.iter_mut().zip(part) {
+            for (d, p) in dkt.iter_mut().zip(part) {
                 *d += *p;
+            }
+        }
+        // back to (H, L)
+        let mut dk = vec![T::zero(); h * l];
+        for lag in 0..l {
+            for c in 0..h {
+                dk[c * l + lag] = dkt[lag * h + c];
             }
         }
         return (du, dk);

@@ -22,7 +22,7 @@ use candle_nn::{VarBuilder, VarMap};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::conv::{ConvPath, resolve_path};
+use super::conv::{ConvPath, FUSED_PER_CHANNEL_DENSE_MAX_L, SHARED_DENSE_MAX_L};
 use super::diffussm_fused::{BlockSpec, DiffussmBlockOp};
 use super::error::{EngineError, Result};
 use super::init::{AInit, a_init_full, a_init_half, normal, tensor_f64, uniform};
@@ -438,7 +438,11 @@ impl DiffussmBlock {
             f: self.w1.weight.dim(0)?,
             ck,
             act: self.act,
-            dense: resolve_path(self.ssm_fwd.conv_path(), x, ck, l) == ConvPath::Dense,
+            dense: match self.ssm_fwd.conv_path() {
+                ConvPath::Auto if ck == 1 => l <= SHARED_DENSE_MAX_L,
+                ConvPath::Auto => l <= FUSED_PER_CHANNEL_DENSE_MAX_L,
+                p => p == ConvPath::Dense,
+            },
         };
         let y =
             x.reshape((b * j, d))?
