@@ -15,17 +15,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${CUDA_VENV:-$HOME/.cache/ssmlab-cuda-venv}"
-CUDA_WHEEL_VERSION="${CUDA_WHEEL_VERSION:-13.4.*}"
+CUDA_WHEEL_VERSION="${CUDA_WHEEL_VERSION:-13.4.92}"
+# CCCL (cub, thrust, libcu++) is versioned on its own; its newest wheel serves CUDA 13.x.
+CCCL_WHEEL_VERSION="${CCCL_WHEEL_VERSION:-13.3.5.0.6}"
 start=$(date +%s)
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import nvidia' 2>/dev/null || [ ! -d "$VENV/.ssmlab-cuda-ok" ]; then
-  "$VENV/bin/pip" install -q \
-    "nvidia-cuda-nvcc==$CUDA_WHEEL_VERSION" \
-    "nvidia-cuda-runtime==$CUDA_WHEEL_VERSION" \
-    "nvidia-cuda-cccl==$CUDA_WHEEL_VERSION"
-  mkdir -p "$VENV/.ssmlab-cuda-ok"
+# The compiler's parts come in separate wheels (nvcc, cicc in nvidia-nvvm, headers in
+# nvidia-cuda-crt); unpinned, pip pulls the newest of the dependencies, and a 13.5 cicc emits
+# PTX that the 13.4 ptxas rejects ("Unsupported .version 9.5"). Every part is pinned.
+pins=(
+  "nvidia-cuda-nvcc==$CUDA_WHEEL_VERSION"
+  "nvidia-nvvm==$CUDA_WHEEL_VERSION"
+  "nvidia-cuda-crt==$CUDA_WHEEL_VERSION"
+  "nvidia-cuda-runtime==$CUDA_WHEEL_VERSION"
+  "nvidia-cuda-cccl==$CCCL_WHEEL_VERSION"
+)
+marker="$VENV/.ssmlab-cuda-pins"
+if [ "$(cat "$marker" 2>/dev/null)" != "${pins[*]}" ]; then
+  "$VENV/bin/pip" install -q "${pins[@]}"
+  echo "${pins[*]}" > "$marker"
 fi
 site=$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))')
 root=""

@@ -64,6 +64,9 @@ pub enum Case {
         shards: usize,
         batch: usize,
         reps: usize,
+        /// Blocks and kernels from candle ops (the device-generic path) instead of fused nodes.
+        #[serde(default)]
+        op_blocks: bool,
     },
     /// Sampling `n` images with `steps` DDIM steps and guidance 2.
     DiffussmSample { n: usize, steps: usize },
@@ -237,8 +240,10 @@ pub fn run_case(case: &Case) -> Result<Value> {
             shards,
             batch,
             reps,
+            op_blocks,
             ..
         } => {
+            let _blocks = crate::engine::bigs_fused::set_enabled(!*op_blocks);
             let cfg = crate::train::presets::diffusion_preset("diffussm-fashion")
                 .expect("preset")
                 .model;
@@ -252,7 +257,10 @@ pub fn run_case(case: &Case) -> Result<Value> {
                 .expect("preset")
                 .model;
             let (_, sample_s) = super::bench_diffussm(&cfg, 1, 1, *n, *steps, 2.0, 1, &dev)?;
-            json!({"seconds": sample_s, "guidance": 2.0})
+            // Guidance runs the model on 2n images per step.
+            let flops = 2.0 * cfg.macs_per_image() * (2 * n * steps) as f64;
+            json!({"seconds": sample_s, "guidance": 2.0, "images_per_s": *n as f64 / sample_s,
+                   "gflops": flops / sample_s / 1e9})
         }
         Case::Conv {
             path,
@@ -529,8 +537,16 @@ pub fn cases() -> Vec<Case> {
             shards,
             batch: 32,
             reps: 3,
+            op_blocks: false,
         });
     }
+    v.push(Case::DiffussmTrain {
+        name: "diffussm train op-built blocks".into(),
+        shards: 1,
+        batch: 32,
+        reps: 3,
+        op_blocks: true,
+    });
     v.push(Case::DiffussmSample { n: 16, steps: 50 });
     for l in [512, 2048] {
         for path in [ConvPath::Fft, ConvPath::Dense, ConvPath::Auto] {
@@ -568,22 +584,27 @@ fn head_name(h: Head) -> &'static str {
     }
 }
 
+/// The cases timed side by side with the PyTorch peers (`../shared/peers/README.md` names them):
+/// the BiGS reference step, the DiffuSSM training step and DiffuSSM sampling.
+pub const PEER_CASES: [&str; 3] = [
+    "reference L=128 head=masked",
+    "diffussm train op-parallel",
+    "diffussm sample 16×50 DDIM",
+];
+
 /// Run every case in a child process of `exe` (`exe bench case SPEC`), calling `on_result`
 /// with each result as it arrives (MFU added to training cases once the ceiling is known),
 /// then with the ratios and the scaling summary.
 pub fn run_suite(
     exe: &std::path::Path,
-    filter: Option<&str>,
+    keep: impl Fn(&str) -> bool,
     mut on_result: impl FnMut(&Value),
 ) -> anyhow::Result<Vec<Value>> {
     let mut results: Vec<Value> = Vec::new();
     let mut ceiling: Option<f64> = None;
     for case in cases() {
         let is_ceiling = matches!(case, Case::Matmul { .. });
-        if let Some(f) = filter
-            && !is_ceiling
-            && !case.label().contains(f)
-        {
+        if !is_ceiling && !keep(&case.label()) {
             continue;
         }
         let mut r = run_child(exe, &case);
@@ -695,6 +716,13 @@ pub fn summaries(results: &[Value]) -> Vec<Value> {
         "data-parallel shards instead of op-parallel threads, DiffuSSM batch 32",
         "diffussm train sharded",
         "diffussm train op-parallel",
+        "images_per_s",
+    ));
+    v.extend(ratio(
+        results,
+        "fused DiffuSSM blocks and S4D kernels vs candle ops, batch 32",
+        "diffussm train op-parallel",
+        "diffussm train op-built blocks",
         "images_per_s",
     ));
     for l in [512, 2048] {

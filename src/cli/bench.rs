@@ -17,6 +17,10 @@ pub struct BenchArgs {
     /// Suite: only the cases whose name contains this (the matmul ceiling always runs).
     #[arg(long)]
     pub only: Option<String>,
+    /// Suite: only the three cases timed against the PyTorch peers (BiGS reference step,
+    /// DiffuSSM training, DiffuSSM sampling), with their GFLOP/s.
+    #[arg(long, conflicts_with = "only")]
+    pub peers: bool,
     /// Suite: device of every case: cpu, cuda or cuda:N (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -88,7 +92,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         unsafe { std::env::set_var(crate::bench::suite::DEVICE_ENV, &args.device) };
         let exe = std::env::current_exe().context("cannot find the ssmlab executable")?;
         let t0 = std::time::Instant::now();
-        let results = crate::bench::suite::run_suite(&exe, args.only.as_deref(), |r| {
+        let only = args.only.clone();
+        let peers = args.peers;
+        let keep = move |name: &str| {
+            if peers {
+                crate::bench::suite::PEER_CASES.contains(&name)
+            } else {
+                only.as_deref().is_none_or(|o| name.contains(o))
+            }
+        };
+        let results = crate::bench::suite::run_suite(&exe, keep, |r| {
             if args.json {
                 println!("{r}");
             } else {
@@ -172,11 +185,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 shards,
                 &candle_core::Device::Cpu,
             )?;
+            // Analytic FLOPs (matmuls and FFT convolutions, [`DiffussmConfig::macs_per_image`]):
+            // training = forward + backward = 3 forward passes; guided sampling runs 2n images.
+            let fwd = 2.0 * cfg.macs_per_image();
+            let passes = if (guidance - 1.0).abs() < 1e-12 { 1 } else { 2 };
+            let sample_gflops = if sample_s > 0.0 {
+                fwd * (passes * n * steps) as f64 / sample_s / 1e9
+            } else {
+                0.0
+            };
             println!(
                 "{}",
                 serde_json::json!({"bench": "diffussm", "batch": batch, "train_step_s": step_s,
-                    "train_images_per_s": batch as f64 / step_s, "shards": shards, "sample_images": n,
+                    "train_images_per_s": batch as f64 / step_s,
+                    "train_gflops": 3.0 * fwd * batch as f64 / step_s / 1e9,
+                    "shards": shards, "sample_images": n,
                     "sample_steps": steps, "guidance": guidance, "sample_s": sample_s,
+                    "sample_gflops": sample_gflops,
                     "macs_per_image": cfg.macs_per_image(), "config": cfg})
             );
             Ok(())

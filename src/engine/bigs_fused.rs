@@ -25,12 +25,19 @@ use super::nn::Gelu;
 use super::rowops::{Elem, col_sums, dispatch, layer_norm_bwd, layer_norm_fwd};
 use super::simd::vectorised;
 
+/// Set to `0` to run every model on the device-generic ops (what CUDA runs) on the CPU too.
+pub const FUSED_ENV: &str = "SSMLAB_FUSED";
+
 thread_local! {
-    static ENABLED: Cell<bool> = const { Cell::new(true) };
+    static ENABLED: Cell<bool> =
+        Cell::new(std::env::var(FUSED_ENV).map_or(true, |v| v.trim() != "0"));
 }
 
-/// Whether BiGS layers on the CPU run as this fused op (the default) or as candle ops, on this
-/// thread; the benchmark switches it off to measure what the fusion buys.
+/// Whether the fused CPU nodes run on this thread (the default): the BiGS layer (this file),
+/// the DiffuSSM block ([`super::diffussm_fused`]) and the per-channel S4D kernel
+/// ([`super::s4d_fused`]). Off, the models are built from candle ops, as on other devices:
+/// `SSMLAB_FUSED=0` for a whole process, [`set_enabled`] for a scope (the tests and the
+/// benchmark compare the two).
 pub fn enabled() -> bool {
     ENABLED.with(Cell::get)
 }
