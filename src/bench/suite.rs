@@ -228,7 +228,7 @@ pub fn run_case(case: &Case) -> Result<Value> {
             op_layers,
             ..
         } => {
-            let _layers = crate::engine::bigs_fused::set_enabled(!*op_layers);
+            let _layers = crate::engine::cpu::set_enabled(!*op_layers);
             let how = StepHow {
                 head: *head,
                 shards: *shards,
@@ -243,7 +243,7 @@ pub fn run_case(case: &Case) -> Result<Value> {
             op_blocks,
             ..
         } => {
-            let _blocks = crate::engine::bigs_fused::set_enabled(!*op_blocks);
+            let _blocks = crate::engine::cpu::set_enabled(!*op_blocks);
             let cfg = crate::train::presets::diffusion_preset("diffussm-fashion")
                 .expect("preset")
                 .model;

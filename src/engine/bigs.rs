@@ -416,7 +416,7 @@ impl BigsLayer {
     /// sequence, so the backward branch runs its SSM anti-causally instead of flipping; biases,
     /// GELUs, the gate products and the residual are fused ops ([`super::rowops`]).
     pub fn forward_rows(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
-        if super::bigs_fused::enabled()
+        if super::cpu::enabled()
             && x.device().is_cpu()
             && matches!(x.dtype(), DType::F32 | DType::F64)
         {

@@ -12,7 +12,6 @@
 //! (with the skip D folded into tap 0) as a (2, L) tensor, so the node has three inputs.
 
 use std::any::Any;
-use std::cell::Cell;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -24,37 +23,6 @@ use super::conv::{FftFloat, conv_fwd, conv_grad, cpu_slice};
 use super::nn::Gelu;
 use super::rowops::{Elem, col_sums, dispatch, layer_norm_bwd, layer_norm_fwd};
 use super::simd::vectorised;
-
-/// Set to `0` to run every model on the device-generic ops (what CUDA runs) on the CPU too.
-pub const FUSED_ENV: &str = "SSMLAB_FUSED";
-
-thread_local! {
-    static ENABLED: Cell<bool> =
-        Cell::new(std::env::var(FUSED_ENV).map_or(true, |v| v.trim() != "0"));
-}
-
-/// Whether the fused CPU nodes run on this thread (the default): the BiGS layer (this file),
-/// the DiffuSSM block ([`super::diffussm_fused`]) and the per-channel S4D kernel
-/// ([`super::s4d_fused`]). Off, the models are built from candle ops, as on other devices:
-/// `SSMLAB_FUSED=0` for a whole process, [`set_enabled`] for a scope (the tests and the
-/// benchmark compare the two).
-pub fn enabled() -> bool {
-    ENABLED.with(Cell::get)
-}
-
-/// Sets [`enabled`] for this thread until the returned guard is dropped.
-pub fn set_enabled(on: bool) -> EnabledGuard {
-    EnabledGuard(ENABLED.with(|e| e.replace(on)))
-}
-
-/// Restores the previous [`enabled`] setting when dropped.
-pub struct EnabledGuard(bool);
-
-impl Drop for EnabledGuard {
-    fn drop(&mut self) {
-        ENABLED.with(|e| e.set(self.0));
-    }
-}
 
 /// Order of the layer's parameters in the flat vector: (name, rows, cols) with `h` = hidden and
 /// `i` = intermediate size; weights are (out, in) as in PyTorch.
@@ -1122,9 +1090,10 @@ impl CustomOp3 for LinearGrad {
 /// `x Wᵀ + b` for rows x (R, in) as one node on the CPU (f32/f64); `None` elsewhere, for the
 /// caller's op-built path.
 pub fn linear_rows(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    let ok = [x, w, b]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == x.dtype())
+    let ok = super::cpu::enabled()
+        && [x, w, b]
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == x.dtype())
         && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
     if !ok {
         return Ok(None);

@@ -61,7 +61,9 @@ pub const FUSED_PER_CHANNEL_DENSE_MAX_L: usize = 64;
 pub fn resolve_path(path: ConvPath, u: &Tensor, kernel_rows: usize, l: usize) -> ConvPath {
     match path {
         ConvPath::Auto => {
-            let fft_ok = u.device().is_cpu() && matches!(u.dtype(), DType::F32 | DType::F64);
+            let fft_ok = super::cpu::enabled()
+                && u.device().is_cpu()
+                && matches!(u.dtype(), DType::F32 | DType::F64);
             let limit = if kernel_rows == 1 {
                 SHARED_DENSE_MAX_L
             } else {

@@ -404,7 +404,7 @@ impl DiffussmBlock {
     /// x (B, J, D), c (B, D) → (B, J, D): one fused node on the CPU (f32/f64,
     /// [`super::diffussm_fused`]), candle ops elsewhere.
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        if super::bigs_fused::enabled()
+        if super::cpu::enabled()
             && x.device().is_cpu()
             && matches!(x.dtype(), DType::F32 | DType::F64)
         {

@@ -170,7 +170,8 @@ impl CustomOp2 for GeluGradOp {
 
 /// GELU with a one-pass backward on the CPU; candle's ops elsewhere.
 pub fn gelu(x: &Tensor, kind: Gelu) -> Result<Tensor> {
-    let fused = x.device().is_cpu()
+    let fused = super::cpu::enabled()
+        && x.device().is_cpu()
         && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
     if !fused {
         return Ok(match kind {
@@ -340,7 +341,8 @@ impl candle_core::CustomOp3 for CrossEntropyGradOp {
 /// Mean cross-entropy of logits (P, V) against u32 targets (P): fused on the CPU, candle's
 /// log-softmax elsewhere.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let fused = logits.device().is_cpu()
+    let fused = super::cpu::enabled()
+        && logits.device().is_cpu()
         && matches!(
             logits.dtype(),
             candle_core::DType::F32 | candle_core::DType::F64

@@ -812,7 +812,9 @@ impl CustomOp2 for LayerNormGrad {
 /// Whether the fused CPU kernels apply to these operands.
 fn fusable(ts: &[&Tensor]) -> bool {
     let d = ts[0].dtype();
-    matches!(d, DType::F32 | DType::F64) && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == d)
+    super::cpu::enabled()
+        && matches!(d, DType::F32 | DType::F64)
+        && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == d)
 }
 
 fn check_row(x: &Tensor, v: &Tensor, what: &str) -> Result<()> {

@@ -181,7 +181,7 @@ pub fn s4_kernel(
         )));
     }
     if disc == Discretization::Zoh
-        && super::bigs_fused::enabled()
+        && super::cpu::enabled()
         && a_re.device().is_cpu()
         && matches!(a_re.dtype(), DType::F32 | DType::F64)
     {

@@ -52,7 +52,8 @@ impl AdamW {
             beta2,
             eps,
             t: 0,
-            fused: true,
+            // The in-place update on the CPU unless the fused kernels are switched off.
+            fused: crate::engine::cpu::enabled(),
         })
     }
 

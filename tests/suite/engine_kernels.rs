@@ -307,7 +307,7 @@ fn fused_s4_kernel_equals_the_op_built_kernel_with_gradients() {
                 .to_dtype(dtype)
                 .unwrap();
             let run = |fused: bool| {
-                let _g = ssmlab::engine::bigs_fused::set_enabled(fused);
+                let _g = ssmlab::engine::cpu::set_enabled(fused);
                 let are = lar.as_tensor().exp().unwrap().neg().unwrap();
                 let k = s4_kernel(&log_dt, &are, &aim, &c, l, Discretization::Zoh).unwrap();
                 let grads = (&k * &w).unwrap().sum_all().unwrap().backward().unwrap();

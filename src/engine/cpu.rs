@@ -1,0 +1,39 @@
+//! The switch between the fused CPU kernels and the device-generic candle ops.
+//!
+//! The fused nodes (the BiGS layer, the DiffuSSM block, the per-channel S4D kernel, the row
+//! ops, GELU, cross-entropy, the one-node linear layer, the FFT convolution and the in-place
+//! AdamW) run only on the CPU; every model also has a path built from candle ops, which is what
+//! CUDA runs. Switching the fused nodes off runs that path on the CPU, where the tests compare
+//! the two (outputs and every gradient).
+
+use std::cell::Cell;
+
+/// Set to `0` to run every model on the device-generic ops (what CUDA runs) on the CPU too.
+pub const FUSED_ENV: &str = "SSMLAB_FUSED";
+
+thread_local! {
+    static ENABLED: Cell<bool> =
+        Cell::new(std::env::var(FUSED_ENV).map_or(true, |v| v.trim() != "0"));
+}
+
+/// Whether the fused CPU nodes run on this thread (the default). Off, the models are built from
+/// candle ops, as on other devices: `SSMLAB_FUSED=0` for a whole process, [`set_enabled`] for a
+/// scope (the tests and the benchmark compare the two).
+pub fn enabled() -> bool {
+    ENABLED.with(Cell::get)
+}
+
+/// Sets [`enabled`] for this thread until the returned guard is dropped.
+pub fn set_enabled(on: bool) -> EnabledGuard {
+    EnabledGuard(ENABLED.with(|e| e.replace(on)))
+}
+
+/// Restores the previous [`enabled`] setting when dropped.
+pub struct EnabledGuard(bool);
+
+impl Drop for EnabledGuard {
+    fn drop(&mut self) {
+        ENABLED.with(|e| e.set(self.0));
+    }
+}
+
