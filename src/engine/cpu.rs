@@ -36,4 +36,3 @@ impl Drop for EnabledGuard {
         ENABLED.with(|e| e.set(self.0));
     }
 }
-

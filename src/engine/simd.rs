@@ -37,7 +37,8 @@ pub fn exp_f32(x: f32) -> f32 {
     p * f32::from_bits(((ni + 127) << 23) as u32)
 }
 
-fn has_avx2_fma() -> bool {
+/// Whether the CPU has AVX2 and FMA (checked once).
+pub(crate) fn has_avx2_fma() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]

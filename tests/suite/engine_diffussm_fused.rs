@@ -7,8 +7,8 @@
 use candle_core::{DType, Device, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use ssmlab::engine::cpu::set_enabled;
 use ssmlab::engine::conv::ConvPath;
+use ssmlab::engine::cpu::set_enabled;
 use ssmlab::engine::diffussm::{DiffussmConfig, build_diffussm};
 use ssmlab::engine::init::normal;
 use ssmlab::engine::nn::Activation;
@@ -88,7 +88,11 @@ fn compare(c: &Case, dt: DType) -> (f64, f64) {
         .map(|(i, (g, w))| {
             let e = max_rel(g, w);
             if std::env::var("SSMLAB_DEBUG_GRADS").is_ok() {
-                let name = if i == 0 { "input" } else { vars[i - 1].0.as_str() };
+                let name = if i == 0 {
+                    "input"
+                } else {
+                    vars[i - 1].0.as_str()
+                };
                 eprintln!("{name}: {e:e}");
             }
             e
@@ -141,7 +145,11 @@ fn fused_block_equals_the_op_built_block_in_f64() {
         // candle's own GELU backwards (the op-built side) are approximations (the tanh form
         // uses 6-digit constants: 0.0356774, 0.797885, …): with GELU the gradients agree to
         // ~1e-6 in any precision; with SiLU to f64 rounding.
-        let tol = if c.act == Activation::Silu { 1e-9 } else { 1e-5 };
+        let tol = if c.act == Activation::Silu {
+            1e-9
+        } else {
+            1e-5
+        };
         assert!(grad < tol, "{what}: a gradient differs by {grad:e}");
     }
 }
