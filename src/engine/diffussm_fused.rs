@@ -38,7 +38,7 @@ use super::bigs_fused::{
 use super::conv::{FftFloat, cpu_slice};
 use super::nn::{Activation, Gelu};
 use super::rowops::{Elem, col_sums, layer_norm_bwd, layer_norm_fwd};
-use super::simd::vectorised;
+use super::simd::{has_avx2_fma, vectorised};
 
 /// Order of the block's parameters in the flat vector (DiT / DiffuSSM names under the block).
 pub const PARAMS: [&str; 12] = [
@@ -149,12 +149,57 @@ macro_rules! with_activation {
     };
 }
 
+/// `y = σ(x)` on one chunk (always inlined into its AVX2 instance).
+#[inline(always)]
+fn act_map<T: Elem, F: Fn(T) -> (T, T)>(y: &mut [T], x: &[T], f: &F) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y = f(*x).0;
+    }
+}
+
+/// `d ← d ⊙ σ′(p)` over rows of width `acc.len()`, column sums into `acc`.
+#[inline(always)]
+fn act_grad_rows<T: Elem, F: Fn(T) -> (T, T)>(d: &mut [T], p: &[T], acc: &mut [T], f: &F) {
+    let n = acc.len();
+    for (d, p) in d.chunks_mut(n).zip(p.chunks(n)) {
+        for ((d, p), a) in d.iter_mut().zip(p).zip(acc.iter_mut()) {
+            *d = *d * f(*p).1;
+            *a += *d;
+        }
+    }
+}
+
+/// Defines `$name(args…)`: calls the always-inlined kernel `$kernel(args…)` compiled for
+/// AVX2+FMA where the CPU has them. (The closures handed to [`super::simd::vectorised`] were not
+/// always inlined into its AVX2 function: the profile showed these loops on SSE registers.)
+macro_rules! avx2_instance {
+    ($name:ident => $kernel:ident ($($arg:ident: $ty:ty),*)) => {
+        fn $name<T: Elem, F: Fn(T) -> (T, T)>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2_fma() {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2<T: Elem, F: Fn(T) -> (T, T)>($($arg: $ty),*) {
+                    $kernel($($arg),*)
+                }
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                return unsafe { avx2($($arg),*) };
+            }
+            $kernel($($arg),*)
+        }
+    };
+}
+
+avx2_instance!(act_map_simd => act_map(y: &mut [T], x: &[T], f: &F));
+avx2_instance!(act_grad_rows_simd => act_grad_rows(d: &mut [T], p: &[T], acc: &mut [T], f: &F));
+
 /// `σ(x)` element-wise.
 fn act_all<T: Elem>(x: &[T], f: impl Fn(T) -> (T, T) + Sync) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(8192)
         .zip(x.par_chunks(8192))
-        .for_each(|(y, x)| vectorised(|| y.iter_mut().zip(x).for_each(|(y, x)| *y = f(*x).0)));
+        .for_each(|(y, x)| {
+            act_map_simd(y, x, &f);
+        });
     y
 }
 
@@ -171,14 +216,7 @@ fn act_grad_inplace<T: Elem>(
         // SAFETY: each block owns its rows.
         let d = unsafe { out.get(r.clone()) };
         let p = &pre[r.start * n..r.end * n];
-        vectorised(|| {
-            for (d, p) in d.chunks_mut(n).zip(p.chunks(n)) {
-                for j in 0..n {
-                    d[j] = d[j] * f(p[j]).1;
-                    acc[j] += d[j];
-                }
-            }
-        })
+        act_grad_rows_simd(d, p, acc, &f);
     })
 }
 
