@@ -19,8 +19,10 @@ CUDA_WHEEL_VERSION="${CUDA_WHEEL_VERSION:-13.4.92}"
 # CCCL (cub, thrust, libcu++) is versioned on its own; its newest wheel serves CUDA 13.x.
 CCCL_WHEEL_VERSION="${CCCL_WHEEL_VERSION:-13.3.5.0.6}"
 start=$(date +%s)
+# Exit status: 0 the check passed, 1 it failed (a compile error), 3 the toolchain could not be
+# installed (no python3 venv, or the wheels could not be downloaded): .ci/run warns on 3.
 if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
+  python3 -m venv "$VENV" || { echo "cuda-check: cannot create a venv at $VENV" >&2; exit 3; }
 fi
 # The compiler's parts come in separate wheels (nvcc, cicc in nvidia-nvvm, headers in
 # nvidia-cuda-crt); unpinned, pip pulls the newest of the dependencies, and a 13.5 cicc emits
@@ -34,7 +36,8 @@ pins=(
 )
 marker="$VENV/.ssmlab-cuda-pins"
 if [ "$(cat "$marker" 2>/dev/null)" != "${pins[*]}" ]; then
-  "$VENV/bin/pip" install -q "${pins[@]}"
+  "$VENV/bin/pip" install -q "${pins[@]}" ||
+    { echo "cuda-check: could not install ${pins[*]}" >&2; exit 3; }
   echo "${pins[*]}" > "$marker"
 fi
 site=$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))')
