@@ -528,7 +528,7 @@ fn check(sp: &BlockSpec, lx: &Layout, lp: &Layout, le: &Layout) -> candle_core::
     if d != sp.d
         || rows != sp.rows()
         || sp.m == 0
-        || (2 * sp.d) % sp.m != 0
+        || !(2 * sp.d).is_multiple_of(sp.m)
         || !(sp.ck == 1 || sp.ck == sp.d)
         || lp.shape().elem_count() != np
         || le.shape().elem_count() != sp.extras_len()
