@@ -185,7 +185,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
                 AnyTrainer::Diffusion(Box::new(DiffusionTrainer::create(
                     cfg,
                     &a.runs_dir,
-                    &mut |m| eprintln!("{m}"),
+                    &mut |m| say_err(&m),
                 )?))
             }
         }
@@ -225,7 +225,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
                     b.set_position(start_step);
                     b.println(line);
                 }
-                None => println!("{line}"),
+                None => say(&line),
             }
         }
         Event::Step(m) => match &bar {
@@ -243,7 +243,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
                     b.println(plain_line(m, total));
                 }
             }
-            None => println!("{}", plain_line(m, total)),
+            None => say(&plain_line(m, total)),
         },
         Event::Checkpoint(s) => {
             if let Some(b) = &bar {
@@ -252,7 +252,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         }
         Event::Message(msg) => match &bar {
             Some(b) => b.println(msg),
-            None => println!("{msg}"),
+            None => say(&msg),
         },
     };
     let outcome = trainer.run(&stop, a.stop_at, &mut on_event)?;
@@ -261,14 +261,29 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     let id = trainer.run_dir().path.display();
     match outcome {
-        Outcome::Finished => println!("finished: {id}"),
-        Outcome::Stopped => println!(
+        Outcome::Finished => say(&format!("finished: {id}")),
+        Outcome::Stopped => say(&format!(
             "stopped: {id} (continue with: ssmlab train --resume {})",
             trainer.run_dir().id()
-        ),
+        )),
         Outcome::Diverged => bail!("run {id} diverged (see its log.txt)"),
     }
     Ok(())
+}
+
+/// One line of training progress on stdout. A write that fails (a pipe whose reader left, as
+/// with `| head`; a terminal that hung up with the SSH session, EIO) is ignored: the run goes
+/// on to its checkpoint, and `log.txt` keeps the record. `println!` would panic there.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+}
+
+/// [`say`] on stderr.
+fn say_err(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 pub fn tokenizer(cmd: TokenizerCmd) -> anyhow::Result<()> {

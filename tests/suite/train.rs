@@ -454,3 +454,51 @@ fn fused_adamw_matches_the_tensor_op_update_and_resumes_from_saved_moments() {
         assert_eq!(diff(pa, pc), 0.0, "{}", pa.name);
     }
 }
+
+#[test]
+fn a_closed_stdout_does_not_stop_or_lose_the_run() {
+    // `ssmlab train … | head -1`, or an SSH session that drops under `tee`: the reader of
+    // stdout goes away after the first line. The run must go on to its end (no panic on the
+    // broken pipe, nothing left `running`) and log every step.
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssmlab"))
+        .args(["train", "--preset", "bigs-smoke", "--runs-dir"])
+        .arg(&runs)
+        .args(["--set", "train.steps=40", "--set", "train.log_every=1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("run "), "first line: {first}");
+    // the reader is dropped here: every later write to stdout fails with EPIPE
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the run did not end within 180 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "exit {status}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let run = RunDir {
+        path: runs.join("bigs-smoke"),
+    };
+    assert_eq!(run.read_status().unwrap().state, RunState::Finished);
+    let (m, bad) = read_metrics(&run.metrics_path()).unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(m.last().unwrap().step, 40, "every step is logged");
+}
