@@ -185,7 +185,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
                 AnyTrainer::Diffusion(Box::new(DiffusionTrainer::create(
                     cfg,
                     &a.runs_dir,
-                    &mut |m| say_err(&m),
+                    &mut |m| say_err(m),
                 )?))
             }
         }
@@ -252,7 +252,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         }
         Event::Message(msg) => match &bar {
             Some(b) => b.println(msg),
-            None => say(&msg),
+            None => say(msg),
         },
     };
     let outcome = trainer.run(&stop, a.stop_at, &mut on_event)?;

@@ -64,6 +64,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     res.map_err(io_err(path))
 }
 
+/// The longest run name [`check_run_name`] accepts.
+pub const RUN_NAME_MAX: usize = 64;
+
+/// A run name is one path component under the runs folder: 1–64 ASCII letters, digits, `.`,
+/// `_` or `-`, not starting with a dot (so `../x`, `/abs/path` and hidden names are refused).
+/// The one check for `--name`, `run.name` in a config and the TUI's launch form.
+pub fn check_run_name(name: &str) -> std::result::Result<(), String> {
+    let rule = format!(
+        "a run name is 1–{RUN_NAME_MAX} letters, digits, '.', '_' or '-', not starting with '.'"
+    );
+    let ok = !name.is_empty()
+        && name.len() <= RUN_NAME_MAX
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("run name {name:?} refused: {rule}"))
+    }
+}
+
 /// A run's directory on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunDir {
@@ -84,6 +107,16 @@ impl RunDir {
 
     /// Creates `runs_dir/<name>`, or `<name>-2`, `<name>-3`… if taken.
     pub fn create(runs_dir: &Path, name: &str) -> Result<Self> {
+        check_run_name(name).map_err(|msg| RunError::Invalid {
+            path: runs_dir.into(),
+            msg,
+        })?;
+        if runs_dir.exists() && !runs_dir.is_dir() {
+            return Err(RunError::Invalid {
+                path: runs_dir.into(),
+                msg: "the runs folder (--runs-dir) is not a directory".into(),
+            });
+        }
         std::fs::create_dir_all(runs_dir).map_err(io_err(runs_dir))?;
         for i in 1.. {
             let id = if i == 1 {

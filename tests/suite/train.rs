@@ -502,3 +502,76 @@ fn a_closed_stdout_does_not_stop_or_lose_the_run() {
     assert!(bad.is_empty());
     assert_eq!(m.last().unwrap().step, 40, "every step is logged");
 }
+
+#[test]
+fn run_names_cannot_leave_the_runs_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let outside = tmp.path().join("outside");
+    for name in [
+        "../x",
+        outside.to_str().unwrap(),
+        ".hidden",
+        "a/b",
+        "",
+        &"n".repeat(65),
+        "esc\u{1b}[31m",
+    ] {
+        let out = ssmlab(
+            &[
+                "train",
+                "--preset",
+                "bigs-smoke",
+                "--runs-dir",
+                runs.to_str().unwrap(),
+                "--name",
+                name,
+            ],
+            root,
+        );
+        assert!(!out.status.success(), "{name:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("run name"), "{name:?}: {err}");
+        assert!(
+            err.contains("letters, digits"),
+            "{name:?}: the rule is in the message: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{name:?}: one line: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(
+        !tmp.path().join("x").exists(),
+        "../x escaped the runs folder"
+    );
+    assert!(
+        !outside.exists(),
+        "an absolute name escaped the runs folder"
+    );
+    assert_eq!(
+        std::fs::read_dir(&runs).unwrap().count(),
+        0,
+        "nothing was created"
+    );
+    // a file where the runs folder should be: one clear line
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let out = ssmlab(
+        &[
+            "train",
+            "--preset",
+            "bigs-smoke",
+            "--runs-dir",
+            file.to_str().unwrap(),
+        ],
+        root,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a directory"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // the validator the TUI's launch form shares
+    assert!(ssmlab::runs::check_run_name("bigs-tiny_2.lr-3e-4").is_ok());
+    assert!(ssmlab::runs::check_run_name(&"n".repeat(64)).is_ok());
+}

@@ -142,9 +142,7 @@ impl LaunchForm {
                 (cfg.run.name, cfg.data.images)
             }
         };
-        if run_name.trim().is_empty() || run_name.contains('/') {
-            return Err("name must be non-empty and contain no '/'".into());
-        }
+        crate::runs::check_run_name(&run_name)?;
         if !crate::train::trainer::resolve_data_path(&data).exists() {
             return Err(format!("dataset {} does not exist", data.display()));
         }
