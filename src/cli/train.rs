@@ -192,8 +192,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     };
     {
         let stop = stop.clone();
+        // ctrlc's handler also takes SIGHUP; under `nohup` (SIGHUP ignored at start) a hangup
+        // must not stop the run, so an ignored SIGHUP stays ignored.
+        let hup_ignored = sighup_ignored();
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("cannot install the Ctrl-C/SIGTERM handler")?;
+        if hup_ignored {
+            ignore_sighup();
+        }
     }
     let tty = std::io::stderr().is_terminal();
     let total = trainer.total_steps();
@@ -269,6 +275,25 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         Outcome::Diverged => bail!("run {id} diverged (see its log.txt)"),
     }
     Ok(())
+}
+
+/// Whether SIGHUP was ignored when the process started (as `nohup` leaves it).
+fn sighup_ignored() -> bool {
+    // SAFETY: sigaction with a null new action only reads the current disposition into `old`,
+    // a zeroed (valid) sigaction struct that we own.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Ignores SIGHUP again after ctrlc installed its handler for it.
+fn ignore_sighup() {
+    // SAFETY: setting a standard signal to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
 }
 
 /// One line of training progress on stdout. A write that fails (a pipe whose reader left, as

@@ -575,3 +575,99 @@ fn run_names_cannot_leave_the_runs_folder() {
     assert!(ssmlab::runs::check_run_name("bigs-tiny_2.lr-3e-4").is_ok());
     assert!(ssmlab::runs::check_run_name(&"n".repeat(64)).is_ok());
 }
+
+#[test]
+fn sighup_stops_a_run_cleanly_unless_nohup_ignores_it() {
+    /// Kills and reaps the child when the test ends, on failure too.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let wait_for_steps = |run: &RunDir, n: usize| {
+        let t0 = Instant::now();
+        loop {
+            let lines = std::fs::read_to_string(run.metrics_path())
+                .map(|t| t.lines().count())
+                .unwrap_or(0);
+            if lines >= n {
+                return lines;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "the run did not log {n} steps"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let wait_exit = |child: &mut std::process::Child| {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the run did not stop within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Under nohup (SIGHUP ignored): a hangup changes nothing; SIGTERM still stops it.
+    let runs = tmp.path().join("nohup");
+    let mut child = Reap(
+        Command::new("nohup")
+            .arg(env!("CARGO_BIN_EXE_ssmlab"))
+            .args(["train", "--preset", "bigs-smoke", "--runs-dir"])
+            .arg(&runs)
+            .args(["--set", "train.steps=100000", "--set", "train.log_every=1"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let run = RunDir {
+        path: runs.join("bigs-smoke"),
+    };
+    let before = wait_for_steps(&run, 3);
+    let pid = child.0.id() as i32;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            panic!("SIGHUP stopped a run started under nohup ({s})");
+        }
+        let lines = std::fs::read_to_string(run.metrics_path()).map_or(0, |t| t.lines().count());
+        if lines >= before + 5 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the run stalled after SIGHUP"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(wait_exit(&mut child.0).success());
+    assert_eq!(run.read_status().unwrap().state, RunState::Stopped);
+    // Without nohup: SIGHUP (the terminal went away) stops it cleanly with a checkpoint.
+    let runs = tmp.path().join("plain");
+    let (child, run) = spawn_smoke(&runs, &[]);
+    let mut child = Reap(child);
+    wait_for_steps(&run, 3);
+    // SAFETY: as above.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
+    assert!(wait_exit(&mut child.0).success());
+    assert_eq!(run.read_status().unwrap().state, RunState::Stopped);
+    assert!(
+        run.latest_checkpoint().is_some(),
+        "stopped with a checkpoint"
+    );
+}
