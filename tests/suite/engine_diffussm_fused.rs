@@ -23,25 +23,30 @@ struct Case {
     conv: ConvPath,
 }
 
-/// Worst relative errors (output, gradients) of the fused model against the op-built one.
-fn compare(c: &Case, dt: DType) -> (f64, f64) {
-    let cfg = DiffussmConfig {
+/// A tiny DiffuSSM (4×6 images of 2 channels, L = 24, D = 8, F = 12, two blocks).
+fn tiny(kernel: KernelMode, m: usize, act: Activation, conv: ConvPath) -> DiffussmConfig {
+    DiffussmConfig {
         image_height: 4,
         image_width: 6,
         in_channels: 2,
         patch_size: 1,
         hidden_size: 8,
         num_layers: 2,
-        hourglass: c.m,
+        hourglass: m,
         fusion_width: 12,
         state_size: 4,
-        kernel: c.kernel,
-        activation: c.act,
-        conv: c.conv,
+        kernel,
+        activation: act,
+        conv,
         num_classes: 3,
         frequency_size: 16,
         ..DiffussmConfig::default()
-    };
+    }
+}
+
+/// Worst relative errors (output, gradients) of the fused model against the op-built one.
+fn compare(c: &Case, dt: DType) -> (f64, f64) {
+    let cfg = tiny(c.kernel, c.m, c.act, c.conv);
     let dev = Device::Cpu;
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let (model, varmap) = build_diffussm(&cfg, dt, &dev, &mut rng).unwrap();
@@ -168,20 +173,12 @@ fn fused_block_equals_the_op_built_block_in_f32() {
 fn fused_block_output_does_not_depend_on_the_batch_it_is_in() {
     // Every image of a batch is computed on its own rows: image 0 alone equals image 0 of a
     // batch of three (catches a per-batch modulation or kernel indexed by the wrong row).
-    let cfg = DiffussmConfig {
-        image_height: 4,
-        image_width: 6,
-        in_channels: 2,
-        patch_size: 1,
-        hidden_size: 8,
-        num_layers: 2,
-        hourglass: 2,
-        fusion_width: 12,
-        state_size: 4,
-        num_classes: 3,
-        frequency_size: 16,
-        ..DiffussmConfig::default()
-    };
+    let cfg = tiny(
+        KernelMode::PerChannel,
+        2,
+        Activation::GeluTanh,
+        ConvPath::Auto,
+    );
     let dev = Device::Cpu;
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let (model, varmap) = build_diffussm(&cfg, DType::F64, &dev, &mut rng).unwrap();
@@ -206,22 +203,7 @@ fn the_sampling_model_predicts_the_same_noise_without_a_graph() {
         (KernelMode::PerChannel, ConvPath::Fft),
         (KernelMode::Shared, ConvPath::Dense),
     ] {
-        let cfg = DiffussmConfig {
-            image_height: 4,
-            image_width: 6,
-            in_channels: 2,
-            patch_size: 1,
-            hidden_size: 8,
-            num_layers: 2,
-            hourglass: 2,
-            fusion_width: 12,
-            state_size: 4,
-            kernel,
-            conv,
-            num_classes: 3,
-            frequency_size: 16,
-            ..DiffussmConfig::default()
-        };
+        let cfg = tiny(kernel, 2, Activation::GeluTanh, conv);
         let dev = Device::Cpu;
         let mut rng = ChaCha8Rng::seed_from_u64(8);
         let (model, varmap) = build_diffussm(&cfg, DType::F32, &dev, &mut rng).unwrap();
