@@ -11,15 +11,14 @@
 //! differences). Parameters enter as one flat vector (see [`PARAMS`]), the two SSM kernels
 //! (with the skip D folded into tap 0) as a (2, L) tensor, so the node has three inputs.
 
-use std::any::Any;
 use std::ops::Range;
-use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::conv::{FftFloat, conv_fwd, conv_grad, cpu_slice};
+use super::conv::{FftFloat, conv_fwd, conv_grad};
+use super::fused_node::{FusedKernels, FusedNode};
 use super::nn::Gelu;
 use super::rowops::{Elem, col_sums, dispatch, layer_norm_bwd, layer_norm_fwd};
 use super::simd::vectorised;
@@ -92,23 +91,8 @@ pub struct LayerSpec {
     pub dense: bool,
 }
 
-/// The forward op; it keeps its activations for the backward (one op instance per call).
-pub struct BigsLayerOp {
-    spec: LayerSpec,
-    saved: Mutex<Option<Box<dyn Any + Send>>>,
-}
-
-impl BigsLayerOp {
-    pub fn new(spec: LayerSpec) -> Self {
-        Self {
-            spec,
-            saved: Mutex::new(None),
-        }
-    }
-}
-
 /// Activations of one forward pass, (R, ·) row-major with R = batch·L.
-struct Saved<T> {
+pub(crate) struct Saved<T> {
     h: Vec<T>,
     v_pre: Vec<T>,
     uf_pre: Vec<T>,
@@ -910,137 +894,25 @@ fn check(sp: &LayerSpec, lx: &Layout, lp: &Layout, lk: &Layout) -> candle_core::
     Ok(())
 }
 
-impl CustomOp3 for BigsLayerOp {
-    fn name(&self) -> &'static str {
-        "fused-bigs-layer"
+/// The layer as a fused node: the forward op (one instance per call).
+pub(crate) type BigsLayerOp = FusedNode<LayerSpec>;
+
+impl FusedKernels for LayerSpec {
+    const WHAT: &'static str = "fused BiGS layer";
+    const OP: &'static str = "fused-bigs-layer";
+    const GRAD_OP: &'static str = "fused-bigs-layer-grad";
+    type Saved<T: Send + 'static> = Saved<T>;
+
+    fn check(&self, x: &Layout, p: &Layout, k: &Layout) -> candle_core::Result<()> {
+        check(self, x, p, k)
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        check(&self.spec, l1, l2, l3)?;
-        let what = "fused BiGS layer";
-        let (out, saved): (CpuStorage, Box<dyn Any + Send>) = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(p), CpuStorage::F32(k)) => {
-                let (y, s) = forward(
-                    &self.spec,
-                    cpu_slice(x, l1, what)?,
-                    cpu_slice(p, l2, what)?,
-                    cpu_slice(k, l3, what)?,
-                );
-                (CpuStorage::F32(y), Box::new(s))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(p), CpuStorage::F64(k)) => {
-                let (y, s) = forward(
-                    &self.spec,
-                    cpu_slice(x, l1, what)?,
-                    cpu_slice(p, l2, what)?,
-                    cpu_slice(k, l3, what)?,
-                );
-                (CpuStorage::F64(y), Box::new(s))
-            }
-            _ => candle_core::bail!("{what}: f32 or f64 operands of one dtype"),
-        };
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
-        Ok((out, l1.shape().clone()))
+    fn forward<T: Elem + FftFloat>(&self, x: &[T], p: &[T], k: &[T]) -> (Vec<T>, Saved<T>) {
+        forward(self, x, p, k)
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        p: &Tensor,
-        k: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let saved = self
-            .saved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| {
-                candle_core::Error::Msg(
-                    "fused BiGS layer: backward ran twice through one forward".into(),
-                )
-            })?;
-        let op = BigsLayerGrad {
-            spec: self.spec,
-            saved: Mutex::new(Some(saved)),
-        };
-        let packed = x.apply_op3_no_bwd(p, &grad.contiguous()?, &op)?;
-        let (nx, np, nk) = (x.elem_count(), p.elem_count(), k.elem_count());
-        Ok((
-            Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?),
-            Some(packed.narrow(0, nx, np)?.reshape(p.shape())?),
-            Some(packed.narrow(0, nx + np, nk)?.reshape(k.shape())?),
-        ))
-    }
-}
-
-/// (x, params, dy) → [dx, dparams, dkernels], with the forward's activations.
-struct BigsLayerGrad {
-    spec: LayerSpec,
-    saved: Mutex<Option<Box<dyn Any + Send>>>,
-}
-
-impl CustomOp3 for BigsLayerGrad {
-    fn name(&self) -> &'static str {
-        "fused-bigs-layer-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let what = "fused BiGS layer backward";
-        let saved = self
-            .saved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg(format!("{what}: no saved activations")))?;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(p), CpuStorage::F32(g)) => {
-                let s = saved
-                    .downcast::<Saved<f32>>()
-                    .map_err(|_| candle_core::Error::Msg(format!("{what}: dtype changed")))?;
-                CpuStorage::F32(backward(
-                    &self.spec,
-                    &s,
-                    cpu_slice(x, l1, what)?,
-                    cpu_slice(p, l2, what)?,
-                    cpu_slice(g, l3, what)?,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(p), CpuStorage::F64(g)) => {
-                let s = saved
-                    .downcast::<Saved<f64>>()
-                    .map_err(|_| candle_core::Error::Msg(format!("{what}: dtype changed")))?;
-                CpuStorage::F64(backward(
-                    &self.spec,
-                    &s,
-                    cpu_slice(x, l1, what)?,
-                    cpu_slice(p, l2, what)?,
-                    cpu_slice(g, l3, what)?,
-                ))
-            }
-            _ => candle_core::bail!("{what}: f32 or f64 operands of one dtype"),
-        };
-        let n = l1.shape().elem_count()
-            + l2.shape().elem_count()
-            + 2 * (l1.shape().dims()[0] / self.spec.batch);
-        Ok((out, Shape::from(n)))
+    fn backward<T: Elem + FftFloat>(&self, s: &Saved<T>, x: &[T], p: &[T], g: &[T]) -> Vec<T> {
+        backward(self, s, x, p, g)
     }
 }
 

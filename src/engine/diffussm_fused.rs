@@ -24,18 +24,17 @@
 //! (kernels K_f, K_b, each (ck, L) with ck = D per-channel or 1 shared, then the modulations
 //! (B, 3D)), flat.
 
-use std::any::Any;
 use std::ops::Range;
-use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::Layout;
 use rayon::prelude::*;
 
 use super::bigs_fused::{
     Mat, Rows, block, conv, conv_bwd, gated_gelu_bwd, input_grad, linear, mm, mm_rows, parallelism,
     rm, rows_sum, weight_grad,
 };
-use super::conv::{FftFloat, cpu_slice};
+use super::conv::FftFloat;
+use super::fused_node::{FusedKernels, FusedNode};
 use super::nn::{Activation, Gelu};
 use super::rowops::{Elem, col_sums, layer_norm_bwd, layer_norm_fwd};
 use super::simd::{has_avx2_fma, vectorised};
@@ -221,7 +220,7 @@ fn act_grad_inplace<T: Elem>(
 }
 
 /// Activations of one forward pass (row-major, R rows).
-struct Saved<T> {
+pub(crate) struct Saved<T> {
     /// LN(x), (R, D).
     n: Vec<T>,
     h: Vec<T>,
@@ -543,158 +542,25 @@ fn check(sp: &BlockSpec, lx: &Layout, lp: &Layout, le: &Layout) -> candle_core::
     Ok(())
 }
 
-/// The forward op; it keeps its activations for the backward (one op instance per call).
-pub struct DiffussmBlockOp {
-    spec: BlockSpec,
-    saved: Mutex<Option<Box<dyn Any + Send>>>,
-}
+/// The block as a fused node: the forward op (one instance per call).
+pub(crate) type DiffussmBlockOp = FusedNode<BlockSpec>;
 
-impl DiffussmBlockOp {
-    pub fn new(spec: BlockSpec) -> Self {
-        Self {
-            spec,
-            saved: Mutex::new(None),
-        }
-    }
-}
+impl FusedKernels for BlockSpec {
+    const WHAT: &'static str = "fused DiffuSSM block";
+    const OP: &'static str = "fused-diffussm-block";
+    const GRAD_OP: &'static str = "fused-diffussm-block-grad";
+    type Saved<T: Send + 'static> = Saved<T>;
 
-fn run_fwd<T: Elem + FftFloat>(sp: &BlockSpec, x: &[T], p: &[T], e: &[T]) -> (Vec<T>, Saved<T>) {
-    with_activation!(sp.act, T, |f| forward(sp, x, p, e, f))
-}
-
-fn run_bwd<T: Elem + FftFloat>(sp: &BlockSpec, s: &Saved<T>, x: &[T], p: &[T], g: &[T]) -> Vec<T> {
-    with_activation!(sp.act, T, |f| backward(sp, s, x, p, g, f))
-}
-
-impl CustomOp3 for DiffussmBlockOp {
-    fn name(&self) -> &'static str {
-        "fused-diffussm-block"
+    fn check(&self, x: &Layout, p: &Layout, e: &Layout) -> candle_core::Result<()> {
+        check(self, x, p, e)
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        check(&self.spec, l1, l2, l3)?;
-        let what = "fused DiffuSSM block";
-        let (out, saved): (CpuStorage, Box<dyn Any + Send>) = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(p), CpuStorage::F32(e)) => {
-                let (y, s) = run_fwd(
-                    &self.spec,
-                    cpu_slice(x, l1, what)?,
-                    cpu_slice(p, l2, what)?,
-                    cpu_slice(e, l3, what)?,
-                );
-                (CpuStorage::F32(y), Box::new(s))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(p), CpuStorage::F64(e)) => {
-                let (y, s) = run_fwd(
-                    &self.spec,
-                    cpu_slice(x, l1, what)?,
-                    cpu_slice(p, l2, what)?,
-                    cpu_slice(e, l3, what)?,
-                );
-                (CpuStorage::F64(y), Box::new(s))
-            }
-            _ => candle_core::bail!("{what}: f32 or f64 operands of one dtype"),
-        };
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
-        Ok((out, l1.shape().clone()))
+    fn forward<T: Elem + FftFloat>(&self, x: &[T], p: &[T], e: &[T]) -> (Vec<T>, Saved<T>) {
+        with_activation!(self.act, T, |f| forward(self, x, p, e, f))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        p: &Tensor,
-        e: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let saved = self
-            .saved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| {
-                candle_core::Error::Msg(
-                    "fused DiffuSSM block: backward ran twice through one forward".into(),
-                )
-            })?;
-        let op = DiffussmBlockGrad {
-            spec: self.spec,
-            saved: Mutex::new(Some(saved)),
-        };
-        let packed = x.apply_op3_no_bwd(p, &grad.contiguous()?, &op)?;
-        let (nx, np, ne) = (x.elem_count(), p.elem_count(), e.elem_count());
-        Ok((
-            Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?),
-            Some(packed.narrow(0, nx, np)?.reshape(p.shape())?),
-            Some(packed.narrow(0, nx + np, ne)?.reshape(e.shape())?),
-        ))
-    }
-}
-
-/// (x, params, dy) → [dx, dparams, dextras], with the forward's activations.
-struct DiffussmBlockGrad {
-    spec: BlockSpec,
-    saved: Mutex<Option<Box<dyn Any + Send>>>,
-}
-
-impl CustomOp3 for DiffussmBlockGrad {
-    fn name(&self) -> &'static str {
-        "fused-diffussm-block-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let what = "fused DiffuSSM block backward";
-        let saved = self
-            .saved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg(format!("{what}: no saved activations")))?;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(p), CpuStorage::F32(g)) => {
-                let s = saved
-                    .downcast::<Saved<f32>>()
-                    .map_err(|_| candle_core::Error::Msg(format!("{what}: dtype changed")))?;
-                CpuStorage::F32(run_bwd(
-                    &self.spec,
-                    &s,
-                    cpu_slice(x, l1, what)?,
-                    cpu_slice(p, l2, what)?,
-                    cpu_slice(g, l3, what)?,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(p), CpuStorage::F64(g)) => {
-                let s = saved
-                    .downcast::<Saved<f64>>()
-                    .map_err(|_| candle_core::Error::Msg(format!("{what}: dtype changed")))?;
-                CpuStorage::F64(run_bwd(
-                    &self.spec,
-                    &s,
-                    cpu_slice(x, l1, what)?,
-                    cpu_slice(p, l2, what)?,
-                    cpu_slice(g, l3, what)?,
-                ))
-            }
-            _ => candle_core::bail!("{what}: f32 or f64 operands of one dtype"),
-        };
-        let n = l1.shape().elem_count() + l2.shape().elem_count() + self.spec.extras_len();
-        Ok((out, Shape::from(n)))
+    fn backward<T: Elem + FftFloat>(&self, s: &Saved<T>, x: &[T], p: &[T], g: &[T]) -> Vec<T> {
+        with_activation!(self.act, T, |f| backward(self, s, x, p, g, f))
     }
 }
 

@@ -12,6 +12,7 @@ pub mod diffussm;
 pub mod diffussm_fused;
 pub mod error;
 pub mod fused;
+mod fused_node;
 pub mod init;
 pub mod nn;
 pub mod rowops;
