@@ -21,7 +21,7 @@ use super::conv::{FftFloat, conv_fwd, conv_grad};
 use super::fused_node::{FusedKernels, FusedNode};
 use super::nn::Gelu;
 use super::rowops::{Elem, col_sums, dispatch, layer_norm_bwd, layer_norm_fwd};
-use super::simd::vectorised;
+use super::simd::{avx2_instance, vectorised};
 
 /// Order of the layer's parameters in the flat vector: (name, rows, cols) with `h` = hidden and
 /// `i` = intermediate size; weights are (out, in) as in PyTorch.
@@ -400,7 +400,7 @@ pub(crate) fn conv<T: Elem + FftFloat>(
 }
 
 /// One sequence of the per-channel direct convolution, `y[t] += Σ_lag k[lag] ⊙ u[s(t, lag)]`
-/// over rows of width h. Always inlined, so that [`direct_fwd_simd`] compiles it for AVX2.
+/// over rows of width h. Always inlined, so that its AVX2 instance compiles it for AVX2.
 #[inline(always)]
 fn direct_fwd<T: Elem>(y: &mut [T], u: &[T], kt: &[T], l: usize, h: usize, anti: bool) {
     for t in 0..l {
@@ -452,55 +452,12 @@ fn direct_bwd<T: Elem>(
     }
 }
 
-/// [`direct_fwd`] compiled for AVX2+FMA where the CPU has them. (Through [`vectorised`]'s
-/// closure the loops stayed SSE: the closure was not inlined into the AVX2 function, and the
-/// profile showed `mulps` on xmm registers.)
-fn direct_fwd_simd<T: Elem>(y: &mut [T], u: &[T], kt: &[T], l: usize, h: usize, anti: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2_fma() {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<T: Elem>(y: &mut [T], u: &[T], kt: &[T], l: usize, h: usize, anti: bool) {
-            direct_fwd(y, u, kt, l, h, anti)
-        }
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { avx2(y, u, kt, l, h, anti) };
-    }
-    direct_fwd(y, u, kt, l, h, anti)
-}
-
-/// [`direct_bwd`] compiled for AVX2+FMA where the CPU has them (see [`direct_fwd_simd`]).
-#[allow(clippy::too_many_arguments)]
-fn direct_bwd_simd<T: Elem>(
-    du: &mut [T],
-    dk: &mut [T],
-    u: &[T],
-    dy: &[T],
-    kt: &[T],
-    l: usize,
-    h: usize,
-    anti: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2_fma() {
-        #[target_feature(enable = "avx2,fma")]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn avx2<T: Elem>(
-            du: &mut [T],
-            dk: &mut [T],
-            u: &[T],
-            dy: &[T],
-            kt: &[T],
-            l: usize,
-            h: usize,
-            anti: bool,
-        ) {
-            direct_bwd(du, dk, u, dy, kt, l, h, anti)
-        }
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { avx2(du, dk, u, dy, kt, l, h, anti) };
-    }
-    direct_bwd(du, dk, u, dy, kt, l, h, anti)
-}
+avx2_instance!(direct_fwd_simd [T: Elem] => direct_fwd(
+    y: &mut [T], u: &[T], kt: &[T], l: usize, h: usize, anti: bool
+));
+avx2_instance!(direct_bwd_simd [T: Elem] => direct_bwd(
+    du: &mut [T], dk: &mut [T], u: &[T], dy: &[T], kt: &[T], l: usize, h: usize, anti: bool
+));
 
 /// Per-channel kernels (H, L) → (L, H), lag-major.
 fn lag_major<T: Elem>(k: &[T], h: usize, l: usize) -> Vec<T> {

@@ -37,7 +37,7 @@ use super::conv::FftFloat;
 use super::fused_node::{FusedKernels, FusedNode};
 use super::nn::{Activation, Gelu};
 use super::rowops::{Elem, col_sums, layer_norm_bwd, layer_norm_fwd};
-use super::simd::{has_avx2_fma, vectorised};
+use super::simd::{avx2_instance, vectorised};
 
 /// Order of the block's parameters in the flat vector (DiT / DiffuSSM names under the block).
 pub const PARAMS: [&str; 12] = [
@@ -168,28 +168,8 @@ fn act_grad_rows<T: Elem, F: Fn(T) -> (T, T)>(d: &mut [T], p: &[T], acc: &mut [T
     }
 }
 
-/// Defines `$name(args…)`: calls the always-inlined kernel `$kernel(args…)` compiled for
-/// AVX2+FMA where the CPU has them. (The closures handed to [`super::simd::vectorised`] were not
-/// always inlined into its AVX2 function: the profile showed these loops on SSE registers.)
-macro_rules! avx2_instance {
-    ($name:ident => $kernel:ident ($($arg:ident: $ty:ty),*)) => {
-        fn $name<T: Elem, F: Fn(T) -> (T, T)>($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            if has_avx2_fma() {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2<T: Elem, F: Fn(T) -> (T, T)>($($arg: $ty),*) {
-                    $kernel($($arg),*)
-                }
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                return unsafe { avx2($($arg),*) };
-            }
-            $kernel($($arg),*)
-        }
-    };
-}
-
-avx2_instance!(act_map_simd => act_map(y: &mut [T], x: &[T], f: &F));
-avx2_instance!(act_grad_rows_simd => act_grad_rows(d: &mut [T], p: &[T], acc: &mut [T], f: &F));
+avx2_instance!(act_map_simd [T: Elem, F: Fn(T) -> (T, T)] => act_map(y: &mut [T], x: &[T], f: &F));
+avx2_instance!(act_grad_rows_simd [T: Elem, F: Fn(T) -> (T, T)] => act_grad_rows(d: &mut [T], p: &[T], acc: &mut [T], f: &F));
 
 /// `σ(x)` element-wise.
 fn act_all<T: Elem>(x: &[T], f: impl Fn(T) -> (T, T) + Sync) -> Vec<T> {
