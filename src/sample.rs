@@ -13,8 +13,10 @@ use crate::engine::diffussm::{Diffussm, DiffussmConfig};
 use crate::engine::weights::{load_varmap, read_checkpoint};
 use crate::runs::model::resolve_model;
 use crate::runs::samples::{list_sample_sets, samples_dir};
-use crate::train::diffusion::{DiffusionRunConfig, load_classifier, write_sample_folder};
-use crate::train::trainer::{Result, TrainError};
+use crate::train::cas::{classification_accuracy_score, load_classifier};
+use crate::train::diffusion::DiffusionRunConfig;
+use crate::train::samples::write_sample_folder;
+use crate::train::session::{Result, TrainError};
 
 /// A DiffuSSM checkpoint ready to sample.
 pub struct DiffusionModel {
@@ -188,13 +190,14 @@ pub fn cas_of(
         TrainError::Other("CAS needs the run directory (its classifier.safetensors)".into())
     })?;
     let (classifier, info) = load_classifier(run, &Device::Cpu)?;
-    let (score, per) = crate::train::diffusion::classification_accuracy_score(
+    let (score, per) = classification_accuracy_score(
         &m.model,
         &m.sched,
         &classifier,
         n,
         opts,
         seed,
+        &mut |_, _| true,
     )?;
     Ok((score, per, info.test_accuracy))
 }

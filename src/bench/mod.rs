@@ -246,7 +246,7 @@ pub fn bench_diffussm(
         .expect("preset")
         .optim;
     let mut opt = crate::train::optim::AdamW::new(
-        crate::train::trainer::param_groups(&varmap, &optim),
+        crate::train::optim::param_groups(&varmap, &optim),
         optim.beta1,
         optim.beta2,
         optim.eps,

@@ -19,8 +19,8 @@ use crate::engine::conv::{ConvPath, causal_conv};
 use crate::engine::fused;
 use crate::engine::nn::Gelu;
 use crate::train::optim::AdamW;
+use crate::train::optim::param_groups;
 use crate::train::parallel::sharded_grads;
-use crate::train::trainer::param_groups;
 
 /// Where the MLM head runs in a BiGS training step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

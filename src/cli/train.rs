@@ -1,10 +1,8 @@
 //! `ssmlab train` and `ssmlab tokenizer`.
 
-use crate::train::parallel::{resolve_shards, single_threaded_ops};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -15,8 +13,9 @@ use crate::data::tokenizer::train_wordpiece;
 use crate::runs::RunDir;
 use crate::train::config::model_family;
 use crate::train::diffusion::{DiffusionRunConfig, DiffusionTrainer};
+use crate::train::parallel::{resolve_shards, single_threaded_ops};
 use crate::train::presets::{AnyConfig, PRESETS, any_preset};
-use crate::train::trainer::plain_line;
+use crate::train::session::{plain_line, stop_on_signals};
 use crate::train::{Event, Outcome, RunConfig, Trainer};
 
 /// A training session of either run kind.
@@ -28,8 +27,8 @@ enum AnyTrainer {
 impl AnyTrainer {
     fn total_steps(&self) -> u64 {
         match self {
-            Self::Mlm(t) => t.cfg.train.steps,
-            Self::Diffusion(t) => t.cfg.train.steps,
+            Self::Mlm(t) => t.total_steps(),
+            Self::Diffusion(t) => t.total_steps(),
         }
     }
 
@@ -45,7 +44,7 @@ impl AnyTrainer {
         stop: &AtomicBool,
         stop_at: Option<u64>,
         on_event: &mut dyn FnMut(Event),
-    ) -> crate::train::trainer::Result<Outcome> {
+    ) -> crate::train::session::Result<Outcome> {
         match self {
             Self::Mlm(t) => t.run(stop, stop_at, on_event),
             Self::Diffusion(t) => t.run(stop, stop_at, on_event),
@@ -136,7 +135,6 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     if let Some(s) = a.seed {
         sets.push(format!("run.seed={s}"));
     }
-    let stop = Arc::new(AtomicBool::new(false));
     let mut trainer = if let Some(r) = &a.resume {
         if a.name.is_some() {
             bail!("--name cannot rename a run that is resumed");
@@ -190,17 +188,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             }
         }
     };
-    {
-        let stop = stop.clone();
-        // ctrlc's handler also takes SIGHUP; under `nohup` (SIGHUP ignored at start) a hangup
-        // must not stop the run, so an ignored SIGHUP stays ignored.
-        let hup_ignored = sighup_ignored();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("cannot install the Ctrl-C/SIGTERM handler")?;
-        if hup_ignored {
-            ignore_sighup();
-        }
-    }
+    let stop = stop_on_signals()?;
     let tty = std::io::stderr().is_terminal();
     let total = trainer.total_steps();
     let bar = tty.then(|| {
@@ -275,25 +263,6 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         Outcome::Diverged => bail!("run {id} diverged (see its log.txt)"),
     }
     Ok(())
-}
-
-/// Whether SIGHUP was ignored when the process started (as `nohup` leaves it).
-fn sighup_ignored() -> bool {
-    // SAFETY: sigaction with a null new action only reads the current disposition into `old`,
-    // a zeroed (valid) sigaction struct that we own.
-    unsafe {
-        let mut old: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
-            && old.sa_sigaction == libc::SIG_IGN
-    }
-}
-
-/// Ignores SIGHUP again after ctrlc installed its handler for it.
-fn ignore_sighup() {
-    // SAFETY: setting a standard signal to SIG_IGN has no preconditions.
-    unsafe {
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-    }
 }
 
 /// One line of training progress on stdout. A write that fails (a pipe whose reader left, as

@@ -49,3 +49,21 @@ pub enum DataError {
 }
 
 pub type Result<T> = std::result::Result<T, DataError>;
+
+/// Looks for a relative data path in the working directory, then in the source tree (so the
+/// presets work from any directory of a source checkout).
+pub fn resolve_data_path(p: &std::path::Path) -> PathBuf {
+    if p.is_absolute() || p.exists() {
+        return p.into();
+    }
+    let alt = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
+    if alt.exists() { alt } else { p.into() }
+}
+
+/// Fisher–Yates with a seeded generator.
+pub fn shuffle(v: &mut [usize], rng: &mut impl rand::Rng) {
+    for i in (1..v.len()).rev() {
+        let j = rng.random_range(0..=i);
+        v.swap(i, j);
+    }
+}

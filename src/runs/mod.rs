@@ -17,11 +17,13 @@
 pub mod index;
 mod metrics;
 pub mod model;
+pub mod os;
 pub mod samples;
 mod status;
 
 pub use metrics::{Metric, MetricsTail, read_metrics};
-pub use status::{Control, HEARTBEAT_STALE_S, RunState, Status, pid_alive, unix_now};
+pub use os::pid_alive;
+pub use status::{Control, HEARTBEAT_STALE_S, RunState, Status, unix_now};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -77,27 +77,12 @@ impl Status {
     /// heartbeat is stale, is reported as `failed` ("lost").
     pub fn effective_state(&self, now: f64) -> (RunState, bool) {
         if self.state == RunState::Running
-            && (!pid_alive(self.pid) || now - self.heartbeat > HEARTBEAT_STALE_S)
+            && (!super::os::pid_alive(self.pid) || now - self.heartbeat > HEARTBEAT_STALE_S)
         {
             (RunState::Failed, true)
         } else {
             (self.state, false)
         }
-    }
-}
-
-/// Whether a process with this pid exists (Unix: `kill(pid, 0)`).
-pub fn pid_alive(pid: u32) -> bool {
-    #[cfg(unix)]
-    {
-        // SAFETY: signal 0 only checks for existence and permission.
-        let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = pid;
-        true
     }
 }
 

@@ -396,3 +396,37 @@ pub fn clip_grads(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     }
     Ok(norm)
 }
+
+/// Parameter groups: no decay on biases and LayerNorms; the SSM's A and step size (BiGS:
+/// `A_re`, `A_im`, `log_step`; s4: `log_A_real`, `A_imag`, `log_dt`) with their own lr scale and
+/// (optionally) no decay.
+pub(crate) fn param_groups(
+    varmap: &candle_nn::VarMap,
+    o: &super::config::OptimSection,
+) -> Vec<Param> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let leaf = name.rsplit('.').next().unwrap_or(name);
+            let ssm = matches!(
+                leaf,
+                "A_re" | "A_im" | "log_step" | "log_A_real" | "A_imag" | "log_dt"
+            );
+            let no_decay = leaf == "bias" || name.contains("LayerNorm");
+            let wd = if no_decay || (ssm && !o.ssm_weight_decay) {
+                0.0
+            } else {
+                o.weight_decay
+            };
+            Param {
+                name: name.clone(),
+                var: data[name].clone(),
+                weight_decay: wd,
+                lr_scale: if ssm { o.ssm_lr_scale } else { 1.0 },
+            }
+        })
+        .collect()
+}

@@ -43,7 +43,7 @@ fn resumed_run_reproduces_uninterrupted_losses_bitwise() {
     assert_eq!(run_b.read_status().unwrap().state, RunState::Stopped);
     assert_eq!(run_b.latest_checkpoint().unwrap().0, 6);
     let mut b = Trainer::resume(run_b.clone(), &[]).unwrap();
-    assert_eq!(b.state.step, 6);
+    assert_eq!(b.step(), 6);
     assert_eq!(b.run(&stop, None, &mut |_| {}).unwrap(), Outcome::Finished);
 
     let la = losses(&a.run.path);
@@ -69,7 +69,7 @@ fn checkpoints_hold_hf_weights_optimizer_and_state_and_old_ones_are_pruned() {
     let mut t = Trainer::create(c, tmp.path()).unwrap();
     t.run(&AtomicBool::new(false), None, &mut |_| {}).unwrap();
     let steps: Vec<u64> = t.run.checkpoints().iter().map(|c| c.0).collect();
-    let best = t.state.best_step.unwrap();
+    let best = t.progress().best_step.unwrap();
     assert!(steps.ends_with(&[8, 9]), "{steps:?}");
     assert!(
         steps.contains(&best),
@@ -101,7 +101,7 @@ fn checkpoints_hold_hf_weights_optimizer_and_state_and_old_ones_are_pruned() {
     assert!(m.iter().all(|m| m.tokens == m.step * 8 * 32));
     let cfg = RunConfig::from_toml_file(&t.run.config_path()).unwrap();
     assert_eq!(
-        cfg, t.cfg,
+        cfg, t.task.cfg,
         "config.toml is the fully resolved configuration"
     );
 }
@@ -372,7 +372,7 @@ fn failed_checkpoint_write_is_a_clear_error_and_keeps_the_previous_one() {
     let s = t.run.read_status().unwrap();
     assert_eq!(s.state, RunState::Failed);
     assert!(s.message.unwrap().contains("step-4"));
-    assert!(Trainer::resume(t.run.clone(), &[]).unwrap().state.step == 2);
+    assert!(Trainer::resume(t.run.clone(), &[]).unwrap().step() == 2);
 }
 
 #[test]

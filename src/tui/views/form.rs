@@ -143,7 +143,7 @@ impl LaunchForm {
             }
         };
         crate::runs::check_run_name(&run_name)?;
-        if !crate::train::trainer::resolve_data_path(&data).exists() {
+        if !crate::data::resolve_data_path(&data).exists() {
             return Err(format!("dataset {} does not exist", data.display()));
         }
         Ok((name.to_string(), sets))

@@ -1,0 +1,547 @@
+//! The one training loop. A [`Session`] owns everything a run directory needs from a trainer,
+//! whatever the model: the status file and its heartbeat (also during long evaluations), the
+//! control file (stop / checkpoint now), the stop flag that signals set, the checkpoint schedule
+//! with atomic `step-N/` folders and pruning, the evaluation schedule, the metrics and log lines,
+//! divergence and failure recording. A [`Task`] (BiGS masked-LM pretraining in `mlm`, DiffuSSM
+//! in `diffusion`) supplies only its step, its evaluations and extras, and what goes into a
+//! checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::config::ConfigError;
+use crate::data::DataError;
+use crate::engine::EngineError;
+use crate::runs::{Control, Metric, RunDir, RunError, RunState, Status, pid_alive, unix_now};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("cannot write checkpoint {path}: {msg}; the previous checkpoint is intact")]
+    Checkpoint { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<candle_core::Error> for TrainError {
+    fn from(e: candle_core::Error) -> Self {
+        TrainError::Engine(e.into())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+/// How a training session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Finished,
+    Stopped,
+    Diverged,
+}
+
+/// What the loop reports as it goes (for progress bars; the run directory has it all too).
+pub enum Event<'a> {
+    Started {
+        run: &'a RunDir,
+        start_step: u64,
+        total_steps: u64,
+        /// Training / held-out items: sequences of a masked LM, images of a diffusion run.
+        train_sequences: usize,
+        val_sequences: usize,
+        parameters: usize,
+    },
+    Step(&'a Metric),
+    Checkpoint(u64),
+    Message(&'a str),
+}
+
+/// The counters every checkpoint's `state.json` holds besides a task's own (flattened into it,
+/// so the file keeps one flat object).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Training seconds over all sessions (evaluation included).
+    pub wall_s: f64,
+    pub best_eval_loss: Option<f64>,
+    pub best_step: Option<u64>,
+    /// The eval loss of the latest evaluation; the checkpoint of its step decides "best".
+    pub last_eval_loss: Option<f64>,
+}
+
+impl Progress {
+    /// A run that has not taken a step.
+    pub fn new() -> Self {
+        Self {
+            step: 0,
+            wall_s: 0.0,
+            best_eval_loss: None,
+            best_step: None,
+            last_eval_loss: None,
+        }
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The schedule the loop keeps, from a run's `[train]` section.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub total_steps: u64,
+    pub log_every: u64,
+    pub eval_every: u64,
+    pub checkpoint_every: u64,
+    pub keep_checkpoints: usize,
+}
+
+/// The result of one optimiser step. A loss or norm that is not finite ends the run as
+/// diverged (the task must then not have updated its weights).
+#[derive(Debug, Clone, Copy)]
+pub struct Stepped {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+/// Which evaluations are due at a logged step.
+#[derive(Debug, Clone, Copy)]
+pub struct Due {
+    /// The held-out loss (every `eval_every` steps and at the last step).
+    pub eval: bool,
+    /// The task's own extra evaluation (the CAS of a diffusion run).
+    pub extra: bool,
+}
+
+/// What a training task supplies to the loop.
+pub trait Task {
+    fn plan(&self) -> Plan;
+    /// `run.model` of the configuration (for status.json).
+    fn model_name(&self) -> &str;
+    fn progress(&self) -> &Progress;
+    fn progress_mut(&mut self) -> &mut Progress;
+    fn parameters(&self) -> usize;
+    /// Training and held-out items (sequences or images).
+    fn data_sizes(&self) -> (usize, usize);
+    /// Task details for the session-start line of `log.txt`; `Some` also reports them as a
+    /// message.
+    fn start_details(&self) -> (String, bool);
+    /// Items seen so far, the unit of throughput (tokens or images).
+    fn seen(&self) -> u64;
+    /// One optimiser step: advances `progress().step` and the items seen.
+    fn train_step(&mut self) -> Result<Stepped>;
+    /// Whether the task's extra evaluation is due at `step` (`last`: the final step).
+    fn extra_due(&self, _step: u64, _last: bool) -> bool {
+        false
+    }
+    /// Fills the counters of a logged record: `seen_since` items in `seconds` since the last
+    /// record (plus evaluation pauses excluded).
+    fn fill_counts(&self, m: &mut Metric, seen_since: u64, seconds: f64);
+    /// Runs the due evaluations into `m` (the held-out loss into `m.eval_loss`); calls `beat`
+    /// now and then.
+    fn evaluate(&mut self, m: &mut Metric, due: Due, beat: &mut Beat) -> Result<()>;
+    /// Work after the logging of `step` (e.g. sample grids); returns lines for `log.txt`.
+    fn extras(&mut self, _step: u64, _last: bool, _beat: &mut Beat) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+    /// Writes the checkpoint files (weights, optimiser, `state.json`, `config.json`) into `dir`.
+    fn write_checkpoint_files(&self, dir: &Path) -> std::result::Result<(), String>;
+}
+
+/// The heartbeat during long work: rewrites status.json (`running`, fresh heartbeat) at most
+/// every few seconds, so viewers never take a busy trainer for a lost one.
+pub struct Beat<'a> {
+    run: &'a RunDir,
+    status: &'a mut Status,
+    last: Instant,
+}
+
+impl Beat<'_> {
+    const EVERY_S: f64 = 5.0;
+
+    /// A sign of life; cheap when the last one is recent.
+    pub fn tick(&mut self) {
+        if self.last.elapsed().as_secs_f64() > Self::EVERY_S {
+            self.force();
+        }
+    }
+
+    fn force(&mut self) {
+        self.status.state = RunState::Running;
+        self.status.heartbeat = unix_now();
+        self.status.message = None;
+        // A failed status write is not worth stopping a run for; the next one retries.
+        let _ = self.run.write_status(self.status);
+        self.last = Instant::now();
+    }
+}
+
+/// A training session of one task on one run directory.
+pub struct Session<T> {
+    pub run: RunDir,
+    pub task: T,
+    status: Status,
+}
+
+impl<T: Task> Session<T> {
+    /// A session on `run` (created, or opened for a resume) with the task's state loaded.
+    pub(crate) fn new(run: RunDir, task: T) -> Self {
+        let p = task.progress();
+        let status = Status::starting(
+            &run,
+            task.plan().total_steps,
+            task.model_name(),
+            p.step,
+            p.best_step,
+        );
+        Self { run, task, status }
+    }
+
+    /// Optimiser steps taken.
+    pub fn step(&self) -> u64 {
+        self.task.progress().step
+    }
+
+    pub fn progress(&self) -> &Progress {
+        self.task.progress()
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.task.plan().total_steps
+    }
+
+    fn set_status(&mut self, state: RunState, message: Option<String>) -> Result<()> {
+        let s = &mut self.status;
+        s.state = state;
+        s.heartbeat = unix_now();
+        s.step = self.task.progress().step;
+        s.message = message;
+        self.run.write_status(s)?;
+        Ok(())
+    }
+
+    /// Writes `step-N/` atomically (best by eval loss: the evaluation of this step decides) and
+    /// prunes old checkpoints, keeping the best.
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        let p = self.task.progress_mut();
+        let step = p.step;
+        if let Some(l) = p.last_eval_loss
+            && p.best_eval_loss.is_none_or(|b| l < b)
+        {
+            p.best_eval_loss = Some(l);
+            p.best_step = Some(step);
+        }
+        let best = p.best_step;
+        let task = &self.task;
+        let dst = write_checkpoint(&self.run, step, |tmp| task.write_checkpoint_files(tmp))?;
+        prune_checkpoints(&self.run, self.task.plan().keep_checkpoints, best);
+        self.status.last_checkpoint = Some(format!("step-{step}"));
+        self.status.best_checkpoint = best.map(|s| format!("step-{s}"));
+        Ok(dst)
+    }
+
+    /// Runs until the configured number of steps, `stop_at`, a stop request (the `stop` flag or
+    /// the control file), or divergence. An error is logged and recorded as state `failed`.
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        stop_at: Option<u64>,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Outcome> {
+        let res = self.run_inner(stop, stop_at, on_event);
+        if let Err(e) = &res {
+            let _ = self.run.log(&format!("error: {e}"));
+            let _ = self.set_status(RunState::Failed, Some(e.to_string()));
+        }
+        res
+    }
+
+    fn run_inner(
+        &mut self,
+        stop: &AtomicBool,
+        stop_at: Option<u64>,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Outcome> {
+        let plan = self.task.plan();
+        let total = plan.total_steps;
+        self.set_status(RunState::Running, None)?;
+        let parameters = self.task.parameters();
+        let (n_train, n_val) = self.task.data_sizes();
+        on_event(Event::Started {
+            run: &self.run,
+            start_step: self.step(),
+            total_steps: total,
+            train_sequences: n_train,
+            val_sequences: n_val,
+            parameters,
+        });
+        let (details, announce) = self.task.start_details();
+        let msg = format!(
+            "session start: step {} of {total}, pid {}, {parameters} parameters, {details}",
+            self.step(),
+            std::process::id(),
+        );
+        self.run.log(&msg)?;
+        if announce {
+            on_event(Event::Message(&msg));
+        }
+        let session_start = Instant::now();
+        let wall0 = self.task.progress().wall_s;
+        let mut last_beat = Instant::now();
+        let (mut window_t, mut window_seen) = (Instant::now(), self.task.seen());
+        while self.step() < total {
+            let s = self.task.train_step()?;
+            let step = self.step();
+            self.task.progress_mut().wall_s = wall0 + session_start.elapsed().as_secs_f64();
+            if !s.loss.is_finite() || !s.grad_norm.is_finite() {
+                let msg = diverged_message(&self.run, step, s.loss, s.grad_norm);
+                self.run.log(&msg)?;
+                self.set_status(RunState::Diverged, Some(msg.clone()))?;
+                on_event(Event::Message(&msg));
+                return Ok(Outcome::Diverged);
+            }
+            let last = step == total;
+            let due = Due {
+                eval: step.is_multiple_of(plan.eval_every) || last,
+                extra: self.task.extra_due(step, last),
+            };
+            let is_log = step.is_multiple_of(plan.log_every) || due.eval || due.extra;
+            if is_log {
+                let mut m = Metric {
+                    step,
+                    wall_s: self.task.progress().wall_s,
+                    lr: Some(s.lr),
+                    loss: Some(s.loss),
+                    grad_norm: Some(s.grad_norm),
+                    ..Default::default()
+                };
+                let dt = window_t.elapsed().as_secs_f64().max(1e-9);
+                self.task
+                    .fill_counts(&mut m, self.task.seen() - window_seen, dt);
+                if due.eval || due.extra {
+                    let mut beat = Beat {
+                        run: &self.run,
+                        status: &mut self.status,
+                        last: last_beat,
+                    };
+                    beat.status.step = step;
+                    self.task.evaluate(&mut m, due, &mut beat)?;
+                    last_beat = beat.last;
+                    if due.eval {
+                        self.task.progress_mut().last_eval_loss = m.eval_loss;
+                    }
+                }
+                self.run.append_metric(&m)?;
+                self.run.log(&plain_line(&m, total))?;
+                on_event(Event::Step(&m));
+            }
+            let mut beat = Beat {
+                run: &self.run,
+                status: &mut self.status,
+                last: last_beat,
+            };
+            let lines = self.task.extras(step, last, &mut beat)?;
+            last_beat = beat.last;
+            for l in &lines {
+                self.run.log(l)?;
+            }
+            if is_log || !lines.is_empty() {
+                // evaluation and sampling time is not training throughput
+                window_t = Instant::now();
+                window_seen = self.task.seen();
+            }
+            if let Some(o) = self.end_of_step(is_log, stop, stop_at, &mut last_beat, on_event)? {
+                return Ok(o);
+            }
+        }
+        let msg = format!("finished {total} steps");
+        self.run.log(&msg)?;
+        self.set_status(RunState::Finished, Some(msg))?;
+        Ok(Outcome::Finished)
+    }
+
+    /// The end of a step: control requests (stop / checkpoint), the periodic and final
+    /// checkpoint, stopping, and the heartbeat. `Some(outcome)` when the session ends here.
+    fn end_of_step(
+        &mut self,
+        logged: bool,
+        stop: &AtomicBool,
+        stop_at: Option<u64>,
+        last_beat: &mut Instant,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Option<Outcome>> {
+        let plan = self.task.plan();
+        let (step, total) = (self.step(), plan.total_steps);
+        let mut checkpoint = step.is_multiple_of(plan.checkpoint_every) || step == total;
+        let mut stopping = stop.load(Ordering::SeqCst) || stop_at == Some(step);
+        match self.run.take_request() {
+            Some(Control::Stop) => stopping = true,
+            Some(Control::Checkpoint) => checkpoint = true,
+            None => {}
+        }
+        if checkpoint || stopping {
+            self.save_checkpoint()?;
+            on_event(Event::Checkpoint(step));
+        }
+        if stopping && step < total {
+            let msg = format!("stopped at step {step} (checkpoint step-{step})");
+            self.run.log(&msg)?;
+            self.set_status(RunState::Stopped, Some(msg))?;
+            return Ok(Some(Outcome::Stopped));
+        }
+        if logged || checkpoint || last_beat.elapsed().as_secs_f64() > Beat::EVERY_S {
+            self.set_status(RunState::Running, None)?;
+            *last_beat = Instant::now();
+        }
+        Ok(None)
+    }
+}
+
+/// A stop flag that Ctrl-C, SIGTERM and SIGHUP set: the session then checkpoints and ends as
+/// `stopped`. Under `nohup` (SIGHUP ignored when the process started) a hangup stays ignored.
+/// Installs a process-wide handler, so it is called once, by the command that trains.
+pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // ctrlc's handler also takes SIGHUP.
+    let hup_ignored = crate::runs::os::sighup_ignored();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).map_err(|e| {
+        TrainError::Other(format!("cannot install the Ctrl-C/SIGTERM handler: {e}"))
+    })?;
+    if hup_ignored {
+        crate::runs::os::ignore_sighup();
+    }
+    Ok(stop)
+}
+
+/// Writes checkpoint `step-N/` of a run atomically: `write` fills a temporary folder, which is
+/// renamed into place only when complete (an older `step-N/` is replaced).
+pub(crate) fn write_checkpoint(
+    run: &RunDir,
+    step: u64,
+    write: impl FnOnce(&Path) -> std::result::Result<(), String>,
+) -> Result<PathBuf> {
+    let dst = run.checkpoint_path(step);
+    let tmp = run.path.join(format!("step-{step}.tmp"));
+    let res = (|| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        write(&tmp)?;
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst).map_err(|e| e.to_string())?;
+        }
+        std::fs::rename(&tmp, &dst).map_err(|e| e.to_string())
+    })();
+    if let Err(msg) = res {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(TrainError::Checkpoint { path: dst, msg });
+    }
+    Ok(dst)
+}
+
+/// Deletes all but the newest `keep` checkpoints, never the best one.
+fn prune_checkpoints(run: &RunDir, keep: usize, best_step: Option<u64>) {
+    let all = run.checkpoints();
+    let n = all.len();
+    for (i, (step, path)) in all.into_iter().enumerate() {
+        if i + keep < n && Some(step) != best_step {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+}
+
+/// Writes `state` as `state.json` into a checkpoint folder being written.
+pub(crate) fn write_state(dir: &Path, state: &impl Serialize) -> std::result::Result<(), String> {
+    let text = serde_json::to_string_pretty(state).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("state.json"), text).map_err(|e| e.to_string())
+}
+
+/// Reads `state.json` of checkpoint folder `ck`.
+pub(crate) fn read_state<S: DeserializeOwned>(ck: &Path) -> Result<S> {
+    let sp = ck.join("state.json");
+    let text = std::fs::read_to_string(&sp).map_err(|e| RunError::Io {
+        path: sp.clone(),
+        source: e,
+    })?;
+    Ok(serde_json::from_str(&text).map_err(|e| RunError::Invalid {
+        path: sp.clone(),
+        msg: e.to_string(),
+    })?)
+}
+
+/// Refuses to resume a run whose trainer is alive (another process, fresh heartbeat).
+pub(crate) fn ensure_not_running(run: &RunDir) -> Result<()> {
+    if let Ok(s) = run.read_status()
+        && s.state == RunState::Running
+        && s.pid != std::process::id()
+        && pid_alive(s.pid)
+        && unix_now() - s.heartbeat < crate::runs::HEARTBEAT_STALE_S
+    {
+        return Err(TrainError::Other(format!(
+            "run {} is still running (pid {}); stop it first",
+            run.path.display(),
+            s.pid
+        )));
+    }
+    Ok(())
+}
+
+/// The message of a run that diverged at `step`.
+fn diverged_message(run: &RunDir, step: u64, loss: f64, norm: f64) -> String {
+    let last = run
+        .latest_checkpoint()
+        .map(|(s, _)| format!("step-{s}"))
+        .unwrap_or_else(|| "none".into());
+    format!(
+        "training diverged at step {step}: loss {loss}, gradient norm {norm}; \
+         the last good checkpoint ({last}) is kept. Lower optim.lr or raise \
+         optim.warmup_steps, then start again or --resume"
+    )
+}
+
+/// The plain progress line (log.txt, and stdout when it is not a terminal).
+pub fn plain_line(m: &Metric, total: u64) -> String {
+    let mut s = format!(
+        "step {}/{} tokens {} loss {:.4} lr {:.2e} gnorm {:.3} tok/s {:.0}",
+        m.step,
+        total,
+        m.tokens,
+        m.loss.unwrap_or(f64::NAN),
+        m.lr.unwrap_or(0.0),
+        m.grad_norm.unwrap_or(f64::NAN),
+        m.tokens_per_s.unwrap_or(0.0)
+    );
+    if let Some(ips) = m.images_per_s {
+        s += &format!(" img/s {ips:.1}");
+    }
+    match (m.eval_loss, m.eval_acc, m.eval_baseline_acc) {
+        (Some(l), Some(a), Some(b)) => {
+            s += &format!(
+                " | eval loss {l:.4} acc {:.2}% (most-frequent baseline {:.2}%)",
+                a * 100.0,
+                b * 100.0
+            )
+        }
+        (Some(l), _, _) => s += &format!(" | eval loss {l:.4}"),
+        _ => {}
+    }
+    if let Some(c) = m.eval_cas {
+        s += &format!(" | CAS {:.1}%", c * 100.0);
+    }
+    s
+}
