@@ -8,31 +8,18 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
-use rand::{Rng, SeedableRng};
+use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use crate::compare::step::Head;
+use crate::compare::step::{StepHow, bigs_step_seconds, masked_per_seq, timed};
 use crate::engine::Result;
-use crate::engine::bigs::{BigsConfig, Mode, build_bigs, cross_entropy};
+use crate::engine::bigs::BigsConfig;
 use crate::engine::conv::{ConvPath, causal_conv};
+use crate::engine::device::parse_device;
 use crate::engine::fused;
 use crate::engine::nn::Gelu;
-use crate::train::optim::AdamW;
-use crate::train::optim::param_groups;
-use crate::train::parallel::sharded_grads;
-
-/// Where the MLM head runs in a BiGS training step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Head {
-    /// Logits only at the masked positions (what the trainer does).
-    Masked,
-    /// Logits at every position, then the loss reads the masked ones (the naive way).
-    All,
-    /// No head: the loss is the mean square of the encoder output (scaling runs).
-    None,
-}
 
 /// One case of the suite.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,43 +134,8 @@ pub fn bigs_step_flops(c: &BigsConfig, tokens: usize, l: usize, head_positions: 
 }
 
 /// Masked positions per sequence (15%, at least one).
-fn masked_per_seq(l: usize) -> usize {
-    (l * 15 / 100).max(1)
-}
-
-fn median(mut ts: Vec<f64>) -> f64 {
-    ts.sort_by(f64::total_cmp);
-    ts[ts.len() / 2]
-}
-
-/// Run `f` once to warm up, then `reps` times; the median seconds.
-fn timed(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    let mut ts = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        let t0 = Instant::now();
-        f()?;
-        ts.push(t0.elapsed().as_secs_f64());
-    }
-    Ok(median(ts))
-}
-
 /// Environment variable through which the suite tells its child processes the device.
 pub const DEVICE_ENV: &str = "SSMLAB_BENCH_DEVICE";
-
-/// Parse `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(s: &str) -> Result<Device> {
-    let bad =
-        || crate::engine::EngineError::Input(format!("--device {s}: expected cpu, cuda or cuda:N"));
-    Ok(match s {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0)?,
-        _ => {
-            let n = s.strip_prefix("cuda:").ok_or_else(bad)?;
-            Device::new_cuda(n.parse().map_err(|_| bad())?)?
-        }
-    })
-}
 
 /// The device of this benchmark process (the suite's `--device`; the CPU by default).
 pub fn bench_device() -> Result<Device> {
@@ -306,113 +258,6 @@ pub fn run_case(case: &Case) -> Result<Value> {
     obj.insert("peak_rss_mib".into(), json!(peak_rss_mib()));
     obj.insert("device".into(), json!(format!("{:?}", dev.location())));
     Ok(out)
-}
-
-/// How a benchmarked MLM training step runs.
-#[derive(Debug, Clone, Copy)]
-pub struct StepHow {
-    pub head: Head,
-    /// Data-parallel shards (0 = one per core).
-    pub shards: usize,
-    pub fused_optim: bool,
-}
-
-impl StepHow {
-    /// The trainer's way: head at masked positions, no shards, fused AdamW.
-    pub const TRAINER: StepHow = StepHow {
-        head: Head::Masked,
-        shards: 1,
-        fused_optim: true,
-    };
-}
-
-/// Median seconds of one MLM training step (forward, backward, AdamW) of a fresh model on
-/// random ids, 15% of positions masked, with the head run as `head` says.
-pub fn bigs_step_seconds(
-    cfg: &BigsConfig,
-    batch: usize,
-    l: usize,
-    how: StepHow,
-    reps: usize,
-    dev: &Device,
-) -> Result<f64> {
-    let StepHow {
-        head,
-        shards,
-        fused_optim,
-    } = how;
-    let dev = dev.clone();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let (model, varmap) = build_bigs(cfg, DType::F32, &dev, &mut rng)?;
-    let optim = crate::train::presets::preset("bigs-mobydick")
-        .expect("preset")
-        .optim;
-    let mut opt = AdamW::new(
-        param_groups(&varmap, &optim),
-        optim.beta1,
-        optim.beta2,
-        optim.eps,
-    )?;
-    opt.fused = fused_optim;
-    let ids: Vec<u32> = (0..batch * l)
-        .map(|_| rng.random_range(5..cfg.vocab_size as u32))
-        .collect();
-    let per = masked_per_seq(l);
-    let mut labels = vec![-100i64; batch * l];
-    let mut positions = Vec::with_capacity(batch * per);
-    for s in 0..batch {
-        for j in 0..per {
-            let p = s * l + (j * l / per);
-            labels[p] = ids[p] as i64;
-            positions.push(p as u32);
-        }
-    }
-    let targets: Vec<u32> = positions.iter().map(|&p| ids[p as usize]).collect();
-    let ids = Tensor::from_vec(ids, (batch, l), &dev)?;
-    let labels = Tensor::from_vec(labels, (batch, l), &dev)?;
-    let targets = Tensor::new(targets.as_slice(), &dev)?;
-    let owned: Vec<Var> = opt.params.iter().map(|p| p.var.clone()).collect();
-    let vars: Vec<&Var> = owned.iter().collect();
-    let drng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let mut step = || -> Result<()> {
-        // Each shard's loss is its mean over its rows times its share of the rows (every
-        // sequence has the same number of masked positions).
-        let (_, grads) = sharded_grads(&vars, batch, shards, |r| {
-            let share = r.len() as f64 / batch as f64;
-            let ids = ids.narrow(0, r.start, r.len())?;
-            let loss = match head {
-                Head::Masked => {
-                    let labels = labels.narrow(0, r.start, r.len())?;
-                    model
-                        .mlm_loss(&ids, None, &labels, Mode::Train(&mut drng.clone()))?
-                        .loss
-                }
-                Head::All => {
-                    let hidden = model.hidden_states(&ids, None, Mode::Eval)?;
-                    let (b, l, _) = hidden.dims3()?;
-                    let logits = model.logits(&hidden)?;
-                    let v = logits.dim(2)?;
-                    let first = (r.start * l) as u32;
-                    let pos: Vec<u32> = positions[r.start * per..r.end * per]
-                        .iter()
-                        .map(|p| p - first)
-                        .collect();
-                    let pos = Tensor::new(pos.as_slice(), &dev)?;
-                    let sel = logits.reshape((b * l, v))?.index_select(&pos, 0)?;
-                    let tg = targets.narrow(0, r.start * per, r.len() * per)?;
-                    cross_entropy(&sel, &tg)?
-                }
-                Head::None => model
-                    .hidden_states(&ids, None, Mode::Eval)?
-                    .sqr()?
-                    .mean_all()?,
-            };
-            Ok((loss * share)?)
-        })?;
-        opt.step(&grads, 1e-4)?;
-        Ok(())
-    };
-    timed(reps, &mut step)
 }
 
 fn bigs_train(

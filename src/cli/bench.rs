@@ -87,7 +87,7 @@ pub enum BenchWhat {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let Some(what) = args.what else {
-        crate::bench::suite::parse_device(&args.device)?;
+        crate::engine::device::parse_device(&args.device)?;
         // SAFETY: single-threaded so far; the children inherit the device.
         unsafe { std::env::set_var(crate::bench::suite::DEVICE_ENV, &args.device) };
         let exe = std::env::current_exe().context("cannot find the ssmlab executable")?;

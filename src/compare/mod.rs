@@ -6,7 +6,10 @@
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::bench::suite::{StepHow, bigs_step_seconds};
+pub mod step;
+
+use step::{StepHow, bigs_step_seconds};
+
 use crate::engine::bigs::{BigsConfig, Encoder};
 use crate::runs::index::RunSummary;
 use crate::train::RunConfig;
@@ -105,6 +108,37 @@ pub fn scaling(
         }
     }
     Ok(out)
+}
+
+/// The BiGS run and the attention run among `runs` (run id, config.toml text), first of each,
+/// for the scaling comparison; None unless both are there.
+pub fn scaling_pair(runs: &[(String, String)]) -> Option<[(String, String); 2]> {
+    let pick = |e: Encoder| {
+        runs.iter()
+            .find(|(_, text)| toml::from_str::<RunConfig>(text).is_ok_and(|c| c.model.encoder == e))
+            .cloned()
+    };
+    Some([pick(Encoder::Bigs)?, pick(Encoder::Attention)?])
+}
+
+/// [`scaling`] of MLM runs given as (run id, config.toml text).
+pub fn scaling_of_runs(
+    runs: &[(String, String)],
+    lengths: &[usize],
+    tokens: usize,
+    reps: usize,
+    on_point: impl FnMut(&ScalingPoint) -> bool,
+) -> crate::engine::Result<Vec<ScalingPoint>> {
+    let models = runs
+        .iter()
+        .map(|(id, text)| {
+            let cfg: RunConfig = toml::from_str(text).map_err(|e| {
+                crate::engine::EngineError::Input(format!("run {id}: config.toml: {e}"))
+            })?;
+            Ok((id.clone(), cfg.model))
+        })
+        .collect::<crate::engine::Result<Vec<_>>>()?;
+    scaling(&models, lengths, tokens, reps, on_point)
 }
 
 /// The smallest measured length from which the BiGS model's time per token stays below the

@@ -7,6 +7,7 @@ pub mod bigs_fused;
 pub mod classifier;
 pub mod conv;
 pub mod cpu;
+pub mod device;
 pub mod diffusion;
 pub mod diffussm;
 pub mod diffussm_fused;

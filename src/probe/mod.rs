@@ -114,6 +114,11 @@ pub struct ProbeOutput {
 }
 
 impl ProbeModel {
+    /// Loads a model directory (see [`resolve`]) onto the CPU.
+    pub fn open_on_cpu(path: &Path) -> Result<Self> {
+        Self::open(path, &Device::Cpu)
+    }
+
     /// Loads a model directory (see [`resolve`]).
     pub fn open(path: &Path, dev: &Device) -> Result<Self> {
         let files = resolve(path)?;

@@ -207,7 +207,8 @@ pub struct App {
 #[derive(Debug, Clone)]
 pub struct CompareJob {
     pub generation: u64,
-    pub models: Vec<(String, crate::engine::bigs::BigsConfig)>,
+    /// (run id, config.toml text) of the BiGS run, then the attention run.
+    pub runs: Vec<(String, String)>,
 }
 
 /// Compute the kernels of every checkpoint of a model path (the kernels worker).
@@ -716,18 +717,15 @@ impl App {
     /// `s` in the Compare view: time both models (one BiGS, one attention run among the
     /// compared runs) at L = 128 … 4096 on the worker.
     pub fn start_scaling(&mut self) {
-        use crate::engine::bigs::Encoder;
         let runs = super::views::compare::compared(self);
-        let pick = |e: Encoder| {
-            runs.iter().find_map(|(r, _)| {
-                let cfg: crate::train::RunConfig = toml::from_str(&r.config_text).ok()?;
-                (cfg.model.encoder == e).then(|| (r.id.clone(), cfg.model))
-            })
-        };
-        let (b, a) = (pick(Encoder::Bigs), pick(Encoder::Attention));
+        let texts: Vec<(String, String)> = runs
+            .iter()
+            .map(|(r, _)| (r.id.clone(), r.config_text.clone()))
+            .collect();
         drop(runs);
+        let pair = crate::compare::scaling_pair(&texts);
         let c = &mut self.compare;
-        let (Some(b), Some(a)) = (b, a) else {
+        let Some([b, a]) = pair else {
             c.error = Some(
                 "the scaling needs a BiGS and an attention run among the compared runs \
                  (ssmlab compare --preset-pair bigs-tiny,bert-tiny)"
@@ -742,7 +740,7 @@ impl App {
         c.scaling_models = Some((b.0.clone(), a.0.clone()));
         let job = CompareJob {
             generation: c.generation,
-            models: vec![b, a],
+            runs: vec![b, a],
         };
         match &self.compare_tx {
             Some(tx) if tx.send(job).is_ok() => {}

@@ -62,15 +62,20 @@ fn spawn_compare_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::CompareJob> 
                 },
             };
             let g = job.generation;
-            let res =
-                crate::compare::scaling(&job.models, &crate::compare::LENGTHS, 8192, 1, |p| {
+            let res = crate::compare::scaling_of_runs(
+                &job.runs,
+                &crate::compare::LENGTHS,
+                8192,
+                1,
+                |p| {
                     if let Ok(j) = jrx.try_recv() {
                         next = Some(j);
                         return false;
                     }
                     tx.send(Msg::Compare(CompareMsg::Point(g, p.clone())))
                         .is_ok()
-                });
+                },
+            );
             let m = match res {
                 Ok(_) => CompareMsg::Done(g),
                 Err(e) => CompareMsg::Failed(g, format!("scaling: {e}")),
@@ -209,9 +214,8 @@ fn spawn_probe_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::ProbeJob> {
                 let pm = match pos {
                     Some(i) => &cache[i].1,
                     None => {
-                        let pm =
-                            crate::probe::ProbeModel::open(&job.model, &candle_core::Device::Cpu)
-                                .map_err(|e| e.to_string())?;
+                        let pm = crate::probe::ProbeModel::open_on_cpu(&job.model)
+                            .map_err(|e| e.to_string())?;
                         cache.push((files.weights.clone(), pm));
                         if cache.len() > 4 {
                             cache.remove(0);

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 /// `scripts/gpu-check.sh`).
 pub fn device() -> candle_core::Device {
     match std::env::var("SSMLAB_TEST_DEVICE") {
-        Ok(d) => ssmlab::bench::suite::parse_device(&d).expect("SSMLAB_TEST_DEVICE"),
+        Ok(d) => ssmlab::engine::device::parse_device(&d).expect("SSMLAB_TEST_DEVICE"),
         Err(_) => candle_core::Device::Cpu,
     }
 }
