@@ -5,6 +5,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Keep freed memory mapped and committed: training frees and reallocates the same large tensor
 /// buffers every step, and returning them to the OS costs more than the step's arithmetic.
+#[allow(unsafe_code)] // two allocator settings through mimalloc's C API
 fn tune_allocator() {
     // Indices of `mi_option_e` in mimalloc v3's mimalloc.h.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
@@ -22,8 +23,8 @@ fn tune_allocator() {
 /// latency benefit on idle machines. A value set by the user wins.
 fn tune_threads() {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        // SAFETY: called first thing in main, before any other thread exists.
-        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200") };
+        // First thing in main, before any other thread exists.
+        ssmlab::runs::os::set_env_at_startup(&[("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200")]);
     }
 }
 

@@ -106,6 +106,11 @@ pub fn bench_conv(
 /// One full frame of the curves view at `w`×`h` with `runs` runs of `points` metrics each:
 /// (median, p90) seconds over `reps` draws into a headless buffer. `cold`: the series are
 /// recomputed every frame (as when new metrics arrive), else reused (a redraw for input).
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "the built-in themes are compiled in and parsed by the tests"
+)]
 pub fn bench_tui_frame(
     w: u16,
     h: u16,
@@ -204,6 +209,11 @@ pub fn bench_probe(
 /// DiffuSSM: median seconds of one training step (ε-MSE forward, backward, AdamW) at `batch`, and seconds
 /// to sample `n` images with `steps` DDIM steps and guidance `guidance` (two passes a step).
 #[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "presets of the fixed list exist (tested)"
+)]
 pub fn bench_diffussm(
     cfg: &crate::engine::diffussm::DiffussmConfig,
     batch: usize,

@@ -17,8 +17,8 @@ use crate::compare::step::{StepHow, bigs_step_seconds, masked_per_seq, timed};
 use crate::engine::Result;
 use crate::engine::bigs::BigsConfig;
 use crate::engine::conv::{ConvPath, causal_conv};
+use crate::engine::cpu::fused;
 use crate::engine::device::parse_device;
-use crate::engine::fused;
 use crate::engine::nn::Gelu;
 
 /// One case of the suite.
@@ -108,6 +108,11 @@ fn one() -> usize {
 
 /// The reference BiGS of the performance issue: d_model 256, 4 layers, intermediate 768,
 /// N = 64, BERT's vocabulary (30 522), positions up to `max_pos`.
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "presets of the fixed list exist (tested)"
+)]
 pub fn reference_bigs(max_pos: usize) -> BigsConfig {
     let mut c = crate::train::presets::preset("bigs-mobydick")
         .expect("preset")
@@ -152,6 +157,11 @@ pub fn peak_rss_mib() -> Option<f64> {
 
 /// Run one case in this process; the JSON object it reports (without MFU, which needs the
 /// ceiling).
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "presets of the fixed list exist (tested); `json!({..})` literals are objects; derived Serialize of plain fields cannot fail"
+)]
 pub fn run_case(case: &Case) -> Result<Value> {
     let dev = bench_device()?;
     let mut out = match case {
@@ -288,6 +298,11 @@ fn bigs_train(
 }
 
 /// The suite's cases, in the order they run.
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "presets of the fixed list exist (tested)"
+)]
 pub fn cases() -> Vec<Case> {
     let mut v = vec![Case::Matmul { n: 2048, reps: 5 }];
     for name in ["bigs-tiny", "bigs-mobydick"] {
@@ -473,6 +488,11 @@ pub fn run_suite(
     Ok(results)
 }
 
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "derived Serialize of plain fields cannot fail"
+)]
 fn run_child(exe: &std::path::Path, case: &Case) -> Value {
     let spec = serde_json::to_string(case).expect("spec");
     let t0 = Instant::now();

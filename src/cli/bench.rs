@@ -85,11 +85,16 @@ pub enum BenchWhat {
     },
 }
 
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "derived Serialize of plain fields cannot fail"
+)]
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let Some(what) = args.what else {
         crate::engine::device::parse_device(&args.device)?;
-        // SAFETY: single-threaded so far; the children inherit the device.
-        unsafe { std::env::set_var(crate::bench::suite::DEVICE_ENV, &args.device) };
+        // Single-threaded so far; the children inherit the device.
+        crate::runs::os::set_env_at_startup(&[(crate::bench::suite::DEVICE_ENV, &args.device)]);
         let exe = std::env::current_exe().context("cannot find the ssmlab executable")?;
         let t0 = std::time::Instant::now();
         let only = args.only.clone();

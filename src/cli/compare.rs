@@ -163,6 +163,11 @@ fn print_table(a: &CompareArgs, ids: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "derived Serialize of plain fields cannot fail"
+)]
 fn print_scaling(a: &CompareArgs, models: &[(String, BigsConfig)]) -> anyhow::Result<()> {
     let find = |e: Encoder| models.iter().find(|(_, c)| c.encoder == e).map(|(n, _)| n);
     let (Some(b), Some(t)) = (find(Encoder::Bigs), find(Encoder::Attention)) else {

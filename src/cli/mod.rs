@@ -63,11 +63,12 @@ pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
-        // SAFETY: no other thread exists yet (nothing has run but argument parsing).
-        unsafe {
-            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        }
+        // No other thread exists yet: nothing has run but argument parsing.
+        let n = n.to_string();
+        crate::runs::os::set_env_at_startup(&[
+            ("CANDLE_NUM_THREADS", &n),
+            ("RAYON_NUM_THREADS", &n),
+        ]);
     }
     match cli.command {
         Some(Command::Bench(args)) => bench::run(args),

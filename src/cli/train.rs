@@ -124,6 +124,11 @@ fn shard_threads(cfg: &DiffusionRunConfig) {
     }
 }
 
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "a constant template, exercised by every run on a terminal"
+)]
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     if a.list_presets {
         for (name, desc) in PRESETS {

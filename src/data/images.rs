@@ -187,6 +187,11 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 
 /// Parses an IDX header: checks the magic number (unsigned bytes, `dims` dimensions) and that
 /// the file holds as many bytes as the header promises. Returns the dimensions and the data.
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "slices of exactly four bytes, after a length check"
+)]
 fn parse_idx<'a>(
     path: &Path,
     bytes: &'a [u8],
@@ -623,6 +628,11 @@ fn folder_channels(dir: &Path) -> Result<usize> {
     Ok(1)
 }
 
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "the buffer is w·h bytes by construction"
+)]
 fn resize_set(set: &ImageSet, (h, w): (usize, usize)) -> ImageSet {
     let mut out = ImageSet {
         h,

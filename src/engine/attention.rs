@@ -1,6 +1,6 @@
 //! The attention baseline: a BERT encoder layer (multi-head self-attention + MLP, learned
 //! positions come from the shared embeddings) under HF BERT names, so that the MLM wrapper of
-//! [`super::bigs::BigsForMaskedLm`] trains, probes and checkpoints it like BiGS.
+//! `BigsForMaskedLm` (in `bigs`) trains, probes and checkpoints it like BiGS.
 //!
 //! Attention is written from differentiable ops: candle's fused softmax and sdpa have no
 //! backward (`candle-notes.md`).

@@ -11,12 +11,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::attention::AttentionLayer;
-use super::bigs_fused::{BigsLayerOp, LayerSpec};
 use super::conv::{ConvPath, causal_conv_blc, resolve_path, toeplitz};
+use super::cpu::bigs_layer::{BigsLayerOp, LayerSpec};
+use super::cpu::rowops::{bias_act, bias_mul, bias_residual, gelu_bias_mul};
 use super::error::{EngineError, Result};
 use super::init::{AInit, a_init_full, dropout_mask, normal, tensor_f64, uniform};
 use super::nn::{Embedding, Gelu, LayerNorm, Linear, Module, embedding, linear};
-use super::rowops::{bias_act, bias_mul, bias_residual, gelu_bias_mul};
 use super::s4d::bigs_kernel;
 use super::weights::{LoadReport, load_varmap, read_checkpoint};
 
@@ -241,6 +241,11 @@ impl BigsConfig {
     }
 
     /// The HF `config.json` text of this configuration.
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "derived Serialize of plain fields cannot fail"
+    )]
     pub fn to_json(&self) -> String {
         let mut v = serde_json::to_value(self).expect("config serialises");
         let (kind, arch) = match self.encoder {
@@ -425,7 +430,7 @@ impl BigsLayer {
         self.forward_ops(x, batch)
     }
 
-    /// The layer as one fused op with a hand-written backward ([`super::bigs_fused`]).
+    /// The layer as one fused op with a hand-written backward ([`super::cpu::bigs_layer`]).
     pub fn forward_fused(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
         let (rows, h) = x.dims2()?;
         if batch == 0 || rows % batch != 0 {
@@ -688,7 +693,7 @@ impl BigsForMaskedLm {
             .ok_or_else(|| EngineError::Input("MLM head applied to a scalar".into()))?;
         let rows: usize = lead.iter().product();
         let t = t.reshape((rows, *h))?;
-        let z = match super::bigs_fused::linear_rows(&t, w, &self.head.bias)? {
+        let z = match super::cpu::linear::linear_rows(&t, w, &self.head.bias)? {
             Some(z) => z,
             None => bias_act(&t.matmul(&w.t()?)?, &self.head.bias, None)?,
         };
@@ -756,7 +761,7 @@ impl BigsForMaskedLm {
 }
 
 /// Mean cross-entropy of logits (P, V) against targets (P).
-pub use super::fused::cross_entropy;
+pub use super::cpu::fused::cross_entropy;
 
 /// The range of the BiGS Δt initialisation: `log_step ~ Uniform[ln 0.01, ln 1]` (spec §1(b)).
 pub const BIGS_DT_INIT: (f64, f64) = (0.01, 1.0);

@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::conv::{ConvPath, FUSED_PER_CHANNEL_DENSE_MAX_L, SHARED_DENSE_MAX_L};
-use super::diffussm_fused::{BlockSpec, DiffussmBlockOp};
+use super::cpu::diffussm_block::{BlockSpec, DiffussmBlockOp};
 use super::error::{EngineError, Result};
 use super::init::{AInit, a_init_full, a_init_half, normal, tensor_f64, uniform};
 use super::nn::{Activation, Linear, linear, normalize};
@@ -210,6 +210,11 @@ impl DiffussmConfig {
         Ok(())
     }
 
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "derived Serialize of plain fields cannot fail"
+    )]
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("config serialises")
     }
@@ -353,7 +358,7 @@ impl DiffussmBlock {
         })
     }
 
-    /// The parameters of the fused node, flat in [`super::diffussm_fused::PARAMS`] order.
+    /// The parameters of the fused node, flat in [`super::cpu::diffussm_block::PARAMS`] order.
     fn packed_params(&self) -> Result<Tensor> {
         let mut parts = Vec::with_capacity(12);
         for lin in [&self.w0, &self.up] {
@@ -402,7 +407,7 @@ impl DiffussmBlock {
     }
 
     /// x (B, J, D), c (B, D) → (B, J, D): one fused node on the CPU (f32/f64,
-    /// [`super::diffussm_fused`]), candle ops elsewhere.
+    /// [`super::cpu::diffussm_block`]), candle ops elsewhere.
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         if super::cpu::enabled()
             && x.device().is_cpu()

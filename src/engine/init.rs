@@ -102,6 +102,11 @@ pub fn tensor_f64(
 }
 
 /// Normal(mean, std) samples from a seeded generator.
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "callers pass finite, non-negative std (config validation)"
+)]
 pub fn normal(
     rng: &mut ChaCha8Rng,
     shape: impl Into<Shape>,
@@ -117,6 +122,11 @@ pub fn normal(
 }
 
 /// Uniform[lo, hi) samples from a seeded generator.
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "callers pass lo < hi (constants of the initialisers)"
+)]
 pub fn uniform(
     rng: &mut ChaCha8Rng,
     shape: impl Into<Shape>,

@@ -3,8 +3,8 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use serde::{Deserialize, Serialize};
 
+pub use super::cpu::act::{Activation, Gelu};
 use super::error::Result;
 
 pub use candle_nn::{Embedding, Module, embedding};
@@ -41,7 +41,7 @@ impl Linear {
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, *last))?;
         let fused = match &self.bias {
-            Some(b) => super::bigs_fused::linear_rows(&x2, &self.weight, b)?,
+            Some(b) => super::cpu::linear::linear_rows(&x2, &self.weight, b)?,
             None => None,
         };
         let y = match (fused, &self.bias) {
@@ -49,7 +49,7 @@ impl Linear {
                 Some(k) => k.apply(&y)?,
                 None => y,
             },
-            (None, Some(b)) => super::rowops::bias_act(&self.raw(&x2)?, b, act)?,
+            (None, Some(b)) => super::cpu::rowops::bias_act(&self.raw(&x2)?, b, act)?,
             (None, None) => {
                 let y = self.raw(&x2)?;
                 match act {
@@ -95,7 +95,7 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        super::rowops::layer_norm(x, &self.weight, &self.bias, self.eps)
+        super::cpu::rowops::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -105,43 +105,5 @@ pub fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
     let n = x.dims().last().copied().unwrap_or(1);
     let ones = Tensor::ones(n, x.dtype(), x.device())?;
     let zeros = Tensor::zeros(n, x.dtype(), x.device())?;
-    super::rowops::layer_norm(x, &ones, &zeros, eps)
-}
-
-/// Activation of a layer: GELU (exact or tanh, fused) or SiLU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    Gelu,
-    #[default]
-    GeluTanh,
-    Silu,
-}
-
-impl Activation {
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Gelu => Gelu::Exact.apply(x),
-            Self::GeluTanh => Gelu::Tanh.apply(x),
-            Self::Silu => Ok(candle_nn::ops::silu(x)?),
-        }
-    }
-}
-
-/// Which GELU: exact (erf) or the tanh approximation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Gelu {
-    /// `x·Φ(x)`; what the PyTorch port (and the parity vectors) use.
-    #[default]
-    Exact,
-    /// `0.5x(1 + tanh(√(2/π)(x + 0.044715x³)))`; what the Flax code trained the released weights with.
-    Tanh,
-}
-
-impl Gelu {
-    /// Applies this GELU (fused forward/backward on the CPU, see [`super::fused`]).
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        super::fused::gelu(x, self)
-    }
+    super::cpu::rowops::layer_norm(x, &ones, &zeros, eps)
 }

@@ -185,12 +185,12 @@ pub fn s4_kernel(
         && a_re.device().is_cpu()
         && matches!(a_re.dtype(), DType::F32 | DType::F64)
     {
-        // One node with a hand-written backward ([`super::s4d_fused`]).
+        // One node with a hand-written backward ([`super::cpu::s4_kernel`]).
         let a = Tensor::stack(&[a_re, a_im], 2)?.contiguous()?;
         return Ok(log_dt.contiguous()?.apply_op3(
             &a,
             &c.contiguous()?,
-            super::s4d_fused::S4KernelOp { len: l },
+            super::cpu::s4_kernel::S4KernelOp { len: l },
         )?);
     }
     let dt = log_dt.exp()?.unsqueeze(1)?; // (H, 1)

@@ -757,6 +757,11 @@ pub fn decay_lag(k: &[f64], frac: f64) -> Option<usize> {
 
 /// |DFT(k)| at frequencies `f/n_fft` cycles per step, `f = 0…n_fft/2`, with `k` zero-padded to
 /// `n_fft` (≥ its length; realfft).
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "buffers come from the plan's own make_*_vec, so lengths always match"
+)]
 pub fn frequency_response(k: &[f64], n_fft: usize) -> Vec<f64> {
     let n = n_fft.max(k.len()).max(1);
     let mut planner = realfft::RealFftPlanner::<f64>::new();

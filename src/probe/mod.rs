@@ -282,7 +282,11 @@ impl ProbeModel {
                 .filter(|(i, _)| !self.tok.is_special(*i as u32))
                 .max_by(|a, b| a.1.total_cmp(b.1))
                 .map(|(i, l)| (i as u32, *l))
-                .expect("non-empty vocabulary");
+                .ok_or_else(|| {
+                    crate::engine::EngineError::Input(
+                        "the tokenizer has no token that is not special".into(),
+                    )
+                })?;
             input[pos] = best;
             out.push((pos, self.tok.id_to_token(best), l.exp()));
         }

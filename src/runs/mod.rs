@@ -166,6 +166,11 @@ impl RunDir {
     }
 
     /// Appends one metrics record as a single newline-terminated write.
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "derived Serialize of plain fields cannot fail"
+    )]
     pub fn append_metric(&self, m: &Metric) -> Result<()> {
         let mut line = serde_json::to_string(m).expect("metric serialises");
         line.push('\n');
@@ -204,6 +209,11 @@ impl RunDir {
         write_atomic(&p, kept.as_bytes())
     }
 
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "derived Serialize of plain fields cannot fail"
+    )]
     pub fn write_status(&self, s: &Status) -> Result<()> {
         write_atomic(
             &self.status_path(),
@@ -242,6 +252,11 @@ impl RunDir {
     }
 
     /// Asks the training process to act (written atomically; the trainer deletes it).
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "derived Serialize of plain fields cannot fail"
+    )]
     pub fn request(&self, c: Control) -> Result<()> {
         write_atomic(
             &self.control_path(),

@@ -40,3 +40,48 @@ pub fn ignore_sighup() {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
 }
+
+/// Sets environment variables at process start-up (thread counts, the bench device), before
+/// any other thread exists: the documented contract of every caller, which is what makes
+/// `std::env::set_var` sound.
+pub fn set_env_at_startup(vars: &[(&str, &str)]) {
+    for (k, v) in vars {
+        // SAFETY: callers run before the process starts a second thread (argument handling
+        // in `cli`, or `single_threaded_ops` before the first candle op), so nothing reads the
+        // environment concurrently.
+        unsafe { std::env::set_var(k, v) };
+    }
+}
+
+/// Starts `cmd`'s child in a session of its own, detached from our terminal (a run launched
+/// from the TUI survives the TUI and its SSH session).
+pub fn detach_session(cmd: &mut std::process::Command) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the forked child before exec and only calls setsid,
+        // which is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = cmd;
+}
+
+/// Sends signal `sig` (e.g. `libc::SIGTERM`) to process `pid`; whether it was delivered.
+pub fn signal(pid: u32, sig: i32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+        unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (pid, sig);
+        false
+    }
+}

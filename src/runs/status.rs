@@ -67,7 +67,7 @@ impl Status {
             model: model.into(),
             last_checkpoint: run
                 .latest_checkpoint()
-                .map(|(_, p)| p.file_name().unwrap().to_string_lossy().into()),
+                .and_then(|(_, p)| Some(p.file_name()?.to_string_lossy().into())),
             best_checkpoint: best_step.map(|s| format!("step-{s}")),
             message: None,
         }

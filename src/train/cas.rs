@@ -77,7 +77,7 @@ pub fn train_classifier(
             step += 1;
             let (x, y) = train.batch(chunk, None, dev)?;
             let y = Tensor::from_vec(y, chunk.len(), dev)?;
-            let loss = crate::engine::fused::cross_entropy(&model.forward(&x)?, &y)?;
+            let loss = crate::engine::cpu::fused::cross_entropy(&model.forward(&x)?, &y)?;
             let grads = loss.backward()?;
             let g: Vec<Tensor> = opt
                 .params

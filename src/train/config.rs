@@ -103,6 +103,11 @@ impl RunConfig {
         load_toml(path)
     }
 
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "derived Serialize of plain fields cannot fail"
+    )]
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
@@ -217,6 +222,11 @@ pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 /// `cfg` with `key=value` overrides applied (see [`RunConfig::with_overrides`]).
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "derived Serialize of plain fields cannot fail, and TOML it wrote parses"
+)]
 pub fn overrides<T: Serialize + serde::de::DeserializeOwned>(
     cfg: &T,
     sets: &[String],

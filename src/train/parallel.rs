@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use candle_core::{Tensor, Var};
 
-use crate::engine::Result;
+use crate::engine::{EngineError, Result};
 
 /// Resolve a configured shard count: 0 = one per available core; never more shards than
 /// images.
@@ -85,7 +85,11 @@ where
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().expect("a gradient shard panicked"))
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(EngineError::Input("a gradient shard panicked".into()))
+                    })
+                })
                 .collect::<Result<Vec<_>>>()
         })?
     };
@@ -119,10 +123,6 @@ pub fn single_threaded_ops() -> bool {
     if user_set {
         return false;
     }
-    // SAFETY: documented precondition: called while the process has a single thread.
-    unsafe {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
+    crate::runs::os::set_env_at_startup(&[("CANDLE_NUM_THREADS", "1"), ("RAYON_NUM_THREADS", "1")]);
     true
 }

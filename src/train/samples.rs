@@ -26,6 +26,11 @@ pub fn balanced_classes(n: usize, classes: usize) -> Vec<Option<u32>> {
 /// Draws a sample grid (rows × classes, class = column) and writes it as a sample folder:
 /// `grid.png`, `traj-TTTT.png` and `meta.json`, published atomically at `dst`.
 #[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "derived Serialize of plain fields cannot fail"
+)]
 pub fn write_sample_folder(
     model: &Diffussm,
     sched: &NoiseSchedule,

@@ -58,6 +58,11 @@ impl Picture {
         [self.rgb[i], self.rgb[i + 1], self.rgb[i + 2]]
     }
 
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "the buffer is w·h·3 bytes by construction"
+    )]
     pub fn to_dynamic(&self) -> image::DynamicImage {
         let buf = image::RgbImage::from_raw(self.w as u32, self.h as u32, self.rgb.clone())
             .expect("sizes match");

@@ -216,11 +216,11 @@ fn spawn_probe_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::ProbeJob> {
                     None => {
                         let pm = crate::probe::ProbeModel::open_on_cpu(&job.model)
                             .map_err(|e| e.to_string())?;
-                        cache.push((files.weights.clone(), pm));
-                        if cache.len() > 4 {
+                        if cache.len() == 4 {
                             cache.remove(0);
                         }
-                        &cache.last().expect("pushed").1
+                        cache.push((files.weights.clone(), pm));
+                        &cache[cache.len() - 1].1
                     }
                 };
                 pm.fill_mask(&job.text, 10, &[], true)

@@ -77,10 +77,24 @@ impl Theme {
         })
     }
 
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "the built-in themes are compiled in and parsed by the tests"
+    )]
     pub fn builtin(name: &str) -> Option<Theme> {
         BUILTIN.iter().find(|(n, _)| *n == name).map(|(n, t)| {
             Theme::parse(t, &format!("themes/{n}.toml")).expect("built-in theme parses")
         })
+    }
+
+    /// The default theme (built in, so it always parses).
+    #[allow(
+        clippy::expect_used,
+        reason = "`dark` is compiled in and parsed by the tests"
+    )]
+    pub fn dark() -> Theme {
+        Theme::builtin("dark").expect("the dark theme is built in")
     }
 
     pub fn names() -> Vec<&'static str> {
@@ -98,16 +112,13 @@ impl Theme {
             let text = std::fs::read_to_string(p).unwrap_or_default();
             return match Theme::parse(&text, &p.display().to_string()) {
                 Ok(t) => (t, None),
-                Err(e) => (
-                    Theme::builtin("dark").unwrap(),
-                    Some(format!("{e}; using the dark theme")),
-                ),
+                Err(e) => (Theme::dark(), Some(format!("{e}; using the dark theme"))),
             };
         }
         match Theme::builtin(name_or_path) {
             Some(t) => (t, None),
             None => (
-                Theme::builtin("dark").unwrap(),
+                Theme::dark(),
                 Some(format!(
                     "unknown theme `{name_or_path}` (built in: {}); using dark",
                     Theme::names().join(", ")

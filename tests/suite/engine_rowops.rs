@@ -3,8 +3,8 @@
 //! one and two threads, and clear errors for shapes that do not fit.
 
 use candle_core::{DType, Device, Tensor, Var};
+use ssmlab::engine::cpu::rowops::{bias_act, bias_mul, bias_residual, gelu_bias_mul, layer_norm};
 use ssmlab::engine::nn::Gelu;
-use ssmlab::engine::rowops::{bias_act, bias_mul, bias_residual, gelu_bias_mul, layer_norm};
 
 use super::common::{fd_check, max_rel};
 
@@ -201,7 +201,7 @@ fn row_ops_reject_operands_that_do_not_fit() {
 
 #[test]
 fn vectorisable_exp_is_accurate_and_keeps_nan() {
-    use ssmlab::engine::simd::exp_f32;
+    use ssmlab::engine::cpu::simd::exp_f32;
     let mut worst = 0f64;
     for i in 0..=200_000 {
         let x = -87.0 + 175.0 * i as f64 / 200_000.0;
@@ -216,7 +216,7 @@ fn vectorisable_exp_is_accurate_and_keeps_nan() {
 
 #[test]
 fn fused_linear_matches_finite_differences_and_candle_ops() {
-    use ssmlab::engine::bigs_fused::linear_rows;
+    use ssmlab::engine::cpu::linear::linear_rows;
     // f64: every gradient against finite differences
     let (x, w, b) = (
         var(&[7, 5], 0.2, DType::F64),

@@ -219,3 +219,198 @@ fn the_layer_check_catches_upward_imports() {
         );
     }
 }
+
+/// The file-level import graph of `src/engine`: module path (`["cpu", "act"]`) → the engine
+/// modules it names through `super::…` or `crate::engine::…`.
+fn engine_graph(files: &[(Vec<String>, String)]) -> Vec<(Vec<String>, Vec<Vec<String>>)> {
+    let known: Vec<&Vec<String>> = files.iter().map(|(m, _)| m).collect();
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    // the first path segments after a prefix: `a::b`, or each item of `{a::b, c}`
+    let heads = |rest: &str| -> Vec<Vec<String>> {
+        let mut path = Vec::new();
+        let mut r = rest;
+        loop {
+            if let Some(group) = r.strip_prefix('{') {
+                let mut level = 0;
+                let mut out = Vec::new();
+                let mut start = 0;
+                for (k, c) in group.char_indices() {
+                    match c {
+                        '{' => level += 1,
+                        '}' if level > 0 => level -= 1,
+                        ',' | '}' if level == 0 => {
+                            let item = group[start..k].trim();
+                            let mut p = path.clone();
+                            p.extend(item.split("::").map(ident).filter(|s| !s.is_empty()));
+                            out.push(p);
+                            start = k + 1;
+                            if c == '}' {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                return out;
+            }
+            let id = ident(r);
+            if id.is_empty() {
+                return vec![path];
+            }
+            r = &r[id.len()..];
+            path.push(id);
+            match r.strip_prefix("::") {
+                Some(next) => r = next,
+                None => return vec![path],
+            }
+        }
+    };
+    let mut graph = Vec::new();
+    for (m, text) in files {
+        let parent = &m[..m.len().saturating_sub(1)];
+        let mut targets: Vec<Vec<String>> = Vec::new();
+        let mut resolve = |base: Vec<String>, rest: &str| {
+            for tail in heads(rest) {
+                let mut full = base.clone();
+                full.extend(tail);
+                let best = (1..=full.len())
+                    .rev()
+                    .map(|n| full[..n].to_vec())
+                    .find(|p| known.contains(&p));
+                if let Some(t) = best
+                    && t != *m
+                    && !targets.contains(&t)
+                {
+                    targets.push(t);
+                }
+            }
+        };
+        for (i, _) in text.match_indices("crate::engine::") {
+            resolve(Vec::new(), &text[i + "crate::engine::".len()..]);
+        }
+        for (i, _) in text.match_indices("super::") {
+            if text[..i].ends_with("::") {
+                continue;
+            }
+            let mut base = parent.to_vec();
+            let mut j = i;
+            while text[j..].starts_with("super::") {
+                j += "super::".len();
+                if j > i + "super::".len() {
+                    base.pop();
+                }
+            }
+            resolve(base, &text[j..]);
+        }
+        graph.push((m.clone(), targets));
+    }
+    graph
+}
+
+/// A cycle of the graph, if any, as the modules along it.
+fn find_cycle(graph: &[(Vec<String>, Vec<Vec<String>>)]) -> Option<Vec<String>> {
+    fn visit(
+        g: &[(Vec<String>, Vec<Vec<String>>)],
+        n: usize,
+        state: &mut [u8],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<String>> {
+        state[n] = 1;
+        stack.push(n);
+        for t in &g[n].1 {
+            let Some(k) = g.iter().position(|(m, _)| m == t) else {
+                continue;
+            };
+            if state[k] == 1 {
+                let from = stack.iter().position(|&s| s == k).unwrap_or(0);
+                let mut c: Vec<String> = stack[from..].iter().map(|&s| g[s].0.join("::")).collect();
+                c.push(g[k].0.join("::"));
+                return Some(c);
+            }
+            if state[k] == 0
+                && let Some(c) = visit(g, k, state, stack)
+            {
+                return Some(c);
+            }
+        }
+        stack.pop();
+        state[n] = 2;
+        None
+    }
+    let mut state = vec![0u8; graph.len()];
+    for n in 0..graph.len() {
+        if state[n] == 0
+            && let Some(c) = visit(graph, n, &mut state, &mut Vec::new())
+        {
+            return Some(c);
+        }
+    }
+    None
+}
+
+fn engine_files(root: &Path) -> Vec<(Vec<String>, String)> {
+    let mut files = Vec::new();
+    rust_files(root, &mut files);
+    files
+        .iter()
+        .filter_map(|f| {
+            let rel = f.strip_prefix(root).unwrap();
+            let mut m: Vec<String> = rel
+                .iter()
+                .map(|c| c.to_string_lossy().trim_end_matches(".rs").to_string())
+                .collect();
+            if m.last().is_some_and(|l| l == "mod") {
+                m.pop();
+            }
+            (!m.is_empty()).then(|| (m, std::fs::read_to_string(f).unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_engine_has_no_file_cycle() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine");
+    let graph = engine_graph(&engine_files(&root));
+    assert!(graph.len() > 15, "{}", root.display());
+    if let Some(c) = find_cycle(&graph) {
+        panic!("engine files import each other in a cycle: {}", c.join(" → "));
+    }
+    // the kernels of the CPU depend on nothing of the engine but its error type
+    for (m, targets) in &graph {
+        if m[0] == "cpu" {
+            for t in targets {
+                assert!(
+                    t[0] == "cpu" || t[0] == "error",
+                    "engine::{} imports engine::{}",
+                    m.join("::"),
+                    t.join("::")
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_cycle_check_finds_the_old_engine_cycle() {
+    // nn ↔ fused ↔ rowops ↔ bigs_fused, as the engine was
+    let files: Vec<(Vec<String>, String)> = [
+        ("nn", "use super::bigs_fused::linear_rows; super::rowops::layer_norm(x)"),
+        ("fused", "use super::nn::Gelu;"),
+        ("rowops", "use super::fused::{gelu_f32, gelu_f64};\nuse super::nn::Gelu;"),
+        ("bigs_fused", "use super::rowops::{Elem, col_sums};"),
+        ("cpu/act", "use super::super::error::Result;"),
+        ("error", ""),
+    ]
+    .iter()
+    .map(|(m, t)| (m.split('/').map(String::from).collect(), t.to_string()))
+    .collect();
+    let graph = engine_graph(&files);
+    let act = graph.iter().find(|(m, _)| m.join("/") == "cpu/act").unwrap();
+    assert_eq!(act.1, vec![vec!["error".to_string()]]);
+    let c = find_cycle(&graph).expect("the old cycle is found");
+    assert!(c.len() >= 3, "{c:?}");
+}

@@ -5,6 +5,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use ssmlab::runs::os::signal;
 use ssmlab::runs::{RunDir, RunState, read_metrics};
 use ssmlab::train::presets::preset;
 use ssmlab::train::{Outcome, RunConfig, Trainer};
@@ -339,8 +340,7 @@ fn sigterm_checkpoints_and_stops_with_exit_0() {
         assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // SAFETY: plain signal to our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(signal(child.id(), libc::SIGTERM));
     let code = child.wait().unwrap();
     assert!(code.success(), "exit status {code:?}");
     let s = run.read_status().unwrap();
@@ -635,9 +635,8 @@ fn sighup_stops_a_run_cleanly_unless_nohup_ignores_it() {
         path: runs.join("bigs-smoke"),
     };
     let before = wait_for_steps(&run, 3);
-    let pid = child.0.id() as i32;
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let pid = child.0.id();
+    assert!(signal(pid, libc::SIGHUP));
     let t0 = Instant::now();
     loop {
         if let Some(s) = child.0.try_wait().unwrap() {
@@ -653,8 +652,7 @@ fn sighup_stops_a_run_cleanly_unless_nohup_ignores_it() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(signal(pid, libc::SIGTERM));
     assert!(wait_exit(&mut child.0).success());
     assert_eq!(run.read_status().unwrap().state, RunState::Stopped);
     // Without nohup: SIGHUP (the terminal went away) stops it cleanly with a checkpoint.
@@ -662,8 +660,7 @@ fn sighup_stops_a_run_cleanly_unless_nohup_ignores_it() {
     let (child, run) = spawn_smoke(&runs, &[]);
     let mut child = Reap(child);
     wait_for_steps(&run, 3);
-    // SAFETY: as above.
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
+    assert!(signal(child.0.id(), libc::SIGHUP));
     assert!(wait_exit(&mut child.0).success());
     assert_eq!(run.read_status().unwrap().state, RunState::Stopped);
     assert!(

@@ -86,6 +86,11 @@ impl DiffusionRunConfig {
         load_toml(path)
     }
 
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "derived Serialize of plain fields cannot fail"
+    )]
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }

@@ -62,6 +62,11 @@ pub struct LaunchForm {
     pub error: Option<String>,
 }
 
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "derived Serialize of plain fields cannot fail, and TOML it wrote parses"
+)]
 fn field_value(cfg: &AnyConfig, key: &str) -> String {
     let table: toml::Table = toml::from_str(&any_toml(cfg)).expect("config toml");
     let mut cur = toml::Value::Table(table);
@@ -90,6 +95,11 @@ impl LaunchForm {
         f
     }
 
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "presets of the fixed list exist (tested)"
+    )]
     fn load_preset(&mut self) {
         let name = PRESETS[self.preset].0;
         let cfg = any_preset(name).expect("listed presets exist");
@@ -171,17 +181,7 @@ impl LaunchForm {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setsid is async-signal-safe; it detaches the child from our terminal.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::setsid();
-                    Ok(())
-                });
-            }
-        }
+        crate::runs::os::detach_session(&mut cmd);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;

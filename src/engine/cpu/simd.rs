@@ -79,7 +79,7 @@ macro_rules! avx2_instance {
         #[allow(clippy::too_many_arguments)]
         fn $name<$($g)*>($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
-            if $crate::engine::simd::has_avx2_fma() {
+            if $crate::engine::cpu::simd::has_avx2_fma() {
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2<$($g)*>($($arg: $ty),*) {

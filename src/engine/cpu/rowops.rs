@@ -11,88 +11,12 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
-use realfft::num_traits::Float;
 
-use super::conv::cpu_slice;
-use super::error::{EngineError, Result};
-use super::fused::{gelu_f32, gelu_f64};
-use super::nn::Gelu;
+use super::act::Gelu;
+use super::float::{Elem, dispatch};
+use super::rows::{Rows, block_rows, col_sums, rows_sum, sum_blocks};
 use super::simd::vectorised;
-
-/// Element types of the fused kernels.
-pub(crate) trait Elem:
-    Float + std::ops::AddAssign + Send + Sync + Default + 'static
-{
-    fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [Self]>;
-    fn storage(v: Vec<Self>) -> CpuStorage;
-    /// GELU value and derivative.
-    fn gelu(k: Gelu, x: Self) -> (Self, Self);
-    fn of(x: f64) -> Self;
-}
-
-impl Elem for f32 {
-    fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-        match s {
-            CpuStorage::F32(v) => cpu_slice(v, l, what),
-            _ => candle_core::bail!("{what}: operands must all be f32 or all f64"),
-        }
-    }
-    fn storage(v: Vec<f32>) -> CpuStorage {
-        CpuStorage::F32(v)
-    }
-    #[inline(always)]
-    fn gelu(k: Gelu, x: f32) -> (f32, f32) {
-        gelu_f32(k, x)
-    }
-    fn of(x: f64) -> f32 {
-        x as f32
-    }
-}
-
-impl Elem for f64 {
-    fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f64]> {
-        match s {
-            CpuStorage::F64(v) => cpu_slice(v, l, what),
-            _ => candle_core::bail!("{what}: operands must all be f32 or all f64"),
-        }
-    }
-    fn storage(v: Vec<f64>) -> CpuStorage {
-        CpuStorage::F64(v)
-    }
-    #[inline(always)]
-    fn gelu(k: Gelu, x: f64) -> (f64, f64) {
-        gelu_f64(k, x)
-    }
-    fn of(x: f64) -> f64 {
-        x
-    }
-}
-
-/// Runs the f32 or f64 instance of a kernel on the operands' slices.
-pub(crate) fn dispatch(
-    what: &str,
-    ops: &[(&CpuStorage, &Layout)],
-    f32k: impl FnOnce(&[&[f32]]) -> Vec<f32>,
-    f64k: impl FnOnce(&[&[f64]]) -> Vec<f64>,
-) -> candle_core::Result<CpuStorage> {
-    match ops[0].0 {
-        CpuStorage::F32(_) => {
-            let xs = ops
-                .iter()
-                .map(|(s, l)| f32::slice(s, l, what))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Ok(f32::storage(f32k(&xs)))
-        }
-        CpuStorage::F64(_) => {
-            let xs = ops
-                .iter()
-                .map(|(s, l)| f64::slice(s, l, what))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Ok(f64::storage(f64k(&xs)))
-        }
-        _ => candle_core::bail!("{what}: only f32 and f64 are supported"),
-    }
-}
+use crate::engine::error::{EngineError, Result};
 
 /// Binds `$f` to the activation `k` (an `Option<Gelu>`) with its derivative, as a closure
 /// whose variant is fixed at compile time: a `match` on the variant inside the loop over
@@ -114,23 +38,6 @@ macro_rules! with_act {
             }
         }
     };
-}
-
-/// Rows per parallel task: about 32K elements, fixed by the row width alone so that column
-/// sums are added in the same order whatever the thread count.
-fn block_rows(n: usize) -> usize {
-    (32768 / n.max(1)).max(1)
-}
-
-/// Sums per-block column accumulators in block order.
-fn sum_blocks<T: Elem>(parts: &[Vec<T>], width: usize) -> Vec<T> {
-    let mut total = vec![T::zero(); width];
-    for p in parts {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += *v;
-        }
-    }
-    total
 }
 
 /// A small vector (a bias or LayerNorm weight) carried by a backward op, in the kernel's type.
@@ -182,24 +89,6 @@ fn bias_act_fwd<T: Elem>(y: &[T], b: &[T], f: impl Fn(T) -> (T, T) + Sync) -> Ve
             })
         });
     out
-}
-
-/// Column sums of `g` (…, N).
-pub(crate) fn col_sums<T: Elem>(g: &[T], n: usize) -> Vec<T> {
-    let bn = block_rows(n) * n;
-    let parts: Vec<Vec<T>> = g
-        .par_chunks(bn)
-        .map(|g| {
-            vectorised(|| {
-                let mut acc = vec![T::zero(); n];
-                for g in g.chunks(n) {
-                    acc.iter_mut().zip(g).for_each(|(a, g)| *a += *g);
-                }
-                acc
-            })
-        })
-        .collect();
-    sum_blocks(&parts, n)
 }
 
 /// (y, b, g) → [dy = g·act'(y + b), db = Σ_rows dy], packed.
@@ -812,7 +701,7 @@ impl CustomOp2 for LayerNormGrad {
 /// Whether the fused CPU kernels apply to these operands.
 fn fusable(ts: &[&Tensor]) -> bool {
     let d = ts[0].dtype();
-    super::cpu::enabled()
+    super::enabled()
         && matches!(d, DType::F32 | DType::F64)
         && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == d)
 }
@@ -901,4 +790,52 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
     }
     Ok(x.contiguous()?
         .apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNormOp(eps))?)
+}
+
+// ------------------------------------------------------------------------------------------
+// GELU over rows, for the fused layers
+
+/// GELU of every element.
+pub(crate) fn gelu_all<T: Elem>(x: &[T], k: Gelu) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(8192)
+        .zip(x.par_chunks(8192))
+        .for_each(|(y, x)| {
+            vectorised(|| match k {
+                Gelu::Tanh => y
+                    .iter_mut()
+                    .zip(x)
+                    .for_each(|(y, x)| *y = T::gelu(Gelu::Tanh, *x).0),
+                Gelu::Exact => y
+                    .iter_mut()
+                    .zip(x)
+                    .for_each(|(y, x)| *y = T::gelu(Gelu::Exact, *x).0),
+            })
+        });
+    y
+}
+
+/// `d ⊙ act'(pre)` in place, returning the column sums (the bias gradient).
+pub(crate) fn gelu_grad_inplace<T: Elem>(d: &mut [T], pre: &[T], n: usize, k: Gelu) -> Vec<T> {
+    let rows = d.len() / n;
+    let out = Rows::of(d, n);
+    rows_sum(n, rows, n, |r, acc| {
+        // SAFETY: each block owns its rows.
+        let d = unsafe { out.get(r.clone()) };
+        let p = &pre[r.start * n..r.end * n];
+        vectorised(|| {
+            for (d, p) in d.chunks_mut(n).zip(p.chunks(n)) {
+                match k {
+                    Gelu::Tanh => (0..n).for_each(|j| {
+                        d[j] *= T::gelu(Gelu::Tanh, p[j]).1;
+                        acc[j] += d[j];
+                    }),
+                    Gelu::Exact => (0..n).for_each(|j| {
+                        d[j] *= T::gelu(Gelu::Exact, p[j]).1;
+                        acc[j] += d[j];
+                    }),
+                }
+            }
+        })
+    })
 }

@@ -9,8 +9,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::conv::{FftFloat, cpu_slice};
-use super::rowops::Elem;
+use super::float::{Elem, cpu_slice};
 
 /// The kernels of a fused node over three inputs (x, parameters, extras) with the output shaped
 /// like x.
@@ -27,11 +26,10 @@ pub(crate) trait FusedKernels: Clone + Send + Sync + 'static {
     fn check(&self, x: &Layout, p: &Layout, e: &Layout) -> candle_core::Result<()>;
 
     /// The output (shaped like x) and the saved activations.
-    fn forward<T: Elem + FftFloat>(&self, x: &[T], p: &[T], e: &[T]) -> (Vec<T>, Self::Saved<T>);
+    fn forward<T: Elem>(&self, x: &[T], p: &[T], e: &[T]) -> (Vec<T>, Self::Saved<T>);
 
     /// [dx, dp, de], packed, from the saved activations and the output gradient `g`.
-    fn backward<T: Elem + FftFloat>(&self, s: &Self::Saved<T>, x: &[T], p: &[T], g: &[T])
-    -> Vec<T>;
+    fn backward<T: Elem>(&self, s: &Self::Saved<T>, x: &[T], p: &[T], g: &[T]) -> Vec<T>;
 }
 
 /// The forward op; one instance per call (it holds that call's activations).

@@ -9,7 +9,7 @@
 //! block. Here the forward keeps the activations its backward needs; every product is one
 //! `gemm` call and every element-wise stage one parallel pass.
 //!
-//! The math is [`super::diffussm::DiffussmBlock::forward_ops`]'s (tested equal to it in f64 and
+//! The math is `engine::diffussm::DiffussmBlock::forward_ops`'s (tested equal to it in f64 and
 //! f32, outputs and every gradient), for rows x (R = B·J, D):
 //! ```text
 //! h  = LN(x)·(1 + scale_b) + shift_b                    adaLN, (shift, scale, gate) = mods_b
@@ -29,14 +29,14 @@ use std::ops::Range;
 use candle_core::Layout;
 use rayon::prelude::*;
 
-use super::bigs_fused::{
-    Mat, Rows, block, conv, conv_bwd, gated_gelu_bwd, input_grad, linear, mm, mm_rows, parallelism,
-    rm, rows_sum, weight_grad,
-};
-use super::conv::FftFloat;
-use super::fused_node::{FusedKernels, FusedNode};
-use super::nn::{Activation, Gelu};
-use super::rowops::{Elem, col_sums, layer_norm_bwd, layer_norm_fwd};
+use super::act::{Activation, Gelu};
+use super::bigs_layer::{conv, conv_bwd, gated_gelu_bwd};
+use super::float::Elem;
+use super::gemm::{Mat, input_grad, linear, mm, mm_rows, parallelism, rm, weight_grad};
+use super::node::{FusedKernels, FusedNode};
+use super::rowops::{layer_norm_bwd, layer_norm_fwd};
+use super::rows::{Rows, block, col_sums, rows_sum};
+
 use super::simd::{avx2_instance, vectorised};
 
 /// Order of the block's parameters in the flat vector (DiT / DiffuSSM names under the block).
@@ -162,7 +162,7 @@ fn act_grad_rows<T: Elem, F: Fn(T) -> (T, T)>(d: &mut [T], p: &[T], acc: &mut [T
     let n = acc.len();
     for (d, p) in d.chunks_mut(n).zip(p.chunks(n)) {
         for ((d, p), a) in d.iter_mut().zip(p).zip(acc.iter_mut()) {
-            *d = *d * f(*p).1;
+            *d *= f(*p).1;
             *a += *d;
         }
     }
@@ -230,7 +230,7 @@ fn down_t<T>(w: &[T], d: usize, m: usize, mi: usize, half: usize) -> Mat<'_, T> 
     }
 }
 
-fn forward<T: Elem + FftFloat>(
+fn forward<T: Elem>(
     sp: &BlockSpec,
     x: &[T],
     p: &[T],
@@ -345,7 +345,7 @@ fn forward<T: Elem + FftFloat>(
 }
 
 /// Returns [dx, dparams, dextras], packed.
-fn backward<T: Elem + FftFloat>(
+fn backward<T: Elem>(
     sp: &BlockSpec,
     s: &Saved<T>,
     x: &[T],
@@ -535,11 +535,11 @@ impl FusedKernels for BlockSpec {
         check(self, x, p, e)
     }
 
-    fn forward<T: Elem + FftFloat>(&self, x: &[T], p: &[T], e: &[T]) -> (Vec<T>, Saved<T>) {
+    fn forward<T: Elem>(&self, x: &[T], p: &[T], e: &[T]) -> (Vec<T>, Saved<T>) {
         with_activation!(self.act, T, |f| forward(self, x, p, e, f))
     }
 
-    fn backward<T: Elem + FftFloat>(&self, s: &Saved<T>, x: &[T], p: &[T], g: &[T]) -> Vec<T> {
+    fn backward<T: Elem>(&self, s: &Saved<T>, x: &[T], p: &[T], g: &[T]) -> Vec<T> {
         with_activation!(self.act, T, |f| backward(self, s, x, p, g, f))
     }
 }

@@ -1,4 +1,4 @@
-//! The s4-style per-channel ZOH kernel ([`super::s4d::s4_kernel`]) as one autograd node on the
+//! The s4-style per-channel ZOH kernel (`engine::s4d::s4_kernel`) as one autograd node on the
 //! CPU, with a hand-written backward.
 //!
 //! Built from tensor ops, the kernel is ~40 graph nodes over (H, N/2, L) complex values carried
@@ -24,7 +24,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::rowops::{Elem, dispatch};
+use super::float::{Elem, dispatch};
 
 /// Complex numbers in f64, just what the kernel needs.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -7,20 +7,23 @@
 //! forward keeps the activations its backward needs, and the backward computes every gradient
 //! with `gemm` (the crate candle's own matmul uses) and one fused pass per element-wise stage.
 //!
-//! The math is [`super::bigs::BigsLayer::forward_rows`]'s (tested equal to it, and to finite
+//! The math is `engine::bigs::BigsLayer::forward_rows`'s (tested equal to it, and to finite
 //! differences). Parameters enter as one flat vector (see [`PARAMS`]), the two SSM kernels
 //! (with the skip D folded into tap 0) as a (2, L) tensor, so the node has three inputs.
 
 use std::ops::Range;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::Layout;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::conv::{FftFloat, conv_fwd, conv_grad};
-use super::fused_node::{FusedKernels, FusedNode};
-use super::nn::Gelu;
-use super::rowops::{Elem, col_sums, dispatch, layer_norm_bwd, layer_norm_fwd};
+use super::act::Gelu;
+use super::fft::{conv_fwd, conv_grad};
+use super::float::Elem;
+use super::gemm::{input_grad, linear, mm, parallelism, rm, tr, weight_grad};
+use super::node::{FusedKernels, FusedNode};
+use super::rowops::{gelu_all, gelu_grad_inplace, layer_norm_bwd, layer_norm_fwd};
+use super::rows::{Rows, block, col_sums, rows_sum};
 use super::simd::{avx2_instance, vectorised};
 
 /// Order of the layer's parameters in the flat vector: (name, rows, cols) with `h` = hidden and
@@ -114,210 +117,6 @@ pub(crate) struct Saved<T> {
 // ------------------------------------------------------------------------------------------
 // building blocks
 
-pub(crate) fn parallelism() -> Parallelism {
-    let n = candle_core::utils::get_num_threads();
-    if n > 1 {
-        Parallelism::Rayon(n)
-    } else {
-        Parallelism::None
-    }
-}
-
-/// A row-major matrix view: element (r, c) at `r·rs + c·cs`.
-#[derive(Clone, Copy)]
-pub(crate) struct Mat<'a, T> {
-    pub(crate) d: &'a [T],
-    pub(crate) rs: usize,
-    pub(crate) cs: usize,
-}
-
-pub(crate) fn rm<T>(d: &[T], cols: usize) -> Mat<'_, T> {
-    Mat { d, rs: cols, cs: 1 }
-}
-
-/// Transposed view of a row-major (rows × cols) matrix.
-pub(crate) fn tr<T>(d: &[T], cols: usize) -> Mat<'_, T> {
-    Mat { d, rs: 1, cs: cols }
-}
-
-/// `dst (m × n, row-major) = [dst +] a (m × k) · b (k × n)`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn mm<T: Elem>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
-    acc: bool,
-    a: Mat<T>,
-    b: Mat<T>,
-    par: Parallelism,
-) {
-    mm_rows(m, n, k, dst, n, acc, a, b, par)
-}
-
-/// [`mm`] into rows of `dst` that lie `dst_rs` elements apart (a column block of a wider
-/// matrix).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn mm_rows<T: Elem>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
-    dst_rs: usize,
-    acc: bool,
-    a: Mat<T>,
-    b: Mat<T>,
-    par: Parallelism,
-) {
-    assert!(
-        m == 0 || n == 0 || (dst_rs >= n && (m - 1) * dst_rs + n <= dst.len()),
-        "gemm: destination too small"
-    );
-    let last =
-        |x: Mat<T>, rows: usize, cols: usize| (rows.max(1) - 1) * x.rs + (cols.max(1) - 1) * x.cs;
-    assert!(
-        m == 0 || k == 0 || (last(a, m, k) < a.d.len() && last(b, k, n) < b.d.len()),
-        "gemm: operand too small"
-    );
-    // SAFETY: the asserts above keep every index gemm touches inside the slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            acc,
-            a.d.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.d.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
-/// `x Wᵀ + b` for rows x (R × in), W (out × in), b (out).
-pub(crate) fn linear<T: Elem>(x: &[T], w: &[T], b: &[T], inp: usize) -> Vec<T> {
-    let out = b.len();
-    let rows = x.len() / inp;
-    let mut y = vec![T::zero(); rows * out];
-    y.par_chunks_mut(out * 64)
-        .for_each(|c| c.chunks_mut(out).for_each(|r| r.copy_from_slice(b)));
-    mm(
-        rows,
-        out,
-        inp,
-        &mut y,
-        true,
-        rm(x, inp),
-        tr(w, inp),
-        parallelism(),
-    );
-    y
-}
-
-/// Rows per parallel block (fixed by the width, so sums do not depend on the thread count).
-pub(crate) fn block(n: usize) -> usize {
-    (32768 / n.max(1)).max(1) * n
-}
-
-/// Runs `f(block index, rows of every slice)` over blocks of rows in parallel and returns the
-/// per-block accumulators (width `acc`) summed in block order.
-pub(crate) fn rows_sum<T: Elem>(
-    width: usize,
-    rows: usize,
-    acc: usize,
-    f: impl Fn(Range<usize>, &mut [T]) + Sync,
-) -> Vec<T> {
-    let per = block(width) / width;
-    let parts: Vec<Vec<T>> = (0..rows.div_ceil(per))
-        .into_par_iter()
-        .map(|bi| {
-            let mut a = vec![T::zero(); acc];
-            f(bi * per..((bi + 1) * per).min(rows), &mut a);
-            a
-        })
-        .collect();
-    let mut total = vec![T::zero(); acc];
-    for p in &parts {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += *v;
-        }
-    }
-    total
-}
-
-/// Mutable rows `r` of a (· × width) buffer shared across blocks that touch disjoint rows.
-#[derive(Clone, Copy)]
-pub(crate) struct Rows<T>(*mut T, usize);
-// SAFETY: blocks write disjoint row ranges only.
-unsafe impl<T: Send> Send for Rows<T> {}
-unsafe impl<T: Send + Sync> Sync for Rows<T> {}
-
-impl<T> Rows<T> {
-    pub(crate) fn of(v: &mut [T], width: usize) -> Self {
-        Self(v.as_mut_ptr(), width)
-    }
-    /// SAFETY: callers touch each row from one block only.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn get(&self, r: Range<usize>) -> &mut [T] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(r.start * self.1), r.len() * self.1) }
-    }
-}
-
-pub(crate) fn gelu_all<T: Elem>(x: &[T], k: Gelu) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(8192)
-        .zip(x.par_chunks(8192))
-        .for_each(|(y, x)| {
-            vectorised(|| match k {
-                Gelu::Tanh => y
-                    .iter_mut()
-                    .zip(x)
-                    .for_each(|(y, x)| *y = T::gelu(Gelu::Tanh, *x).0),
-                Gelu::Exact => y
-                    .iter_mut()
-                    .zip(x)
-                    .for_each(|(y, x)| *y = T::gelu(Gelu::Exact, *x).0),
-            })
-        });
-    y
-}
-
-/// `d ⊙ act'(pre)` in place, returning the column sums (the bias gradient).
-pub(crate) fn gelu_grad_inplace<T: Elem>(d: &mut [T], pre: &[T], n: usize, k: Gelu) -> Vec<T> {
-    let rows = d.len() / n;
-    let out = Rows::of(d, n);
-    rows_sum(n, rows, n, |r, acc| {
-        // SAFETY: each block owns its rows.
-        let d = unsafe { out.get(r.clone()) };
-        let p = &pre[r.start * n..r.end * n];
-        vectorised(|| {
-            for (d, p) in d.chunks_mut(n).zip(p.chunks(n)) {
-                match k {
-                    Gelu::Tanh => (0..n).for_each(|j| {
-                        d[j] = d[j] * T::gelu(Gelu::Tanh, p[j]).1;
-                        acc[j] += d[j];
-                    }),
-                    Gelu::Exact => (0..n).for_each(|j| {
-                        d[j] = d[j] * T::gelu(Gelu::Exact, p[j]).1;
-                        acc[j] += d[j];
-                    }),
-                }
-            }
-        })
-    })
-}
-
 // ------------------------------------------------------------------------------------------
 // the SSM convolutions along L of (B, L, H) rows
 
@@ -369,7 +168,7 @@ pub(crate) fn to_blh<T: Elem>(u: &[T], l: usize, h: usize, rev: bool) -> Vec<T> 
 
 /// `y_b = T u_b` for every sequence b of u (B, L, H), with one kernel for all channels
 /// (`ck` = 1, `k` of length L) or one per channel (`ck` = H, `k` (H, L)).
-pub(crate) fn conv<T: Elem + FftFloat>(
+pub(crate) fn conv<T: Elem>(
     u: &[T],
     k: &[T],
     h: usize,
@@ -471,7 +270,7 @@ fn lag_major<T: Elem>(k: &[T], h: usize, l: usize) -> Vec<T> {
 }
 
 /// Gradients of [`conv`]: (du, dk) from dy.
-pub(crate) fn conv_bwd<T: Elem + FftFloat>(
+pub(crate) fn conv_bwd<T: Elem>(
     u: &[T],
     k: &[T],
     dy: &[T],
@@ -553,7 +352,7 @@ pub(crate) fn conv_bwd<T: Elem + FftFloat>(
 // ------------------------------------------------------------------------------------------
 // forward and backward
 
-fn forward<T: Elem + FftFloat>(sp: &LayerSpec, x: &[T], p: &[T], k: &[T]) -> (Vec<T>, Saved<T>) {
+fn forward<T: Elem>(sp: &LayerSpec, x: &[T], p: &[T], k: &[T]) -> (Vec<T>, Saved<T>) {
     let (h, i) = (sp.hidden, sp.intermediate);
     let pr = param_ranges(h, i);
     let w = |j: usize| &p[pr[j].clone()];
@@ -674,46 +473,8 @@ pub(crate) fn gated_gelu_bwd<T: Elem>(
     }
 }
 
-/// `dx = dy W` (rows × in) of a linear layer's input, for dy (rows × out) and W (out × in).
-pub(crate) fn input_grad<T: Elem>(dy: &[T], w: &[T], out: usize, inp: usize) -> Vec<T> {
-    let rows = dy.len() / out;
-    let mut dx = vec![T::zero(); rows * inp];
-    mm(
-        rows,
-        inp,
-        out,
-        &mut dx,
-        false,
-        rm(dy, out),
-        rm(w, inp),
-        parallelism(),
-    );
-    dx
-}
-
-/// `dW = dyᵀ x` (out × in) into `dst`.
-pub(crate) fn weight_grad<T: Elem>(dst: &mut [T], dy: &[T], x: &[T], out: usize, inp: usize) {
-    let rows = dy.len() / out;
-    mm(
-        out,
-        inp,
-        rows,
-        dst,
-        false,
-        tr(dy, out),
-        rm(x, inp),
-        parallelism(),
-    );
-}
-
 /// Returns [dx, dp, dk], packed.
-fn backward<T: Elem + FftFloat>(
-    sp: &LayerSpec,
-    s: &Saved<T>,
-    x: &[T],
-    p: &[T],
-    dy: &[T],
-) -> Vec<T> {
+fn backward<T: Elem>(sp: &LayerSpec, s: &Saved<T>, x: &[T], p: &[T], dy: &[T]) -> Vec<T> {
     let (h, i) = (sp.hidden, sp.intermediate);
     let pr = param_ranges(h, i);
     let w = |j: usize| &p[pr[j].clone()];
@@ -864,139 +625,11 @@ impl FusedKernels for LayerSpec {
         check(self, x, p, k)
     }
 
-    fn forward<T: Elem + FftFloat>(&self, x: &[T], p: &[T], k: &[T]) -> (Vec<T>, Saved<T>) {
+    fn forward<T: Elem>(&self, x: &[T], p: &[T], k: &[T]) -> (Vec<T>, Saved<T>) {
         forward(self, x, p, k)
     }
 
-    fn backward<T: Elem + FftFloat>(&self, s: &Saved<T>, x: &[T], p: &[T], g: &[T]) -> Vec<T> {
+    fn backward<T: Elem>(&self, s: &Saved<T>, x: &[T], p: &[T], g: &[T]) -> Vec<T> {
         backward(self, s, x, p, g)
     }
-}
-
-// ------------------------------------------------------------------------------------------
-// a linear layer as one node
-
-/// `x Wᵀ + b` for rows x (R, in), W (out, in), b (out) as one node: the product and the bias in
-/// one `gemm` (the output starts as the bias rows), and a backward that writes `dW` in W's own
-/// layout (candle's transposed-weight view costs a zeroed buffer and a strided add per step).
-struct LinearOp;
-
-fn linear_bwd<T: Elem>(x: &[T], w: &[T], g: &[T], inp: usize) -> Vec<T> {
-    let out = w.len() / inp;
-    let rows = x.len() / inp;
-    let mut r = vec![T::zero(); x.len() + w.len() + out];
-    let (dx, rest) = r.split_at_mut(x.len());
-    let (dw, db) = rest.split_at_mut(w.len());
-    mm(
-        rows,
-        inp,
-        out,
-        dx,
-        false,
-        rm(g, out),
-        rm(w, inp),
-        parallelism(),
-    );
-    weight_grad(dw, g, x, out, inp);
-    db.copy_from_slice(&col_sums(g, out));
-    r
-}
-
-impl CustomOp3 for LinearOp {
-    fn name(&self) -> &'static str {
-        "fused-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, inp) = l1.shape().dims2()?;
-        let (out, win) = l2.shape().dims2()?;
-        if win != inp || l3.shape().dims() != [out] {
-            candle_core::bail!(
-                "linear: input {:?}, weight {:?}, bias {:?} do not fit",
-                l1.shape(),
-                l2.shape(),
-                l3.shape()
-            )
-        }
-        let y = dispatch(
-            "linear",
-            &[(s1, l1), (s2, l2), (s3, l3)],
-            |v| linear(v[0], v[1], v[2], inp),
-            |v| linear(v[0], v[1], v[2], inp),
-        )?;
-        Ok((y, Shape::from((rows, out))))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearGrad)?;
-        let (nx, nw) = (x.elem_count(), w.elem_count());
-        Ok((
-            Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?),
-            Some(packed.narrow(0, nx, nw)?.reshape(w.shape())?),
-            Some(packed.narrow(0, nx + nw, b.elem_count())?),
-        ))
-    }
-}
-
-/// (x, W, dy) → [dx, dW, db], packed.
-struct LinearGrad;
-
-impl CustomOp3 for LinearGrad {
-    fn name(&self) -> &'static str {
-        "fused-linear-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, inp) = l1.shape().dims2()?;
-        let out = dispatch(
-            "linear backward",
-            &[(s1, l1), (s2, l2), (s3, l3)],
-            |v| linear_bwd(v[0], v[1], v[2], inp),
-            |v| linear_bwd(v[0], v[1], v[2], inp),
-        )?;
-        let (o, _) = l2.shape().dims2()?;
-        let n = l1.shape().elem_count() + l2.shape().elem_count() + o;
-        Ok((out, Shape::from(n)))
-    }
-}
-
-/// `x Wᵀ + b` for rows x (R, in) as one node on the CPU (f32/f64); `None` elsewhere, for the
-/// caller's op-built path.
-pub fn linear_rows(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    let ok = super::cpu::enabled()
-        && [x, w, b]
-            .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == x.dtype())
-        && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
-    if !ok {
-        return Ok(None);
-    }
-    Ok(Some(x.contiguous()?.apply_op3(
-        &w.contiguous()?,
-        &b.contiguous()?,
-        LinearOp,
-    )?))
 }

@@ -4,69 +4,13 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
-use realfft::num_traits::Float;
 
-use super::conv::cpu_slice;
-use super::error::Result;
-use super::nn::Gelu;
+use super::act::{Activation, Gelu, gelu_f32, gelu_f64};
+use super::float::{Elem, cpu_slice};
 use super::simd::vectorised;
+use crate::engine::error::Result;
 
 const CHUNK: usize = 8192;
-const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
-const C: f64 = 0.044_715;
-
-/// GELU value and derivative at `x`, in f64.
-#[inline(always)]
-pub(crate) fn gelu_f64(kind: Gelu, x: f64) -> (f64, f64) {
-    match kind {
-        Gelu::Exact => {
-            let cdf =
-                0.5 * (1.0 + candle_core::cpu::erf::erf_f64(x * std::f64::consts::FRAC_1_SQRT_2));
-            let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
-            (x * cdf, cdf + x * pdf)
-        }
-        Gelu::Tanh => {
-            let u = SQRT_2_OVER_PI * (x + C * x * x * x);
-            let t = u.tanh();
-            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * C * x * x);
-            (
-                0.5 * x * (1.0 + t),
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du,
-            )
-        }
-    }
-}
-
-/// tanh through one `exp` (libm's `tanhf` is several times slower and dominated training).
-/// Absolute error ~1e-7; saturates cleanly to ±1.
-#[inline(always)]
-fn tanh_f32(u: f32) -> f32 {
-    1.0 - 2.0 / (1.0 + super::simd::exp_f32(2.0 * u))
-}
-
-/// GELU value and derivative at `x`, in f32 (the tanh form in f32 arithmetic).
-#[inline(always)]
-pub(crate) fn gelu_f32(kind: Gelu, x: f32) -> (f32, f32) {
-    match kind {
-        Gelu::Exact => {
-            let (v, d) = gelu_f64(kind, x as f64);
-            (v as f32, d as f32)
-        }
-        Gelu::Tanh => {
-            let s = SQRT_2_OVER_PI as f32;
-            let c = C as f32;
-            let u = s * (x + c * x * x * x);
-            let t = tanh_f32(u);
-            let du = s * (1.0 + 3.0 * c * x * x);
-            (
-                0.5 * x * (1.0 + t),
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du,
-            )
-        }
-    }
-}
-
 fn par_map<T: Copy + Send + Sync + Default>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     let mut out = vec![T::default(); x.len()];
     out.par_chunks_mut(CHUNK)
@@ -170,7 +114,7 @@ impl CustomOp2 for GeluGradOp {
 
 /// GELU with a one-pass backward on the CPU; candle's ops elsewhere.
 pub fn gelu(x: &Tensor, kind: Gelu) -> Result<Tensor> {
-    let fused = super::cpu::enabled()
+    let fused = super::enabled()
         && x.device().is_cpu()
         && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
     if !fused {
@@ -187,34 +131,15 @@ pub fn gelu(x: &Tensor, kind: Gelu) -> Result<Tensor> {
 /// the (masked positions × vocabulary) logits.
 struct CrossEntropyOp;
 
-/// Float types of the cross-entropy kernels, with the exponential they use.
-trait CeFloat: Float + Send + Sync {
-    fn exp_v(self) -> Self;
-}
-
-impl CeFloat for f32 {
-    #[inline(always)]
-    fn exp_v(self) -> f32 {
-        super::simd::exp_f32(self)
-    }
-}
-
-impl CeFloat for f64 {
-    #[inline(always)]
-    fn exp_v(self) -> f64 {
-        self.exp()
-    }
-}
-
 /// Max and Σ exp(z − max) of one row, in 8 interleaved partial sums so the loop vectorises.
 #[inline(always)]
-fn row_max_sum<T: CeFloat>(row: &[T]) -> (T, T) {
+fn row_max_sum<T: Elem>(row: &[T]) -> (T, T) {
     let m = row.iter().copied().fold(T::neg_infinity(), T::max);
     let mut acc = [T::zero(); 8];
     let mut chunks = row.chunks_exact(8);
     for c in &mut chunks {
         for (a, x) in acc.iter_mut().zip(c) {
-            *a = *a + (*x - m).exp_v();
+            *a += (*x - m).exp_v();
         }
     }
     let tail = chunks
@@ -224,7 +149,7 @@ fn row_max_sum<T: CeFloat>(row: &[T]) -> (T, T) {
     (m, acc.iter().fold(tail, |a, x| a + *x))
 }
 
-fn ce_rows<T: CeFloat>(z: &[T], t: &[u32], v: usize) -> Vec<T> {
+fn ce_rows<T: Elem>(z: &[T], t: &[u32], v: usize) -> Vec<T> {
     let mut out = vec![T::zero(); t.len()];
     out.par_iter_mut().enumerate().for_each(|(r, o)| {
         vectorised(|| {
@@ -236,7 +161,7 @@ fn ce_rows<T: CeFloat>(z: &[T], t: &[u32], v: usize) -> Vec<T> {
     out
 }
 
-fn ce_grad<T: CeFloat>(z: &[T], t: &[u32], g: &[T], v: usize) -> Vec<T> {
+fn ce_grad<T: Elem>(z: &[T], t: &[u32], g: &[T], v: usize) -> Vec<T> {
     let mut out = vec![T::zero(); z.len()];
     out.par_chunks_mut(v).enumerate().for_each(|(r, o)| {
         vectorised(|| {
@@ -247,7 +172,7 @@ fn ce_grad<T: CeFloat>(z: &[T], t: &[u32], g: &[T], v: usize) -> Vec<T> {
                 *o = (*x - m).exp_v() * scale;
             }
             let i = t[r] as usize;
-            o[i] = o[i] - g[r];
+            o[i] -= g[r];
         })
     });
     out
@@ -341,7 +266,7 @@ impl candle_core::CustomOp3 for CrossEntropyGradOp {
 /// Mean cross-entropy of logits (P, V) against u32 targets (P): fused on the CPU, candle's
 /// log-softmax elsewhere.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let fused = super::cpu::enabled()
+    let fused = super::enabled()
         && logits.device().is_cpu()
         && matches!(
             logits.dtype(),
@@ -357,4 +282,22 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         .contiguous()?
         .apply_op2(&t, CrossEntropyOp)?
         .mean_all()?)
+}
+
+impl Gelu {
+    /// Applies this GELU (fused forward/backward on the CPU, see [`gelu`]).
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        gelu(x, self)
+    }
+}
+
+impl Activation {
+    /// Applies this activation (GELUs fused on the CPU, see [`gelu`]).
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Gelu => Gelu::Exact.apply(x),
+            Self::GeluTanh => Gelu::Tanh.apply(x),
+            Self::Silu => Ok(candle_nn::ops::silu(x)?),
+        }
+    }
 }
