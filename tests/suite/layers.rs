@@ -377,7 +377,10 @@ fn the_engine_has_no_file_cycle() {
     let graph = engine_graph(&engine_files(&root));
     assert!(graph.len() > 15, "{}", root.display());
     if let Some(c) = find_cycle(&graph) {
-        panic!("engine files import each other in a cycle: {}", c.join(" → "));
+        panic!(
+            "engine files import each other in a cycle: {}",
+            c.join(" → ")
+        );
     }
     // the kernels of the CPU depend on nothing of the engine but its error type
     for (m, targets) in &graph {
@@ -398,9 +401,15 @@ fn the_engine_has_no_file_cycle() {
 fn the_cycle_check_finds_the_old_engine_cycle() {
     // nn ↔ fused ↔ rowops ↔ bigs_fused, as the engine was
     let files: Vec<(Vec<String>, String)> = [
-        ("nn", "use super::bigs_fused::linear_rows; super::rowops::layer_norm(x)"),
+        (
+            "nn",
+            "use super::bigs_fused::linear_rows; super::rowops::layer_norm(x)",
+        ),
         ("fused", "use super::nn::Gelu;"),
-        ("rowops", "use super::fused::{gelu_f32, gelu_f64};\nuse super::nn::Gelu;"),
+        (
+            "rowops",
+            "use super::fused::{gelu_f32, gelu_f64};\nuse super::nn::Gelu;",
+        ),
         ("bigs_fused", "use super::rowops::{Elem, col_sums};"),
         ("cpu/act", "use super::super::error::Result;"),
         ("error", ""),
@@ -409,7 +418,10 @@ fn the_cycle_check_finds_the_old_engine_cycle() {
     .map(|(m, t)| (m.split('/').map(String::from).collect(), t.to_string()))
     .collect();
     let graph = engine_graph(&files);
-    let act = graph.iter().find(|(m, _)| m.join("/") == "cpu/act").unwrap();
+    let act = graph
+        .iter()
+        .find(|(m, _)| m.join("/") == "cpu/act")
+        .unwrap();
     assert_eq!(act.1, vec![vec!["error".to_string()]]);
     let c = find_cycle(&graph).expect("the old cycle is found");
     assert!(c.len() >= 3, "{c:?}");

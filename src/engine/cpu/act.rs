@@ -79,4 +79,3 @@ pub(crate) fn gelu_f32(kind: Gelu, x: f32) -> (f32, f32) {
         }
     }
 }
-
