@@ -1,9 +1,27 @@
 //! ssmlab: a terminal lab for attention-free deep learning.
 //!
-//! - [`engine`]: tensors only — S4D kernels, long convolution, layers, models.
-//! - [`kernels`]: what the SSM layers learned, from weights alone (UI-free).
-//! - [`cli`]: the `ssmlab` command line.
+//! Modules, in layer order from the bottom up:
+//! - [`engine`]: tensors only — S4D kernels, long convolution, layers, the BiGS, attention and
+//!   DiffuSSM models, diffusion; the CPU kernels (fused nodes, FFT, gemm) live in `engine::cpu`.
+//!   The model equations it follows are in `docs/models.md`.
+//! - [`data`]: training data — corpora, tokenizers, packing and masking for masked-LM; image sets.
+//! - [`runs`]: run directories (config, status, metrics, control, checkpoints), the contract
+//!   between training and every viewer.
+//! - [`train`]: run configuration and presets, the optimiser, the one training loop
+//!   (`train::session`) and its tasks (`mlm`, `diffusion`), with `cas` and `samples`.
+//! - [`probe`]: fill-mask on run checkpoints and Hugging Face BiGS directories.
+//! - [`kernels`]: what the SSM layers learned, from the weights alone (UI-free).
+//! - [`compare`]: BiGS against its attention twin — comparison rows, FLOPs per token, and the
+//!   scaling of a training step with sequence length (the step timer is `compare::step`).
+//! - [`sample`]: sampling from trained diffusion models (grids, sample folders, CAS).
+//! - [`tui`]: the terminal UI — app state, views, and the worker threads behind them.
 //! - [`bench`]: benchmarks that print JSON.
+//! - [`cli`]: the `ssmlab` command line.
+//!
+//! The layer rule: engine < data, runs < train < probe, kernels, compare, sample < tui < bench,
+//! cli. Imports only point down: a module imports only modules on a lower layer, except that
+//! `cli` imports `bench` (the only module that does); nothing imports `cli`.
+//! `tests/suite/layers.rs` checks this on `src/` (and that `tui` names no candle or engine type).
 
 pub mod bench;
 pub mod cli;

@@ -444,7 +444,7 @@ fn head_name(h: Head) -> &'static str {
     }
 }
 
-/// The cases timed side by side with the PyTorch peers (`../shared/peers/README.md` names them):
+/// The cases timed side by side with the PyTorch peers (`scripts/peer-ab.sh` runs them):
 /// the BiGS reference step, the DiffuSSM training step and DiffuSSM sampling.
 pub const PEER_CASES: [&str; 3] = [
     "reference L=128 head=masked",

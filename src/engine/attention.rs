@@ -2,8 +2,8 @@
 //! positions come from the shared embeddings) under HF BERT names, so that the MLM wrapper of
 //! `BigsForMaskedLm` (in `bigs`) trains, probes and checkpoints it like BiGS.
 //!
-//! Attention is written from differentiable ops: candle's fused softmax and sdpa have no
-//! backward (`candle-notes.md`).
+//! Attention is written from differentiable ops: candle's fused `softmax_last_dim` and `sdpa`
+//! have no backward, so every parameter upstream of them would silently get no gradient.
 
 use candle_core::{D, Tensor};
 use candle_nn::VarBuilder;

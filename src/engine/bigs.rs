@@ -763,11 +763,13 @@ impl BigsForMaskedLm {
 /// Mean cross-entropy of logits (P, V) against targets (P).
 pub use super::cpu::fused::cross_entropy;
 
-/// The range of the BiGS Δt initialisation: `log_step ~ Uniform[ln 0.01, ln 1]` (spec §1(b)).
+/// The range of the BiGS Δt initialisation: `log_step ~ Uniform[ln 0.01, ln 1]`
+/// (`docs/models.md` §1(b)).
 pub const BIGS_DT_INIT: (f64, f64) = (0.01, 1.0);
 
 /// Re-draws every variable of a BiGS VarMap from a seeded generator, following the reference
-/// initialisation (spec §1(b)). Variables are visited in name order, so a seed fixes the model.
+/// initialisation (`docs/models.md` §1(b)). Variables are visited in name order, so a seed fixes
+/// the model.
 pub fn init_weights(varmap: &VarMap, cfg: &BigsConfig, rng: &mut ChaCha8Rng) -> Result<()> {
     let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     let vars: BTreeMap<&String, _> = data.iter().collect();

@@ -1,7 +1,8 @@
 //! Gaussian diffusion (DDPM, Ho et al. 2020) with ε-prediction: the noise schedules, the forward
 //! process, the DDPM (ancestral) and DDIM samplers on any subsequence of timesteps, and
-//! classifier-free guidance. candle's own diffusion helpers are not used: its cosine schedule
-//! divides integers (see `candle-notes.md`).
+//! classifier-free guidance. candle's own diffusion helpers are not used: its
+//! `betas_for_alpha_bar` divides integers, so its cosine schedule comes out wrong. The schedule
+//! and process of DiffuSSM are in `docs/models.md` §2(c).
 
 use candle_core::{DType, Tensor};
 use rand_chacha::ChaCha8Rng;

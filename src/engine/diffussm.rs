@@ -1,11 +1,12 @@
-//! DiffuSSM (Yan, Gu, Rush 2023; spec §2): a class-conditional noise predictor whose backbone is
-//! a stack of gated bidirectional SSM blocks with an hourglass MLP, conditioned DiT-style
-//! (adaLN-Zero) on the timestep and the class.
+//! DiffuSSM (Yan, Gu, Rush 2023; `docs/models.md` §2): a class-conditional noise predictor whose
+//! backbone is a stack of gated bidirectional SSM blocks with an hourglass MLP, conditioned
+//! DiT-style (adaLN-Zero) on the timestep and the class.
 //!
 //! Shapes, for an image (B, C, H, W) with patch size p and hourglass ratio M:
 //! - raster flattening into L = (H/p)(W/p) patch tokens of C·p² values; M consecutive tokens
 //!   form one stream token, so the residual stream has length J = L/M and width D
-//!   (`x_embedder`: M·C·p² → D; the literal reading of the paper's equations, spec §2(f).1);
+//!   (`x_embedder`: M·C·p² → D; the literal reading of the paper's equations,
+//!   `docs/models.md` §2(f).1);
 //! - block: `U = σ(W↑ σ(W0 h))` back at length L (M up-maps in one matmul), `Y = [S4D_f(U);
 //!   flip(S4D_b(flip U))]` (B, L, 2D), `I' = concat_m σ(W↓_m Y)` (B, J, 2D),
 //!   `O = W3(σ(W2 I') ⊙ σ(W1 h))`, `x ← x + α ⊙ O` with `h = LN(x)(1 + γ) + β` and
@@ -44,7 +45,7 @@ pub struct DiffussmConfig {
     /// Hourglass down-scale ratio M (tokens per stream position).
     pub hourglass: usize,
     /// Width of the fusion MLP (W1: D → F, W2: 2D → F, W3: F → D); the paper's cost formula
-    /// implies F = 2D (spec §2(a), inferred).
+    /// implies F = 2D (`docs/models.md` §2(a), inferred).
     pub fusion_width: usize,
     /// State size N (per-channel kernels store N/2 conjugate modes; a shared kernel N modes).
     pub state_size: usize,
@@ -61,8 +62,9 @@ pub struct DiffussmConfig {
     pub frequency_size: usize,
     #[serde(default)]
     pub conv: ConvPath,
-    /// Fixed positional embedding added to the stream tokens (open in the paper, spec §2(f).4;
-    /// DiT adds 2-D sin-cos). Runs written before this field existed have none.
+    /// Fixed positional embedding added to the stream tokens (open in the paper,
+    /// `docs/models.md` §2(f).4; DiT adds 2-D sin-cos). Runs written before this field existed
+    /// have none.
     #[serde(default)]
     pub pos_embed: PosEmbed,
     /// Initialisation of the conditioning (timestep MLP and label table).
@@ -637,9 +639,10 @@ impl Diffussm {
     }
 }
 
-/// DiT's initialisation with S4D kernels (spec §2(b), §3(b)): Xavier-uniform linears with zero
-/// biases, N(0, 0.02) timestep MLP and label table (or, with `cond_init = "unit"`, Xavier and N(0, 1)), zero adaLN modulations and final linear
-/// (each block starts as the identity, the output as zero). Variables are visited in name order.
+/// DiT's initialisation with S4D kernels (`docs/models.md` §2(b), §3(b)): Xavier-uniform linears
+/// with zero biases, N(0, 0.02) timestep MLP and label table (or, with `cond_init = "unit"`,
+/// Xavier and N(0, 1)), zero adaLN modulations and final linear (each block starts as the
+/// identity, the output as zero). Variables are visited in name order.
 pub fn init_weights(varmap: &VarMap, cfg: &DiffussmConfig, rng: &mut ChaCha8Rng) -> Result<()> {
     let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     let vars: BTreeMap<&String, _> = data.iter().collect();

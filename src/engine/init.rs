@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::Result;
 
-/// Initialisation of the SSM state matrix A (real part −½ in every case).
+/// Initialisation of the SSM state matrix A (real part −½ in every case; `docs/models.md` §1(b)
+/// for BiGS's N modes, §3(b) for s4's N/2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AInit {

@@ -1,5 +1,5 @@
 //! Layers written from differentiable ops. candle-nn's fused LayerNorm/RmsNorm/softmax have no
-//! backward (see `candle-notes.md`): everything here passes gradients to every parameter.
+//! backward (their gradients silently stop): everything here passes gradients to every parameter.
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;

@@ -2,7 +2,7 @@
 //! that gradients reach every SSM parameter. candle has no complex dtype: complex values travel
 //! as (real, imaginary) pairs of real tensors ([`Cx`]).
 //!
-//! Two flavours (spec `models.md` §1 and §3):
+//! Two flavours (`docs/models.md` §1(a) and §3(a)):
 //! - [`bigs_kernel`]: one kernel shared by all channels, N modes kept, `K = Re Σ`, no factor 2,
 //!   ZOH, `Re A` clamped to ≤ −1e-4.
 //! - [`s4_kernel`]: per-channel kernels with N/2 stored modes and `K = 2·Re Σ`, ZOH or bilinear.

@@ -23,7 +23,7 @@ pub enum KernelMode {
 
 /// s4's minimal S4D layer: per-channel `log_dt` (H), `log_A_real`, `A_imag` (H, N/2),
 /// `C` (H, N/2, 2), skip `D` (H); `A = −exp(log_A_real) + i·A_imag`, ZOH, B ≡ 1.
-/// Variable names follow `models/s4/s4d.py` (spec §3(e)).
+/// Variable names follow `models/s4/s4d.py` (`docs/models.md` §3(e)).
 #[derive(Debug, Clone)]
 pub struct S4dSsm {
     pub log_dt: Tensor,

@@ -336,6 +336,267 @@ fn info_lines(mk: &ModelKernels, sel: &Selection) -> Vec<String> {
     v
 }
 
+/// Lag sub-view: the kernel against lag (or signed offset), with the first checkpoint faint, and the layer's numbers.
+fn lag_panels(mk: &ModelKernels, first: Option<&ModelKernels>, sel: &Selection) -> Vec<Panel> {
+    let mut series = Vec::new();
+    if let Some(f) = first {
+        series.extend(kernel_series(
+            f,
+            sel.layer.min(f.layers.len() - 1),
+            sel.channel,
+            sel.dir,
+            sel.log_lag,
+            &format!(" {}", f.label()),
+            true,
+        ));
+    }
+    series.extend(kernel_series(
+        mk,
+        sel.layer,
+        sel.channel,
+        sel.dir,
+        sel.log_lag,
+        "",
+        false,
+    ));
+    vec![
+        Panel::Plot {
+            title: if sel.dir == DirSel::Both && !sel.log_lag {
+                "K over signed offsets".into()
+            } else {
+                "K vs lag".into()
+            },
+            x_label: lag_axis(sel),
+            y_label: "K".into(),
+            series,
+            log_x: sel.log_lag,
+            log_y: false,
+        },
+        Panel::Text {
+            title: format!("layer {}", sel.layer),
+            lines: info_lines(mk, sel),
+        },
+    ]
+}
+
+/// Heatmap sub-view: layers (shared kernels) or channels × lag, each row scaled to its max |K|.
+fn heatmap_panels(mk: &ModelKernels, sel: &Selection) -> Vec<Panel> {
+    let d = pick_dir(sel.dir);
+    let rows: Vec<HeatRow> = if mk.shared {
+        mk.layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| HeatRow {
+                label: format!("L{i}"),
+                points: heat_row(&l.fwd, &l.bwd, sel.channel, sel),
+            })
+            .collect()
+    } else {
+        let l = &mk.layers[sel.layer];
+        (0..l.get(d).channels())
+            .map(|c| HeatRow {
+                label: format!("c{c}"),
+                points: heat_row(&l.fwd, &l.bwd, c, sel),
+            })
+            .collect()
+    };
+    let what = if mk.shared { "layers" } else { "channels" };
+    let dir_note = match (sel.dir, sel.log_lag) {
+        (DirSel::Both, true) => "forward (log lag)".to_string(),
+        (s, _) => s.label().to_string(),
+    };
+    vec![Panel::Heatmap {
+        title: format!("{what} × lag, {dir_note}, each row scaled to its max |K|"),
+        x_label: lag_axis(sel),
+        rows,
+        log_x: sel.log_lag,
+        highlight: mk.shared.then_some(sel.layer),
+    }]
+}
+
+/// Spectrum sub-view: |FFT(K)| of the selected kernels, with the first checkpoint faint.
+fn spectrum_panels(mk: &ModelKernels, first: Option<&ModelKernels>, sel: &Selection) -> Vec<Panel> {
+    let n_fft = (2 * mk.len).next_power_of_two();
+    let spec = |m: &ModelKernels, d: Direction, faint: bool| -> Series {
+        let k = m.layers[sel.layer.min(m.layers.len() - 1)]
+            .get(d)
+            .kernel(sel.channel);
+        let r = frequency_response(k, n_fft);
+        Series {
+            label: if faint {
+                format!("{} {}", d.short(), m.label())
+            } else {
+                d.short().into()
+            },
+            tone: if faint { Tone::Faint } else { tone(d) },
+            points: r
+                .iter()
+                .enumerate()
+                .map(|(f, v)| (f as f64 / n_fft as f64, v.max(1e-12).log10()))
+                .collect(),
+            scatter: false,
+        }
+    };
+    let mut series = Vec::new();
+    for &d in sel.dir.dirs() {
+        if let Some(f) = first {
+            series.push(spec(f, d, true));
+        }
+    }
+    for &d in sel.dir.dirs() {
+        series.push(spec(mk, d, false));
+    }
+    vec![Panel::Plot {
+        title: format!("|FFT(K)| (zero-padded to {n_fft})"),
+        x_label: "frequency (cycles/token)".into(),
+        y_label: "|FFT(K)| (log)".into(),
+        series,
+        log_x: false,
+        log_y: true,
+    }]
+}
+
+/// Eigen sub-view: the eigenvalues of A against their initialisation, Δt per layer, and their spread.
+fn eigen_panels(mk: &ModelKernels, sel: &Selection) -> Vec<Panel> {
+    let l = &mk.layers[sel.layer];
+    let mut eig = vec![Series {
+        label: format!("init ({})", mk.init.a_init),
+        tone: Tone::Faint,
+        points: mk.init.eig.clone(),
+        scatter: true,
+    }];
+    for &d in sel.dir.dirs() {
+        eig.push(Series {
+            label: d.short().into(),
+            tone: tone(d),
+            points: l.get(d).eig.clone(),
+            scatter: true,
+        });
+    }
+    let (lo, hi) = mk.init.dt_range;
+    let x_hi = (mk.layers.len() as f64 - 1.0).max(1.0);
+    let mut dts = vec![
+        Series {
+            label: "init range".into(),
+            tone: Tone::Faint,
+            points: vec![(0.0, lo.log10()), (x_hi, lo.log10())],
+            scatter: false,
+        },
+        Series {
+            label: String::new(),
+            tone: Tone::Faint,
+            points: vec![(0.0, hi.log10()), (x_hi, hi.log10())],
+            scatter: false,
+        },
+    ];
+    for &d in sel.dir.dirs() {
+        dts.push(Series {
+            label: format!("Δt {}", d.short()),
+            tone: tone(d),
+            points: mk
+                .layers
+                .iter()
+                .enumerate()
+                .flat_map(|(i, l)| l.get(d).dt.iter().map(move |v| (i as f64, v.log10())))
+                .collect(),
+            scatter: true,
+        });
+    }
+    let mut lines = Vec::new();
+    for &d in sel.dir.dirs() {
+        let s = l.get(d);
+        let re: Vec<f64> = s.eig.iter().map(|e| e.0).collect();
+        let (a, m, b) = spread(&re).unwrap_or_default();
+        let dt = spread(&s.dt).unwrap_or_default();
+        lines.push(format!(
+            "{}: Re A {a:.3}…{b:.3} (med {m:.3}), Δt {:.4}, slowest mode e-folds in ~{:.0} tokens",
+            d.short(),
+            dt.1,
+            1.0 / (dt.1 * re.iter().fold(f64::MAX, |x, r| x.min(r.abs()))).max(1e-12)
+        ));
+    }
+    lines.push(format!(
+        "init: Re A −0.5, Im A `{}`, Δt log-uniform [{lo}, {hi}]",
+        mk.init.a_init
+    ));
+    vec![
+        Panel::Plot {
+            title: format!("eigenvalues of A, layer {}", sel.layer),
+            x_label: "Re A".into(),
+            y_label: "Im A".into(),
+            series: eig,
+            log_x: false,
+            log_y: false,
+        },
+        Panel::Plot {
+            title: "Δt per layer".into(),
+            x_label: "layer".into(),
+            y_label: "Δt (log)".into(),
+            series: dts,
+            log_x: false,
+            log_y: true,
+        },
+        Panel::Text {
+            title: "A and Δt".into(),
+            lines,
+        },
+    ]
+}
+
+/// Evolution sub-view: the selected kernel at every checkpoint, and its decay and Δt per checkpoint.
+fn evolution_panels(data: &[ModelKernels], sel: &Selection) -> Vec<Panel> {
+    let rows: Vec<HeatRow> = data
+        .iter()
+        .map(|m| {
+            let l = &m.layers[sel.layer.min(m.layers.len() - 1)];
+            HeatRow {
+                label: m.label(),
+                points: heat_row(&l.fwd, &l.bwd, sel.channel, sel),
+            }
+        })
+        .collect();
+    let mut lines: Vec<String> = data
+        .iter()
+        .map(|m| {
+            let l = &m.layers[sel.layer.min(m.layers.len() - 1)];
+            let dl = |d: Direction| fmt_decay(decay_lag(l.get(d).kernel(sel.channel), 0.01), m.len);
+            let dt = |d: Direction| {
+                let v = &l.get(d).dt;
+                v.get(sel.channel.min(v.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            };
+            format!(
+                "{:<11} decay fwd {:>4} bwd {:>4}  Δt fwd {:.4} bwd {:.4}",
+                m.label(),
+                dl(Direction::Forward),
+                dl(Direction::Backward),
+                dt(Direction::Forward),
+                dt(Direction::Backward)
+            )
+        })
+        .collect();
+    if data.len() < 2 {
+        lines.push("one checkpoint only: evolution needs a run with two or more".into());
+    }
+    vec![
+        Panel::Heatmap {
+            title: format!(
+                "layer {} over checkpoints ({{ }} to scrub), each row scaled",
+                sel.layer
+            ),
+            x_label: lag_axis(sel),
+            rows,
+            log_x: sel.log_lag,
+            highlight: Some(sel.checkpoint),
+        },
+        Panel::Text {
+            title: "per checkpoint".into(),
+            lines,
+        },
+    ]
+}
+
 /// The figure of a sub-view for the checkpoints `data` (ascending by step) and a selection.
 pub fn figure(data: &[ModelKernels], sel: &Selection) -> Figure {
     let mut sel = *sel;
@@ -372,261 +633,11 @@ pub fn figure(data: &[ModelKernels], sel: &Selection) -> Figure {
     }];
     let first = data.first().filter(|f| f.step != mk.step);
     let panels = match sel.view {
-        SubView::Lag => {
-            let mut series = Vec::new();
-            if let Some(f) = first {
-                series.extend(kernel_series(
-                    f,
-                    sel.layer.min(f.layers.len() - 1),
-                    sel.channel,
-                    sel.dir,
-                    sel.log_lag,
-                    &format!(" {}", f.label()),
-                    true,
-                ));
-            }
-            series.extend(kernel_series(
-                mk,
-                sel.layer,
-                sel.channel,
-                sel.dir,
-                sel.log_lag,
-                "",
-                false,
-            ));
-            vec![
-                Panel::Plot {
-                    title: if sel.dir == DirSel::Both && !sel.log_lag {
-                        "K over signed offsets".into()
-                    } else {
-                        "K vs lag".into()
-                    },
-                    x_label: lag_axis(&sel),
-                    y_label: "K".into(),
-                    series,
-                    log_x: sel.log_lag,
-                    log_y: false,
-                },
-                Panel::Text {
-                    title: format!("layer {}", sel.layer),
-                    lines: info_lines(mk, &sel),
-                },
-            ]
-        }
-        SubView::Heatmap => {
-            let d = pick_dir(sel.dir);
-            let rows: Vec<HeatRow> = if mk.shared {
-                mk.layers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| HeatRow {
-                        label: format!("L{i}"),
-                        points: heat_row(&l.fwd, &l.bwd, sel.channel, &sel),
-                    })
-                    .collect()
-            } else {
-                let l = &mk.layers[sel.layer];
-                (0..l.get(d).channels())
-                    .map(|c| HeatRow {
-                        label: format!("c{c}"),
-                        points: heat_row(&l.fwd, &l.bwd, c, &sel),
-                    })
-                    .collect()
-            };
-            let what = if mk.shared { "layers" } else { "channels" };
-            let dir_note = match (sel.dir, sel.log_lag) {
-                (DirSel::Both, true) => "forward (log lag)".to_string(),
-                (s, _) => s.label().to_string(),
-            };
-            vec![Panel::Heatmap {
-                title: format!("{what} × lag, {dir_note}, each row scaled to its max |K|"),
-                x_label: lag_axis(&sel),
-                rows,
-                log_x: sel.log_lag,
-                highlight: mk.shared.then_some(sel.layer),
-            }]
-        }
-        SubView::Spectrum => {
-            let n_fft = (2 * mk.len).next_power_of_two();
-            let spec = |m: &ModelKernels, d: Direction, faint: bool| -> Series {
-                let k = m.layers[sel.layer.min(m.layers.len() - 1)]
-                    .get(d)
-                    .kernel(sel.channel);
-                let r = frequency_response(k, n_fft);
-                Series {
-                    label: if faint {
-                        format!("{} {}", d.short(), m.label())
-                    } else {
-                        d.short().into()
-                    },
-                    tone: if faint { Tone::Faint } else { tone(d) },
-                    points: r
-                        .iter()
-                        .enumerate()
-                        .map(|(f, v)| (f as f64 / n_fft as f64, v.max(1e-12).log10()))
-                        .collect(),
-                    scatter: false,
-                }
-            };
-            let mut series = Vec::new();
-            for &d in sel.dir.dirs() {
-                if let Some(f) = first {
-                    series.push(spec(f, d, true));
-                }
-            }
-            for &d in sel.dir.dirs() {
-                series.push(spec(mk, d, false));
-            }
-            vec![Panel::Plot {
-                title: format!("|FFT(K)| (zero-padded to {n_fft})"),
-                x_label: "frequency (cycles/token)".into(),
-                y_label: "|FFT(K)| (log)".into(),
-                series,
-                log_x: false,
-                log_y: true,
-            }]
-        }
-        SubView::Eigen => {
-            let l = &mk.layers[sel.layer];
-            let mut eig = vec![Series {
-                label: format!("init ({})", mk.init.a_init),
-                tone: Tone::Faint,
-                points: mk.init.eig.clone(),
-                scatter: true,
-            }];
-            for &d in sel.dir.dirs() {
-                eig.push(Series {
-                    label: d.short().into(),
-                    tone: tone(d),
-                    points: l.get(d).eig.clone(),
-                    scatter: true,
-                });
-            }
-            let (lo, hi) = mk.init.dt_range;
-            let x_hi = (nl as f64 - 1.0).max(1.0);
-            let mut dts = vec![
-                Series {
-                    label: "init range".into(),
-                    tone: Tone::Faint,
-                    points: vec![(0.0, lo.log10()), (x_hi, lo.log10())],
-                    scatter: false,
-                },
-                Series {
-                    label: String::new(),
-                    tone: Tone::Faint,
-                    points: vec![(0.0, hi.log10()), (x_hi, hi.log10())],
-                    scatter: false,
-                },
-            ];
-            for &d in sel.dir.dirs() {
-                dts.push(Series {
-                    label: format!("Δt {}", d.short()),
-                    tone: tone(d),
-                    points: mk
-                        .layers
-                        .iter()
-                        .enumerate()
-                        .flat_map(|(i, l)| l.get(d).dt.iter().map(move |v| (i as f64, v.log10())))
-                        .collect(),
-                    scatter: true,
-                });
-            }
-            let mut lines = Vec::new();
-            for &d in sel.dir.dirs() {
-                let s = l.get(d);
-                let re: Vec<f64> = s.eig.iter().map(|e| e.0).collect();
-                let (a, m, b) = spread(&re).unwrap_or_default();
-                let dt = spread(&s.dt).unwrap_or_default();
-                lines.push(format!(
-                    "{}: Re A {a:.3}…{b:.3} (med {m:.3}), Δt {:.4}, slowest mode e-folds in ~{:.0} tokens",
-                    d.short(),
-                    dt.1,
-                    1.0 / (dt.1 * re.iter().fold(f64::MAX, |x, r| x.min(r.abs()))).max(1e-12)
-                ));
-            }
-            lines.push(format!(
-                "init: Re A −0.5, Im A `{}`, Δt log-uniform [{lo}, {hi}]",
-                mk.init.a_init
-            ));
-            vec![
-                Panel::Plot {
-                    title: format!("eigenvalues of A, layer {}", sel.layer),
-                    x_label: "Re A".into(),
-                    y_label: "Im A".into(),
-                    series: eig,
-                    log_x: false,
-                    log_y: false,
-                },
-                Panel::Plot {
-                    title: "Δt per layer".into(),
-                    x_label: "layer".into(),
-                    y_label: "Δt (log)".into(),
-                    series: dts,
-                    log_x: false,
-                    log_y: true,
-                },
-                Panel::Text {
-                    title: "A and Δt".into(),
-                    lines,
-                },
-            ]
-        }
-        SubView::Evolution => {
-            let d = pick_dir(sel.dir);
-            let rows: Vec<HeatRow> = data
-                .iter()
-                .map(|m| {
-                    let l = &m.layers[sel.layer.min(m.layers.len() - 1)];
-                    HeatRow {
-                        label: m.label(),
-                        points: heat_row(&l.fwd, &l.bwd, sel.channel, &sel),
-                    }
-                })
-                .collect();
-            let mut lines: Vec<String> = data
-                .iter()
-                .map(|m| {
-                    let l = &m.layers[sel.layer.min(m.layers.len() - 1)];
-                    let dl = |d: Direction| {
-                        fmt_decay(decay_lag(l.get(d).kernel(sel.channel), 0.01), m.len)
-                    };
-                    let dt = |d: Direction| {
-                        let v = &l.get(d).dt;
-                        v.get(sel.channel.min(v.len().saturating_sub(1)))
-                            .copied()
-                            .unwrap_or(f64::NAN)
-                    };
-                    format!(
-                        "{:<11} decay fwd {:>4} bwd {:>4}  Δt fwd {:.4} bwd {:.4}",
-                        m.label(),
-                        dl(Direction::Forward),
-                        dl(Direction::Backward),
-                        dt(Direction::Forward),
-                        dt(Direction::Backward)
-                    )
-                })
-                .collect();
-            if data.len() < 2 {
-                lines.push("one checkpoint only: evolution needs a run with two or more".into());
-            }
-            let _ = d;
-            vec![
-                Panel::Heatmap {
-                    title: format!(
-                        "layer {} over checkpoints ({{ }} to scrub), each row scaled",
-                        sel.layer
-                    ),
-                    x_label: lag_axis(&sel),
-                    rows,
-                    log_x: sel.log_lag,
-                    highlight: Some(sel.checkpoint),
-                },
-                Panel::Text {
-                    title: "per checkpoint".into(),
-                    lines,
-                },
-            ]
-        }
+        SubView::Lag => lag_panels(mk, first, &sel),
+        SubView::Heatmap => heatmap_panels(mk, &sel),
+        SubView::Spectrum => spectrum_panels(mk, first, &sel),
+        SubView::Eigen => eigen_panels(mk, &sel),
+        SubView::Evolution => evolution_panels(data, &sel),
         SubView::ReceptiveField => match mk.image {
             Some(g) => vec![receptive_field(mk, &sel, &g)],
             None => vec![Panel::Text {

@@ -1,4 +1,11 @@
-//! TUI state and input handling. Drawing lives in `views/`; disk work in `worker.rs`.
+//! TUI state and input handling. Drawing lives in `views/`. Slow work runs on worker threads
+//! that `tui::event_loop` (in `tui/mod.rs`) starts: `spawn_worker` scans the runs folder,
+//! `spawn_probe_worker` loads models and runs fill-mask, `spawn_kernels_worker` computes the
+//! kernels of each checkpoint, `spawn_compare_worker` times training steps for the Compare view,
+//! `image::spawn_image_worker` lists, decodes and encodes images, and
+//! `views::samples::spawn_sample_worker` draws samples. The app hands them jobs through its
+//! `*_tx` channels and gets their results back as messages (`on_probe_result`, `on_kernels_msg`,
+//! …).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -199,7 +206,7 @@ pub struct App {
     /// How images should be drawn (detection runs at start-up in the real terminal).
     pub image_choice: super::image::ProtocolChoice,
     pub compare: super::views::compare::CompareState,
-    /// Starts a scaling measurement (the Compare view's worker); None in headless tests.
+    /// Where scaling jobs go (the Compare view's worker); None in headless tests.
     pub compare_tx: Option<std::sync::mpsc::Sender<CompareJob>>,
 }
 
@@ -713,7 +720,6 @@ impl App {
         }
     }
 
-    /// Runs drawn in the curves view: the marked ones, else the selected one.
     /// `s` in the Compare view: time both models (one BiGS, one attention run among the
     /// compared runs) at L = 128 … 4096 on the worker.
     pub fn start_scaling(&mut self) {
@@ -766,6 +772,7 @@ impl App {
         }
     }
 
+    /// Runs drawn in the curves view: the marked ones, else the selected one.
     pub fn plotted(&self) -> Vec<&RunSummary> {
         let marked: Vec<&RunSummary> = self
             .runs

@@ -1,5 +1,6 @@
 //! The probe view: a prompt with [MASK], top-k predictions as bars, history, and an A/B of two
-//! checkpoints with Δprob. Models load and run on a worker thread (see `tui::probe_worker`).
+//! checkpoints with Δprob. Models load and run on a worker thread (`spawn_probe_worker` in
+//! `tui/mod.rs`).
 
 use std::path::PathBuf;
 
