@@ -6,7 +6,7 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
-use super::figure::{Figure, HeatRow, Panel, Series, Tone};
+use super::figure::{Figure, Panel, Series, Tone, heat_bins, series_bounds, tick_label};
 use super::{Direction, ModelKernels};
 
 const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
@@ -164,92 +164,6 @@ pub fn diverging(v: f64) -> Rgb<u8> {
         (1.0 + v, 1.0 + v, 1.0)
     };
     Rgb([(r * 255.0) as u8, (g * 255.0) as u8, (b * 255.0) as u8])
-}
-
-fn tick_label(v: f64, log: bool) -> String {
-    let v = if log { 10f64.powf(v) } else { v };
-    let a = v.abs();
-    if v == 0.0 {
-        "0".into()
-    } else if !(1e-3..1e5).contains(&a) {
-        format!("{v:.0e}")
-    } else if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-/// Bounds of the points of some series, padded; `None` when there is no point.
-pub fn series_bounds(series: &[Series]) -> Option<([f64; 2], [f64; 2])> {
-    let mut b = [f64::MAX, f64::MIN, f64::MAX, f64::MIN];
-    let mut any = false;
-    for (x, y) in series.iter().flat_map(|s| &s.points) {
-        if x.is_finite() && y.is_finite() {
-            any = true;
-            b = [b[0].min(*x), b[1].max(*x), b[2].min(*y), b[3].max(*y)];
-        }
-    }
-    if !any {
-        return None;
-    }
-    if b[1] <= b[0] {
-        b[1] = b[0] + 1.0;
-    }
-    let pad = ((b[3] - b[2]) * 0.05).max(1e-9);
-    Some(([b[0], b[1]], [b[2] - pad, b[3] + pad]))
-}
-
-/// Heatmap columns: the x range split into `cols` bins (log-spaced values are already log10);
-/// each bin keeps the value of largest magnitude among its points, and a bin without a point
-/// (more columns than lags) takes the point nearest to its centre.
-pub fn heat_bins(rows: &[HeatRow], cols: usize) -> (Vec<Vec<Option<f64>>>, [f64; 2]) {
-    let (mut lo, mut hi) = (f64::MAX, f64::MIN);
-    for (x, _) in rows.iter().flat_map(|r| &r.points) {
-        lo = lo.min(*x);
-        hi = hi.max(*x);
-    }
-    if lo > hi {
-        return (vec![], [0.0, 1.0]);
-    }
-    let span = (hi - lo).max(1e-12);
-    let cols = cols.max(1);
-    let binned = rows
-        .iter()
-        .map(|r| {
-            let mut bins: Vec<Option<f64>> = vec![None; cols];
-            for (x, v) in &r.points {
-                let i = (((x - lo) / span) * cols as f64).floor() as usize;
-                let b = &mut bins[i.min(cols - 1)];
-                if b.is_none_or(|old| v.abs() > old.abs()) {
-                    *b = Some(*v);
-                }
-            }
-            let mut sorted = r.points.clone();
-            sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let (rlo, rhi) = match (sorted.first(), sorted.last()) {
-                (Some(a), Some(b)) => (a.0, b.0),
-                _ => return bins,
-            };
-            for (j, b) in bins.iter_mut().enumerate() {
-                let centre = lo + span * (j as f64 + 0.5) / cols as f64;
-                if b.is_some() || centre < rlo || centre > rhi {
-                    continue;
-                }
-                let k = sorted.partition_point(|p| p.0 < centre);
-                let near = [k.checked_sub(1), Some(k)]
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| sorted.get(i))
-                    .min_by(|a, c| (a.0 - centre).abs().total_cmp(&(c.0 - centre).abs()));
-                *b = near.map(|p| p.1);
-            }
-            bins
-        })
-        .collect();
-    (binned, [lo, hi])
 }
 
 struct Area {

@@ -16,11 +16,11 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, GraphType, Paragraph};
 
 use crate::kernels::ModelKernels;
-use crate::kernels::export::{heat_bins, series_bounds};
-use crate::kernels::figure::{Figure, HeatRow, Panel, Selection, Tone, figure};
+use crate::kernels::figure::{
+    Figure, HeatRow, Panel, Selection, Tone, figure, heat_bins, series_bounds, tick_label,
+};
 use crate::probe::sanitize;
 use crate::tui::app::App;
-use crate::tui::chart::fmt_num;
 use crate::tui::keymap::Action;
 use crate::tui::theme::Theme;
 
@@ -70,10 +70,6 @@ fn tone_color(t: &Theme, tone: Tone) -> Color {
         Tone::Backward => s[1 % s.len()],
         Tone::Faint => t.muted,
     }
-}
-
-fn tick(v: f64, log: bool) -> String {
-    fmt_num(if log { 10f64.powf(v) } else { v })
 }
 
 fn draw_plot(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
@@ -131,9 +127,9 @@ fn draw_plot(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
                 .title(Span::styled(x_label.clone(), t.muted()))
                 .bounds(xb)
                 .labels(vec![
-                    Span::raw(tick(xb[0], *log_x)),
-                    Span::raw(tick(mid(xb), *log_x)),
-                    Span::raw(tick(xb[1], *log_x)),
+                    Span::raw(tick_label(xb[0], *log_x)),
+                    Span::raw(tick_label(mid(xb), *log_x)),
+                    Span::raw(tick_label(xb[1], *log_x)),
                 ]),
         )
         .y_axis(
@@ -141,9 +137,9 @@ fn draw_plot(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
                 .title(Span::styled(y_label.clone(), t.muted()))
                 .bounds(yb)
                 .labels(vec![
-                    Span::raw(tick(yb[0], *log_y)),
-                    Span::raw(tick(mid(yb), *log_y)),
-                    Span::raw(tick(yb[1], *log_y)),
+                    Span::raw(tick_label(yb[0], *log_y)),
+                    Span::raw(tick_label(mid(yb), *log_y)),
+                    Span::raw(tick_label(yb[1], *log_y)),
                 ]),
         );
     f.render_widget(chart, area);
@@ -154,20 +150,7 @@ fn cell(v: Option<f64>, no_color: bool) -> Span<'static> {
     let Some(v) = v else {
         return Span::raw(" ");
     };
-    let a = v.abs();
-    let ch = if a < 0.02 {
-        " "
-    } else if a < 0.1 {
-        "·"
-    } else if a < 0.3 {
-        "░"
-    } else if a < 0.6 {
-        "▒"
-    } else if a < 0.85 {
-        "▓"
-    } else {
-        "█"
-    };
+    let ch = shade(v.abs());
     let style = if no_color {
         Style::default()
     } else if v >= 0.0 {
@@ -237,8 +220,8 @@ fn draw_heatmap(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
             lines.push(Line::from(spans));
         }
     }
-    let (lo, hi) = (tick(xb[0], *log_x), tick(xb[1], *log_x));
-    let mid = tick((xb[0] + xb[1]) / 2.0, *log_x);
+    let (lo, hi) = (tick_label(xb[0], *log_x), tick_label(xb[1], *log_x));
+    let mid = tick_label((xb[0] + xb[1]) / 2.0, *log_x);
     let gap = cols.saturating_sub(lo.len() + mid.len() + hi.len()) / 2;
     lines.push(Line::from(Span::styled(
         format!(
