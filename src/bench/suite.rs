@@ -433,8 +433,9 @@ pub fn cases() -> Vec<Case> {
 }
 
 /// Sequence lengths of the scaling cases, at a fixed budget of tokens per step.
-pub const SCALING_LENGTHS: [usize; 6] = [128, 256, 512, 1024, 2048, 4096];
-pub const SCALING_TOKENS: usize = 8192;
+/// The scaling cases time what `ssmlab compare --scaling` and the Compare view time.
+pub const SCALING_LENGTHS: [usize; 6] = crate::compare::LENGTHS;
+pub const SCALING_TOKENS: usize = crate::compare::TOKENS;
 
 fn head_name(h: Head) -> &'static str {
     match h {

@@ -31,7 +31,7 @@ pub struct CompareArgs {
     #[arg(long)]
     pub scaling: bool,
     /// Tokens per step of the scaling measurement (batch = tokens / L).
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = crate::compare::TOKENS)]
     pub tokens: usize,
     #[arg(long, value_delimiter = ',', default_values_t = LENGTHS)]
     pub lengths: Vec<usize>,

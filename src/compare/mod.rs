@@ -77,6 +77,9 @@ pub struct ScalingPoint {
 /// Lengths of the scaling comparison.
 pub const LENGTHS: [usize; 6] = [128, 256, 512, 1024, 2048, 4096];
 
+/// Tokens per timed step of the scaling comparison (batch = TOKENS / L).
+pub const TOKENS: usize = 8192;
+
 /// Time a training step of each model at each length with `tokens` tokens per step (batch =
 /// tokens / L, at least 1). `on_point` sees each point as it is measured and may return false
 /// to stop.

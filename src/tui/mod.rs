@@ -65,7 +65,7 @@ fn spawn_compare_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::CompareJob> 
             let res = crate::compare::scaling_of_runs(
                 &job.runs,
                 &crate::compare::LENGTHS,
-                8192,
+                crate::compare::TOKENS,
                 1,
                 |p| {
                     if let Ok(j) = jrx.try_recv() {

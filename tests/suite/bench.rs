@@ -14,7 +14,6 @@ fn bigs_flops_and_parameters_follow_the_formulas() {
     let c = reference_bigs(512);
     // per token and layer: dv, dol (H·I each), do (I·H), four H×H maps
     let per_token_layer = 3.0 * 256.0 * 768.0 + 4.0 * 256.0 * 256.0;
-    assert_eq!(per_token_layer, 851_968.0);
     let tokens = 16 * 128;
     let masked = 16 * 19;
     let head = masked as f64 * (256.0 * 256.0 + 256.0 * 30522.0);
@@ -48,7 +47,6 @@ fn the_suite_has_every_case_of_the_issue() {
     for l in SCALING_LENGTHS {
         assert!(has(&format!("scaling L={l}")));
     }
-    assert_eq!(SCALING_LENGTHS, [128, 256, 512, 1024, 2048, 4096]);
     for s in [
         "matmul 2048³",
         "bigs-tiny train",

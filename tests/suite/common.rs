@@ -228,3 +228,39 @@ pub fn app_over(runs: Vec<ssmlab::runs::index::RunSummary>) -> ssmlab::tui::app:
     app.set_runs(runs);
     app
 }
+
+/// Cleans up what a tmux test started, when the test ends or fails (a panic unwinds through
+/// it): the test's private tmux server with every process in its panes, then any trainer that a
+/// run under `runs` still names as running (a run launched from the TUI is detached into its
+/// own session, so the tmux server's end does not reach it).
+pub struct TmuxCleanup {
+    pub sock: String,
+    pub runs: Option<std::path::PathBuf>,
+}
+
+impl Drop for TmuxCleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-S", &self.sock, "kill-server"])
+            .output();
+        let Some(runs) = &self.runs else { return };
+        let Ok(dirs) = std::fs::read_dir(runs) else {
+            return;
+        };
+        for d in dirs.flatten() {
+            let run = ssmlab::runs::RunDir { path: d.path() };
+            let Ok(s) = run.read_status() else { continue };
+            if s.state != ssmlab::runs::RunState::Running || !ssmlab::runs::pid_alive(s.pid) {
+                continue;
+            }
+            ssmlab::runs::os::signal(s.pid, libc::SIGTERM);
+            let t0 = std::time::Instant::now();
+            while ssmlab::runs::pid_alive(s.pid) && t0.elapsed().as_secs() < 10 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if ssmlab::runs::pid_alive(s.pid) {
+                ssmlab::runs::os::signal(s.pid, libc::SIGKILL);
+            }
+        }
+    }
+}

@@ -695,7 +695,10 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        self.run(&["kill-session", "-t", &self.session]);
+        drop(crate::common::TmuxCleanup {
+            sock: self.sock.clone(),
+            runs: None,
+        });
     }
 }
 
@@ -767,6 +770,10 @@ fn end_to_end_in_tmux() {
     let session = format!("ssmlab-e2e-{}", std::process::id());
     let sock = tmp.path().join("tmux.sock");
     let sock = sock.to_str().unwrap();
+    let _cleanup = crate::common::TmuxCleanup {
+        sock: sock.to_string(),
+        runs: Some(runs.clone()),
+    };
     let t = |args: &[&str]| {
         let mut a = vec!["-S", sock];
         a.extend_from_slice(args);

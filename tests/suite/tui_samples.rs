@@ -494,6 +494,10 @@ fn samples_end_to_end_in_tmux() {
     let session = format!("ssmlab-samples-{}", std::process::id());
     let sock = tmp.path().join("tmux.sock");
     let sock = sock.to_str().unwrap();
+    let _cleanup = crate::common::TmuxCleanup {
+        sock: sock.to_string(),
+        runs: Some(runs.clone()),
+    };
     let t = |args: &[&str]| tmux(sock, args);
     let cmd = format!(
         "cd {} && SSMLAB_CONFIG=/nonexistent {} --runs-dir {}; echo EXITED=$?",
