@@ -264,7 +264,7 @@ pub fn run_case(case: &Case) -> Result<Value> {
     let obj = out.as_object_mut().expect("object");
     obj.insert("bench".into(), json!("suite"));
     obj.insert("case".into(), json!(case.label()));
-    obj.insert("spec".into(), serde_json::to_value(case).expect("spec"));
+    obj.insert("spec".into(), crate::engine::serial::json_value(case));
     obj.insert("peak_rss_mib".into(), json!(peak_rss_mib()));
     obj.insert("device".into(), json!(format!("{:?}", dev.location())));
     Ok(out)
@@ -489,13 +489,8 @@ pub fn run_suite(
     Ok(results)
 }
 
-#[allow(
-    clippy::expect_used,
-    clippy::unwrap_used,
-    reason = "derived Serialize of plain fields cannot fail"
-)]
 fn run_child(exe: &std::path::Path, case: &Case) -> Value {
-    let spec = serde_json::to_string(case).expect("spec");
+    let spec = crate::engine::serial::json(case);
     let t0 = Instant::now();
     let out = std::process::Command::new(exe)
         .args(["bench", "case", &spec])

@@ -85,11 +85,6 @@ pub enum BenchWhat {
     },
 }
 
-#[allow(
-    clippy::expect_used,
-    clippy::unwrap_used,
-    reason = "derived Serialize of plain fields cannot fail"
-)]
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let Some(what) = args.what else {
         crate::engine::device::parse_device(&args.device)?;
@@ -144,7 +139,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         } => {
             anyhow::ensure!(reps > 0, "--reps must be at least 1");
             let cases = bench_conv(batch, channels, &lengths, reps, |c| {
-                println!("{}", serde_json::to_string(c).expect("json"));
+                println!("{}", crate::engine::serial::json(c));
             })?;
             eprintln!("{}", conv_table(&cases));
             Ok(())

@@ -163,11 +163,6 @@ fn print_table(a: &CompareArgs, ids: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(
-    clippy::expect_used,
-    clippy::unwrap_used,
-    reason = "derived Serialize of plain fields cannot fail"
-)]
 fn print_scaling(a: &CompareArgs, models: &[(String, BigsConfig)]) -> anyhow::Result<()> {
     let find = |e: Encoder| models.iter().find(|(_, c)| c.encoder == e).map(|(n, _)| n);
     let (Some(b), Some(t)) = (find(Encoder::Bigs), find(Encoder::Attention)) else {
@@ -181,7 +176,7 @@ fn print_scaling(a: &CompareArgs, models: &[(String, BigsConfig)]) -> anyhow::Re
     }
     let points = scaling(models, &a.lengths, a.tokens, 2, |p| {
         if a.json {
-            println!("{}", serde_json::to_string(p).expect("json"));
+            println!("{}", crate::engine::serial::json(p));
         } else {
             println!(
                 "{:<14} L={:<5} batch {:<4} {:>9.2} µs/token",

@@ -241,20 +241,15 @@ impl BigsConfig {
     }
 
     /// The HF `config.json` text of this configuration.
-    #[allow(
-        clippy::expect_used,
-        clippy::unwrap_used,
-        reason = "derived Serialize of plain fields cannot fail"
-    )]
     pub fn to_json(&self) -> String {
-        let mut v = serde_json::to_value(self).expect("config serialises");
+        let mut v = crate::engine::serial::json_value(self);
         let (kind, arch) = match self.encoder {
             Encoder::Bigs => ("bigs", "BiGSForMaskedLM"),
             Encoder::Attention => ("bert", "BertForMaskedLM"),
         };
         v["model_type"] = kind.into();
         v["architectures"] = serde_json::json!([arch]);
-        serde_json::to_string_pretty(&v).expect("json")
+        crate::engine::serial::json_pretty(&v)
     }
 
     /// Number of trainable parameters (decoder tied to the word embeddings).

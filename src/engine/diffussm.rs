@@ -212,13 +212,8 @@ impl DiffussmConfig {
         Ok(())
     }
 
-    #[allow(
-        clippy::expect_used,
-        clippy::unwrap_used,
-        reason = "derived Serialize of plain fields cannot fail"
-    )]
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("config serialises")
+        crate::engine::serial::json_pretty(self)
     }
 
     pub fn from_json_file(path: &std::path::Path) -> Result<Self> {

@@ -14,6 +14,7 @@ pub mod error;
 pub mod init;
 pub mod nn;
 pub mod s4d;
+pub mod serial;
 pub mod ssm;
 pub mod weights;
 

@@ -166,13 +166,8 @@ impl RunDir {
     }
 
     /// Appends one metrics record as a single newline-terminated write.
-    #[allow(
-        clippy::expect_used,
-        clippy::unwrap_used,
-        reason = "derived Serialize of plain fields cannot fail"
-    )]
     pub fn append_metric(&self, m: &Metric) -> Result<()> {
-        let mut line = serde_json::to_string(m).expect("metric serialises");
+        let mut line = crate::engine::serial::json(m);
         line.push('\n');
         self.append(&self.metrics_path(), &line)
     }
@@ -209,15 +204,10 @@ impl RunDir {
         write_atomic(&p, kept.as_bytes())
     }
 
-    #[allow(
-        clippy::expect_used,
-        clippy::unwrap_used,
-        reason = "derived Serialize of plain fields cannot fail"
-    )]
     pub fn write_status(&self, s: &Status) -> Result<()> {
         write_atomic(
             &self.status_path(),
-            serde_json::to_string_pretty(s).expect("status").as_bytes(),
+            crate::engine::serial::json_pretty(s).as_bytes(),
         )
     }
 
@@ -252,15 +242,10 @@ impl RunDir {
     }
 
     /// Asks the training process to act (written atomically; the trainer deletes it).
-    #[allow(
-        clippy::expect_used,
-        clippy::unwrap_used,
-        reason = "derived Serialize of plain fields cannot fail"
-    )]
     pub fn request(&self, c: Control) -> Result<()> {
         write_atomic(
             &self.control_path(),
-            serde_json::to_string(&c).expect("control").as_bytes(),
+            crate::engine::serial::json(&c).as_bytes(),
         )
     }
 

@@ -103,13 +103,8 @@ impl RunConfig {
         load_toml(path)
     }
 
-    #[allow(
-        clippy::expect_used,
-        clippy::unwrap_used,
-        reason = "derived Serialize of plain fields cannot fail"
-    )]
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serialises")
+        crate::engine::serial::toml_pretty(self)
     }
 
     /// Applies `key=value` overrides (`optim.lr=3e-4`). The key must exist; the value must have

@@ -12,7 +12,7 @@ use super::config::{ConfigError, RunConfig};
 use super::optim::{AdamW, clip_grads, lr_at, param_groups};
 use super::session::{
     Beat, Due, Plan, Progress, Result, Session, Stepped, Task, ensure_not_running, read_state,
-    write_state,
+    write_checkpoint_common,
 };
 use crate::data::corpus::{load_corpus, split};
 use crate::data::mlm::{DataCursor, IGNORE, Sampler, mask_batch, pack, step_rng};
@@ -277,8 +277,8 @@ impl Task for MlmTask {
         &mut self.state.progress
     }
 
-    fn parameters(&self) -> usize {
-        self.opt.params.iter().map(|p| p.var.elem_count()).sum()
+    fn optimiser(&self) -> &AdamW {
+        &self.opt
     }
 
     fn data_sizes(&self) -> (usize, usize) {
@@ -399,13 +399,7 @@ impl Task for MlmTask {
     }
 
     fn write_checkpoint_files(&self, dir: &Path) -> std::result::Result<(), String> {
-        self.varmap
-            .save(dir.join("model.safetensors"))
-            .map_err(|e| e.to_string())?;
-        self.opt
-            .save(&dir.join("optimizer.safetensors"))
-            .map_err(|e| e.to_string())?;
-        write_state(dir, &self.state)?;
-        std::fs::write(dir.join("config.json"), self.cfg.model.to_json()).map_err(|e| e.to_string())
+        let config = self.cfg.model.to_json();
+        write_checkpoint_common(dir, &self.varmap, &self.opt, &self.state, &config)
     }
 }

@@ -26,11 +26,6 @@ pub fn balanced_classes(n: usize, classes: usize) -> Vec<Option<u32>> {
 /// Draws a sample grid (rows × classes, class = column) and writes it as a sample folder:
 /// `grid.png`, `traj-TTTT.png` and `meta.json`, published atomically at `dst`.
 #[allow(clippy::too_many_arguments)]
-#[allow(
-    clippy::expect_used,
-    clippy::unwrap_used,
-    reason = "derived Serialize of plain fields cannot fail"
-)]
 pub fn write_sample_folder(
     model: &Diffussm,
     sched: &NoiseSchedule,
@@ -89,9 +84,7 @@ pub fn write_sample_folder(
     };
     crate::runs::write_atomic(
         &tmp.join("meta.json"),
-        serde_json::to_string_pretty(&meta)
-            .expect("meta")
-            .as_bytes(),
+        crate::engine::serial::json_pretty(&meta).as_bytes(),
     )?;
     publish(&tmp, dst)?;
     Ok(meta)

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::config::ConfigError;
+use super::optim::AdamW;
 use crate::data::DataError;
 use crate::engine::EngineError;
 use crate::runs::{Control, Metric, RunDir, RunError, RunState, Status, pid_alive, unix_now};
@@ -135,7 +136,15 @@ pub trait Task {
     fn model_name(&self) -> &str;
     fn progress(&self) -> &Progress;
     fn progress_mut(&mut self) -> &mut Progress;
-    fn parameters(&self) -> usize;
+    fn optimiser(&self) -> &AdamW;
+    /// Trained parameters (elements).
+    fn parameters(&self) -> usize {
+        self.optimiser()
+            .params
+            .iter()
+            .map(|p| p.var.elem_count())
+            .sum()
+    }
     /// Training and held-out items (sequences or images).
     fn data_sizes(&self) -> (usize, usize);
     /// Task details for the session-start line of `log.txt`; `Some` also reports them as a
@@ -465,10 +474,24 @@ fn prune_checkpoints(run: &RunDir, keep: usize, best_step: Option<u64>) {
     }
 }
 
-/// Writes `state` as `state.json` into a checkpoint folder being written.
-pub(crate) fn write_state(dir: &Path, state: &impl Serialize) -> std::result::Result<(), String> {
-    let text = serde_json::to_string_pretty(state).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("state.json"), text).map_err(|e| e.to_string())
+/// Writes the files of every checkpoint into the folder `dir` being written: the weights
+/// (`model.safetensors`, HF names), the optimiser's moments, `state.json` and the model's
+/// `config.json`.
+pub(crate) fn write_checkpoint_common(
+    dir: &Path,
+    varmap: &candle_nn::VarMap,
+    opt: &AdamW,
+    state: &impl Serialize,
+    config_json: &str,
+) -> std::result::Result<(), String> {
+    varmap
+        .save(dir.join("model.safetensors"))
+        .map_err(|e| e.to_string())?;
+    opt.save(&dir.join("optimizer.safetensors"))
+        .map_err(|e| e.to_string())?;
+    let state = crate::engine::serial::json_pretty(state);
+    std::fs::write(dir.join("state.json"), state).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("config.json"), config_json).map_err(|e| e.to_string())
 }
 
 /// Reads `state.json` of checkpoint folder `ck`.

@@ -86,13 +86,8 @@ impl DiffusionRunConfig {
         load_toml(path)
     }
 
-    #[allow(
-        clippy::expect_used,
-        clippy::unwrap_used,
-        reason = "derived Serialize of plain fields cannot fail"
-    )]
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serialises")
+        crate::engine::serial::toml_pretty(self)
     }
 
     pub fn with_overrides(&self, sets: &[String]) -> std::result::Result<Self, ConfigError> {

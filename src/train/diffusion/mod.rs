@@ -29,7 +29,7 @@ use super::parallel::{resolve_shards, sharded_grads};
 use super::samples::{balanced_classes, write_sample_folder};
 use super::session::{
     Beat, Due, Plan, Progress, Result, Session, Stepped, Task, TrainError, ensure_not_running,
-    read_state, write_state,
+    read_state, write_checkpoint_common,
 };
 use crate::data::mlm::step_rng;
 use crate::data::shuffle;
@@ -433,8 +433,8 @@ impl Task for DiffusionTask {
         &mut self.state.progress
     }
 
-    fn parameters(&self) -> usize {
-        self.opt.params.iter().map(|p| p.var.elem_count()).sum()
+    fn optimiser(&self) -> &AdamW {
+        &self.opt
     }
 
     fn data_sizes(&self) -> (usize, usize) {
@@ -535,16 +535,10 @@ impl Task for DiffusionTask {
     }
 
     fn write_checkpoint_files(&self, dir: &Path) -> std::result::Result<(), String> {
-        self.varmap
-            .save(dir.join("model.safetensors"))
-            .map_err(|e| e.to_string())?;
         self.ema
             .save(&dir.join("ema.safetensors"), &self.opt.params)
             .map_err(|e| e.to_string())?;
-        self.opt
-            .save(&dir.join("optimizer.safetensors"))
-            .map_err(|e| e.to_string())?;
-        write_state(dir, &self.state)?;
-        std::fs::write(dir.join("config.json"), self.cfg.model.to_json()).map_err(|e| e.to_string())
+        let config = self.cfg.model.to_json();
+        write_checkpoint_common(dir, &self.varmap, &self.opt, &self.state, &config)
     }
 }
