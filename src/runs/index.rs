@@ -96,7 +96,7 @@ impl RunsIndex {
             let status = run.read_status().ok();
             let (state, lost) = match &status {
                 Some(s) => {
-                    let (st, lost) = s.effective_state(now);
+                    let (st, lost) = run.effective_state(s, now);
                     (Some(st), lost)
                 }
                 None => (None, false),

@@ -8,6 +8,7 @@
 //!   status.json      pid, state, heartbeat, step, checkpoints (see [`Status`])
 //!   log.txt          human-readable log
 //!   control.json     written by other processes to ask for stop / checkpoint (see [`Control`])
+//!   run.lock         held (flock) by the one trainer of the run; names its pid
 //!   step-N/          model.safetensors (HF names), optimizer.safetensors, state.json, config.json
 //! ```
 //! Every file except the append-only `metrics.jsonl` and `log.txt` is replaced atomically
@@ -15,12 +16,14 @@
 //! renamed when complete. A reader treats only newline-terminated lines of `metrics.jsonl` as data.
 
 pub mod index;
+mod lock;
 mod metrics;
 pub mod model;
 pub mod os;
 pub mod samples;
 mod status;
 
+pub use lock::{LOCK_FILE, LockState, RunLock};
 pub use metrics::{Metric, MetricsTail, read_metrics};
 pub use os::pid_alive;
 pub use status::{Control, HEARTBEAT_STALE_S, RunState, Status, unix_now};
@@ -38,6 +41,12 @@ pub enum RunError {
     },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
+    #[error(
+        "run {path} is being trained by {} (it holds the run's run.lock); one trainer per run: \
+         stop that one first (`s` in the TUI, or kill -TERM with its pid)",
+        pid.map_or("another process".to_string(), |p| format!("pid {p}"))
+    )]
+    Locked { path: PathBuf, pid: Option<u32> },
 }
 
 pub type Result<T> = std::result::Result<T, RunError>;

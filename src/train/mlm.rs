@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{ConfigError, RunConfig};
 use super::optim::{AdamW, clip_grads, lr_at, param_groups};
 use super::session::{
-    Beat, Due, Plan, Progress, Result, Session, Stepped, Task, ensure_not_running, read_state,
-    write_checkpoint_common,
+    Beat, Due, Plan, Progress, Result, Session, Stepped, Task, read_state, write_checkpoint_common,
 };
 use crate::data::corpus::{load_corpus, split};
 use crate::data::mlm::{DataCursor, IGNORE, Sampler, mask_batch, pack, step_rng};
@@ -189,6 +188,13 @@ impl Trainer {
         let dev = Device::Cpu;
         let (model, varmap, opt) = fresh_model(&cfg, &dev)?;
         let run = RunDir::create(runs_dir, &cfg.run.name)?;
+        let lock = match run.lock() {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&run.path);
+                return Err(e.into());
+            }
+        };
         let setup = (|| -> Result<()> {
             crate::runs::write_atomic(&run.config_path(), cfg.to_toml().as_bytes())?;
             data.tok.save(&run.tokenizer_path())?;
@@ -200,13 +206,14 @@ impl Trainer {
         }
         let state = TrainState::new(cfg.run.seed);
         let task = MlmTask::new(cfg, data, model, varmap, opt, state, dev);
-        Ok(Session::new(run, task))
+        Ok(Session::new(run, lock, task))
     }
 
     /// Resumes a run from its latest complete checkpoint (a run without one starts from step
     /// 0); `sets` may override config keys (e.g. `train.steps`).
     pub fn resume(run: RunDir, sets: &[String]) -> Result<Self> {
-        ensure_not_running(&run)?;
+        // one trainer per run: taken first, before anything is loaded
+        let lock = run.lock()?;
         let mut cfg = RunConfig::from_toml_file(&run.config_path())?.with_overrides(sets)?;
         let tok_path = run.tokenizer_path();
         let data = prepare(&mut cfg, Some(&tok_path))?;
@@ -225,7 +232,7 @@ impl Trainer {
         run.truncate_metrics(state.progress.step)?;
         crate::runs::write_atomic(&run.config_path(), cfg.to_toml().as_bytes())?;
         let task = MlmTask::new(cfg, data, model, varmap, opt, state, dev);
-        Ok(Session::new(run, task))
+        Ok(Session::new(run, lock, task))
     }
 }
 

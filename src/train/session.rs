@@ -18,7 +18,7 @@ use super::config::ConfigError;
 use super::optim::AdamW;
 use crate::data::DataError;
 use crate::engine::EngineError;
-use crate::runs::{Control, Metric, RunDir, RunError, RunState, Status, pid_alive, unix_now};
+use crate::runs::{Control, Metric, RunDir, RunError, RunLock, RunState, Status, unix_now};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -205,11 +205,14 @@ pub struct Session<T> {
     pub run: RunDir,
     pub task: T,
     status: Status,
+    /// The run's one-writer lock, held as long as the session lives.
+    _lock: RunLock,
 }
 
 impl<T: Task> Session<T> {
-    /// A session on `run` (created, or opened for a resume) with the task's state loaded.
-    pub(crate) fn new(run: RunDir, task: T) -> Self {
+    /// A session on `run` (created, or opened for a resume, under its `lock`) with the task's
+    /// state loaded.
+    pub(crate) fn new(run: RunDir, lock: RunLock, task: T) -> Self {
         let p = task.progress();
         let status = Status::starting(
             &run,
@@ -218,7 +221,12 @@ impl<T: Task> Session<T> {
             p.step,
             p.best_step,
         );
-        Self { run, task, status }
+        Self {
+            run,
+            task,
+            status,
+            _lock: lock,
+        }
     }
 
     /// Optimiser steps taken.
@@ -505,23 +513,6 @@ pub(crate) fn read_state<S: DeserializeOwned>(ck: &Path) -> Result<S> {
         path: sp.clone(),
         msg: e.to_string(),
     })?)
-}
-
-/// Refuses to resume a run whose trainer is alive (another process, fresh heartbeat).
-pub(crate) fn ensure_not_running(run: &RunDir) -> Result<()> {
-    if let Ok(s) = run.read_status()
-        && s.state == RunState::Running
-        && s.pid != std::process::id()
-        && pid_alive(s.pid)
-        && unix_now() - s.heartbeat < crate::runs::HEARTBEAT_STALE_S
-    {
-        return Err(TrainError::Other(format!(
-            "run {} is still running (pid {}); stop it first",
-            run.path.display(),
-            s.pid
-        )));
-    }
-    Ok(())
 }
 
 /// The message of a run that diverged at `step`.

@@ -1,7 +1,7 @@
 //! Training runs: exact resume, kill -9, run-directory contract, bad input through the CLI.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -372,7 +372,9 @@ fn failed_checkpoint_write_is_a_clear_error_and_keeps_the_previous_one() {
     let s = t.run.read_status().unwrap();
     assert_eq!(s.state, RunState::Failed);
     assert!(s.message.unwrap().contains("step-4"));
-    assert!(Trainer::resume(t.run.clone(), &[]).unwrap().step() == 2);
+    let run = t.run.clone();
+    drop(t);
+    assert!(Trainer::resume(run, &[]).unwrap().step() == 2);
 }
 
 #[test]
@@ -666,5 +668,102 @@ fn sighup_stops_a_run_cleanly_unless_nohup_ignores_it() {
     assert!(
         run.latest_checkpoint().is_some(),
         "stopped with a checkpoint"
+    );
+}
+
+/// One writer per run: a trainer holds `run.lock` for its lifetime; a second one (resume) is
+/// refused with the holder's pid, and viewers take the lock, not the heartbeat, as the truth
+/// about "running".
+#[test]
+fn a_run_has_one_trainer_and_viewers_read_running_from_its_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Trainer::create(smoke(4), tmp.path()).unwrap();
+    let run = t.run.clone();
+    let err = Trainer::resume(run.clone(), &[]).err().unwrap().to_string();
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())) && err.contains("run.lock"),
+        "{err}"
+    );
+    assert_eq!(
+        run.lock_state(),
+        ssmlab::runs::LockState::Held(Some(std::process::id()))
+    );
+    // a status that claims `running` with a heartbeat an hour old: running while the lock is
+    // held (a long evaluation), lost once it is not
+    let mut s = ssmlab::runs::Status::starting(&run, 4, "bigs", 0, None);
+    s.heartbeat -= 3600.0;
+    s.state = RunState::Running;
+    run.write_status(&s).unwrap();
+    let now = ssmlab::runs::unix_now();
+    assert_eq!(run.effective_state(&s, now), (RunState::Running, false));
+    drop(t);
+    assert_eq!(run.lock_state(), ssmlab::runs::LockState::Free);
+    assert_eq!(run.effective_state(&s, now), (RunState::Failed, true));
+    // and the run can be resumed now
+    assert_eq!(Trainer::resume(run, &[]).unwrap().step(), 0);
+}
+
+/// Two `ssmlab train --resume X` at once: the second is refused with one line naming the first
+/// one's pid, and the run's metrics stay one record per step.
+#[test]
+fn a_second_trainer_on_a_run_is_refused_naming_the_first() {
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let runs_s = runs.to_str().unwrap();
+    let first = Command::new(env!("CARGO_BIN_EXE_ssmlab"))
+        .args(["train", "--preset", "bigs-smoke", "--runs-dir", runs_s])
+        .args(["--set", "train.steps=100000", "--set", "train.log_every=1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = Reap(first);
+    let run = RunDir {
+        path: runs.join("bigs-smoke"),
+    };
+    let t0 = Instant::now();
+    while std::fs::read_to_string(run.metrics_path())
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no steps logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = ssmlab(
+        &["train", "--resume", "bigs-smoke", "--runs-dir", runs_s],
+        tmp.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("pid {}", first.0.id())) && err.contains("run.lock"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(signal(first.0.id(), libc::SIGTERM));
+    let status = first.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(run.read_status().unwrap().state, RunState::Stopped);
+    let text = std::fs::read_to_string(run.metrics_path()).unwrap();
+    let steps: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        steps.windows(2).all(|w| w[0] < w[1]),
+        "one record per step: {steps:?}"
     );
 }

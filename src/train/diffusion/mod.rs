@@ -28,8 +28,8 @@ use super::optim::{AdamW, Ema, clip_grads, lr_at, param_groups};
 use super::parallel::{resolve_shards, sharded_grads};
 use super::samples::{balanced_classes, write_sample_folder};
 use super::session::{
-    Beat, Due, Plan, Progress, Result, Session, Stepped, Task, TrainError, ensure_not_running,
-    read_state, write_checkpoint_common,
+    Beat, Due, Plan, Progress, Result, Session, Stepped, Task, TrainError, read_state,
+    write_checkpoint_common,
 };
 use crate::data::mlm::step_rng;
 use crate::data::shuffle;
@@ -170,6 +170,13 @@ impl DiffusionTrainer {
             &dev,
         )?;
         let run = RunDir::create(runs_dir, &cfg.run.name)?;
+        let lock = match run.lock() {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&run.path);
+                return Err(e.into());
+            }
+        };
         let setup = (|| -> Result<()> {
             crate::runs::write_atomic(&run.config_path(), cfg.to_toml().as_bytes())?;
             cvm.save(run.path.join("classifier.safetensors"))?;
@@ -198,12 +205,13 @@ impl DiffusionTrainer {
             offset: 0,
         };
         let task = DiffusionTask::new(cfg, &run, data, f, state, classifier, info, dev)?;
-        Ok(Session::new(run, task))
+        Ok(Session::new(run, lock, task))
     }
 
     /// Resumes from the latest complete checkpoint (`sets` may override keys, e.g. train.steps).
     pub fn resume(run: RunDir, sets: &[String]) -> Result<Self> {
-        ensure_not_running(&run)?;
+        // one trainer per run: taken first, before anything is loaded
+        let lock = run.lock()?;
         let cfg = DiffusionRunConfig::from_toml_file(&run.config_path())?.with_overrides(sets)?;
         let data = prepare_images(&cfg)?;
         let dev = Device::Cpu;
@@ -225,7 +233,7 @@ impl DiffusionTrainer {
         run.truncate_metrics(state.progress.step)?;
         crate::runs::write_atomic(&run.config_path(), cfg.to_toml().as_bytes())?;
         let task = DiffusionTask::new(cfg, &run, data, f, state, classifier, info, dev)?;
-        Ok(Session::new(run, task))
+        Ok(Session::new(run, lock, task))
     }
 }
 
