@@ -258,12 +258,50 @@ impl RunDir {
         )
     }
 
-    /// Takes a pending request, if any (the trainer's side).
-    pub fn take_request(&self) -> Option<Control> {
+    /// Takes a pending request, if any (the trainer's side): `Some(Ok(_))` for a request,
+    /// `Some(Err(why))` for a control file that is not one (not a regular file, too large, not
+    /// a request), which is moved aside to `control.json.bad` so it is reported once. Never
+    /// blocks: only a regular file is opened, and without waiting (a FIFO put there cannot
+    /// hold the trainer).
+    pub fn take_request(&self) -> Option<std::result::Result<Control, String>> {
+        use std::io::Read;
         let p = self.control_path();
-        let text = std::fs::read_to_string(&p).ok()?;
-        let _ = std::fs::remove_file(&p);
-        serde_json::from_str(&text).ok()
+        let meta = std::fs::symlink_metadata(&p).ok()?;
+        let set_aside = |why: String| {
+            let bad = self.path.join("control.json.bad");
+            let _ = std::fs::remove_file(&bad).or_else(|_| std::fs::remove_dir_all(&bad));
+            let _ = std::fs::rename(&p, &bad);
+            Some(Err(format!(
+                "{}: {why}; moved aside to control.json.bad",
+                p.display()
+            )))
+        };
+        if !meta.is_file() {
+            return set_aside("not a regular file".into());
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NONBLOCK);
+        let mut bytes = Vec::new();
+        let read = opts
+            .open(&p)
+            .and_then(|f| f.take(4097).read_to_end(&mut bytes));
+        if let Err(e) = read {
+            return set_aside(format!("cannot be read ({e})"));
+        }
+        if bytes.len() > 4096 {
+            return set_aside("larger than any request (4 KiB)".into());
+        }
+        match serde_json::from_slice::<Control>(&bytes) {
+            Ok(c) => {
+                let _ = std::fs::remove_file(&p);
+                Some(Ok(c))
+            }
+            Err(e) => set_aside(format!(
+                "not a request ({e}); write {{\"command\": \"stop\"}} or {{\"command\": \"checkpoint\"}}"
+            )),
+        }
     }
 }
 

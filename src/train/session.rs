@@ -213,6 +213,17 @@ impl<T: Task> Session<T> {
     /// A session on `run` (created, or opened for a resume, under its `lock`) with the task's
     /// state loaded.
     pub(crate) fn new(run: RunDir, lock: RunLock, task: T) -> Self {
+        // A request left from before this trainer took the run (a stop confirmed after the
+        // last session ended) is stale: it must not stop this one.
+        if let Some(r) = run.take_request() {
+            let what = match r {
+                Ok(c) => format!("{c:?}").to_lowercase(),
+                Err(why) => why,
+            };
+            let _ = run.log(&format!(
+                "ignored a request left from before this session: {what}"
+            ));
+        }
         let p = task.progress();
         let status = Status::starting(
             &run,
@@ -407,8 +418,13 @@ impl<T: Task> Session<T> {
         let mut checkpoint = step.is_multiple_of(plan.checkpoint_every) || step == total;
         let mut stopping = stop.load(Ordering::SeqCst) || stop_at == Some(step);
         match self.run.take_request() {
-            Some(Control::Stop) => stopping = true,
-            Some(Control::Checkpoint) => checkpoint = true,
+            Some(Ok(Control::Stop)) => stopping = true,
+            Some(Ok(Control::Checkpoint)) => checkpoint = true,
+            Some(Err(why)) => {
+                let msg = format!("warning: ignored a control file: {why}");
+                self.run.log(&msg)?;
+                on_event(Event::Message(&msg));
+            }
             None => {}
         }
         if checkpoint || stopping {

@@ -767,3 +767,110 @@ fn a_second_trainer_on_a_run_is_refused_naming_the_first() {
         "one record per step: {steps:?}"
     );
 }
+
+/// Bad control files never hold or confuse a trainer: a FIFO at control.json (opening it would
+/// block), bytes that are not UTF-8 and a request that is not one are each moved aside to
+/// control.json.bad with a warning while training goes on; a real request after them works; and
+/// a stop left over from before a session does not stop the next `--resume`.
+#[test]
+fn bad_or_stale_control_files_never_hold_or_stop_a_trainer() {
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let (child, run) = spawn_smoke(&runs, &[]);
+    let mut child = Reap(child);
+    let lines = |run: &RunDir| {
+        std::fs::read_to_string(run.metrics_path())
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let wait_lines = |n: usize| {
+        let t0 = Instant::now();
+        while lines(&run) < n {
+            assert!(t0.elapsed() < Duration::from_secs(120), "training stalled");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let control = run.control_path();
+    let bad = run.path.join("control.json.bad");
+    wait_lines(2);
+    let mkfifo = Command::new("mkfifo").arg(&control).status().unwrap();
+    assert!(mkfifo.success());
+    for next in [
+        Some(b"\xff\xfe not utf-8".as_slice()),
+        Some(b"{\"command\": \"explode\"}".as_slice()),
+        None,
+    ] {
+        // the trainer moves the file aside and goes on training
+        let t0 = Instant::now();
+        while control.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the control file was never handled"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(bad.exists());
+        let n = lines(&run);
+        wait_lines(n + 2);
+        if let Some(bytes) = next {
+            std::fs::write(&control, bytes).unwrap();
+        }
+    }
+    let log = std::fs::read_to_string(run.log_path()).unwrap();
+    assert!(log.contains("not a regular file"), "{log}");
+    assert_eq!(
+        log.matches("warning: ignored a control file").count(),
+        3,
+        "{log}"
+    );
+    // a real request still works
+    run.request(ssmlab::runs::Control::Stop).unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the stop was not taken"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    assert_eq!(run.read_status().unwrap().state, RunState::Stopped);
+    // a stop confirmed after the run ended is stale for the next session
+    let stopped_at = run.latest_checkpoint().unwrap().0;
+    run.request(ssmlab::runs::Control::Stop).unwrap();
+    let target = stopped_at + 5;
+    let out = ssmlab(
+        &[
+            "train",
+            "--resume",
+            "bigs-smoke",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "--set",
+            &format!("train.steps={target}"),
+        ],
+        tmp.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = run.read_status().unwrap();
+    assert_eq!((s.state, s.step), (RunState::Finished, target));
+    let log = std::fs::read_to_string(run.log_path()).unwrap();
+    assert!(
+        log.contains("ignored a request left from before this session: stop"),
+        "{log}"
+    );
+}
