@@ -119,6 +119,9 @@ const REQUIRED: &[&str] = &[
     "max_position_embeddings",
 ];
 
+/// The `hidden_act` values of BiGS and BERT checkpoints (all GELU; which form is `gelu`).
+pub const GELU_ACTS: [&str; 4] = ["gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh"];
+
 impl BigsConfig {
     /// Reads and validates a HF-style `config.json`.
     pub fn from_json_file(path: &Path) -> Result<Self> {
@@ -226,6 +229,26 @@ impl BigsConfig {
             return Err(EngineError::ConfigField {
                 field: "hidden_dropout_prob",
                 msg: format!("is {}; it must be in [0, 1)", self.hidden_dropout_prob),
+            });
+        }
+        if !(self.initializer_range >= 0.0 && self.initializer_range.is_finite()) {
+            return Err(EngineError::ConfigField {
+                field: "initializer_range",
+                msg: format!(
+                    "is {}; it must be a finite standard deviation ≥ 0 (0.02 is usual)",
+                    self.initializer_range
+                ),
+            });
+        }
+        if !GELU_ACTS.contains(&self.hidden_act.as_str()) {
+            return Err(EngineError::ConfigField {
+                field: "hidden_act",
+                msg: format!(
+                    "is `{}`; BiGS and its BERT twin use GELU: one of {} (exact or tanh is \
+                     the `gelu` field)",
+                    self.hidden_act,
+                    GELU_ACTS.join(", ")
+                ),
             });
         }
         if self.pad_token_id >= self.vocab_size {

@@ -206,8 +206,15 @@ impl DiffussmConfig {
                 ),
             );
         }
-        if !(self.dt_min > 0.0 && self.dt_min <= self.dt_max) {
-            return bad("dt_min", "need 0 < dt_min ≤ dt_max".into());
+        if !(self.dt_min > 0.0 && self.dt_min <= self.dt_max && self.dt_max.is_finite()) {
+            return bad(
+                "dt_min",
+                format!(
+                    "dt_min = {} and dt_max = {}: need 0 < dt_min ≤ dt_max (finite; equal \
+                     fixes Δt)",
+                    self.dt_min, self.dt_max
+                ),
+            );
         }
         Ok(())
     }

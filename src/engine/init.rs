@@ -102,12 +102,8 @@ pub fn tensor_f64(
     Ok(Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?)
 }
 
-/// Normal(mean, std) samples from a seeded generator.
-#[allow(
-    clippy::expect_used,
-    clippy::unwrap_used,
-    reason = "callers pass finite, non-negative std (config validation)"
-)]
+/// Normal(mean, std) samples from a seeded generator (an error for a negative or non-finite
+/// std).
 pub fn normal(
     rng: &mut ChaCha8Rng,
     shape: impl Into<Shape>,
@@ -117,17 +113,15 @@ pub fn normal(
     dev: &Device,
 ) -> Result<Tensor> {
     let shape = shape.into();
-    let d = Normal::new(mean, std).expect("std is finite and non-negative");
+    let d = Normal::new(mean, std).map_err(|e| {
+        super::EngineError::Input(format!("normal initialiser N({mean}, {std}²): {e}"))
+    })?;
     let v: Vec<f64> = (0..shape.elem_count()).map(|_| d.sample(rng)).collect();
     tensor_f64(v, shape, dtype, dev)
 }
 
-/// Uniform[lo, hi) samples from a seeded generator.
-#[allow(
-    clippy::expect_used,
-    clippy::unwrap_used,
-    reason = "callers pass lo < hi (constants of the initialisers)"
-)]
+/// Uniform[lo, hi) samples from a seeded generator; `lo == hi` is the constant `lo` (an error
+/// for `lo > hi` or bounds that are not finite).
 pub fn uniform(
     rng: &mut ChaCha8Rng,
     shape: impl Into<Shape>,
@@ -137,7 +131,12 @@ pub fn uniform(
     dev: &Device,
 ) -> Result<Tensor> {
     let shape = shape.into();
-    let d = Uniform::new(lo, hi).expect("lo < hi");
+    if lo == hi && lo.is_finite() {
+        return tensor_f64(vec![lo; shape.elem_count()], shape, dtype, dev);
+    }
+    let d = Uniform::new(lo, hi).map_err(|e| {
+        super::EngineError::Input(format!("uniform initialiser on [{lo}, {hi}): {e}"))
+    })?;
     let v: Vec<f64> = (0..shape.elem_count()).map(|_| d.sample(rng)).collect();
     tensor_f64(v, shape, dtype, dev)
 }

@@ -874,3 +874,82 @@ fn bad_or_stale_control_files_never_hold_or_stop_a_trainer() {
         "{log}"
     );
 }
+
+/// Config values that passed validation and then panicked (an initialiser given NaN, a
+/// negative spread or an empty Δt range) or were silently ignored (an unknown activation) are
+/// one clear line naming the field, through the real binary, and leave no run behind; a fixed
+/// Δt (`dt_min == dt_max`) is a valid choice and trains.
+#[test]
+fn config_values_out_of_range_are_named_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let runs_s = runs.to_str().unwrap();
+    let cases: [(&str, &str, &[&str]); 4] = [
+        (
+            "bigs-smoke",
+            "model.initializer_range=-0.02",
+            &["initializer_range", "-0.02"],
+        ),
+        (
+            "bigs-smoke",
+            "model.initializer_range=nan",
+            &["initializer_range", "NaN"],
+        ),
+        (
+            "bigs-smoke",
+            "model.hidden_act=relu9",
+            &["hidden_act", "relu9", "gelu"],
+        ),
+        (
+            "diffussm-smoke",
+            "model.dt_max=0.0001",
+            &["dt_min", "dt_max"],
+        ),
+    ];
+    for (preset, set, want) in cases {
+        let out = ssmlab(
+            &[
+                "train",
+                "--preset",
+                preset,
+                "--runs-dir",
+                runs_s,
+                "--set",
+                set,
+            ],
+            tmp.path(),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{set}: accepted");
+        assert_eq!(err.trim().lines().count(), 1, "{set}: one line: {err}");
+        assert!(!err.contains("panicked"), "{set}: {err}");
+        for w in want {
+            assert!(err.contains(w), "{set}: `{w}` missing in {err}");
+        }
+        assert!(
+            !runs.exists() || std::fs::read_dir(&runs).unwrap().next().is_none(),
+            "{set}: a run was left behind"
+        );
+    }
+    let out = ssmlab(
+        &[
+            "train",
+            "--preset",
+            "diffussm-smoke",
+            "--runs-dir",
+            runs_s,
+            "--set",
+            "model.dt_min=0.01",
+            "--set",
+            "model.dt_max=0.01",
+            "--set",
+            "train.steps=2",
+        ],
+        tmp.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
