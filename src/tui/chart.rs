@@ -63,15 +63,22 @@ pub fn minmax_downsample(pts: &[(f64, f64)], buckets: usize) -> Vec<(f64, f64)> 
 }
 
 /// Tick values for a log-scale axis over [lo, hi] (lo > 0): powers of ten, with 2× and 5×
-/// steps added when the range spans at most three decades.
+/// steps added when the range spans at most three decades, and every k-th decade when it spans
+/// many (at most ~12 ticks). Bounds beyond the floats (an overflowed 10^y) are clamped, so an
+/// extreme value in a log can never make this loop long.
 pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
-    if !(lo > 0.0 && hi > lo) {
+    let (lo, hi) = (lo.max(f64::MIN_POSITIVE), hi.min(f64::MAX));
+    if !(hi > lo) {
         return vec![];
     }
-    let (a, b) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let (a, b) = (
+        lo.log10().floor().clamp(-308.0, 308.0) as i32,
+        hi.log10().ceil().clamp(-308.0, 308.0) as i32,
+    );
     let mults: &[f64] = if b - a <= 3 { &[1.0, 2.0, 5.0] } else { &[1.0] };
+    let every = ((b - a) / 12 + 1).max(1) as usize;
     let mut v = Vec::new();
-    for e in a..=b {
+    for e in (a..=b).step_by(every) {
         for m in mults {
             let t = m * 10f64.powi(e);
             if t >= lo * (1.0 - 1e-9) && t <= hi * (1.0 + 1e-9) {

@@ -886,3 +886,42 @@ fn end_to_end_in_tmux() {
     assert_eq!(alt.trim(), "0", "alternate screen left");
     t(&["kill-session", "-t", &session]);
 }
+
+/// One `"loss": 1e300` in a run's log once hung the TUI at 100% CPU on a log y axis (the tick
+/// loop ran to i32::MAX over an overflowed bound). Now the curves draw, log and linear, and the
+/// TUI quits cleanly.
+#[test]
+fn an_extreme_logged_value_never_hangs_the_curves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    write_run(&runs, "huge", RunState::Finished, 30, 30, false);
+    let run = RunDir {
+        path: runs.join("huge"),
+    };
+    run.append_metric(&Metric {
+        step: 31,
+        tokens: 31 * 4096,
+        wall_s: 46.5,
+        loss: Some(1e300),
+        ..Default::default()
+    })
+    .unwrap();
+    let spread = log_ticks(1e-3, f64::INFINITY);
+    assert!(!spread.is_empty() && spread.len() <= 30, "{spread:?}");
+    let cmd = format!(
+        "cd {} && SSMLAB_CONFIG=/nonexistent {} --runs-dir {}; echo EXITED=$?",
+        tmp.path().display(),
+        env!("CARGO_BIN_EXE_ssmlab"),
+        runs.display()
+    );
+    let t = Tmux::start(tmp.path(), &cmd);
+    t.wait(&|s| s.contains("huge"), 20);
+    t.keys(&["2"]);
+    t.wait(&|s| s.contains("train loss"), 10);
+    t.keys(&["l"]);
+    std::thread::sleep(Duration::from_millis(500));
+    t.wait(&|s| s.contains("train loss"), 10);
+    t.keys(&["l", "q"]);
+    let s = t.wait(&|s| s.contains("EXITED="), 20);
+    assert!(s.contains("EXITED=0"), "{s}");
+}
