@@ -68,7 +68,7 @@ pub fn minmax_downsample(pts: &[(f64, f64)], buckets: usize) -> Vec<(f64, f64)> 
 /// extreme value in a log can never make this loop long.
 pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let (lo, hi) = (lo.max(f64::MIN_POSITIVE), hi.min(f64::MAX));
-    if !(hi > lo) {
+    if hi <= lo {
         return vec![];
     }
     let (a, b) = (
