@@ -67,6 +67,9 @@ pub fn minmax_downsample(pts: &[(f64, f64)], buckets: usize) -> Vec<(f64, f64)> 
 /// many (at most ~12 ticks). Bounds beyond the floats (an overflowed 10^y) are clamped, so an
 /// extreme value in a log can never make this loop long.
 pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    if lo.is_nan() || lo <= 0.0 {
+        return vec![];
+    }
     let (lo, hi) = (lo.max(f64::MIN_POSITIVE), hi.min(f64::MAX));
     if hi <= lo {
         return vec![];
