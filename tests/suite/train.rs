@@ -657,9 +657,24 @@ fn sighup_stops_a_run_cleanly_unless_nohup_ignores_it() {
     assert!(signal(pid, libc::SIGTERM));
     assert!(wait_exit(&mut child.0).success());
     assert_eq!(run.read_status().unwrap().state, RunState::Stopped);
-    // Without nohup: SIGHUP (the terminal went away) stops it cleanly with a checkpoint.
+    // Without nohup: SIGHUP (the terminal went away) stops it cleanly with a checkpoint. The
+    // child gets SIGHUP's default disposition even when this test itself runs under nohup
+    // (`env --default-signal`), as a trainer started from a terminal has.
     let runs = tmp.path().join("plain");
-    let (child, run) = spawn_smoke(&runs, &[]);
+    let child = Command::new("env")
+        .arg("--default-signal=HUP")
+        .arg(env!("CARGO_BIN_EXE_ssmlab"))
+        .args(["train", "--preset", "bigs-smoke", "--runs-dir"])
+        .arg(&runs)
+        .args(["--set", "train.steps=100000", "--set", "train.log_every=1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = RunDir {
+        path: runs.join("bigs-smoke"),
+    };
     let mut child = Reap(child);
     wait_for_steps(&run, 3);
     assert!(signal(child.0.id(), libc::SIGHUP));
