@@ -63,6 +63,10 @@ pub struct TrainArgs {
     /// Continue a run from its latest checkpoint: a run id under --runs-dir, or a path.
     #[arg(long)]
     pub resume: Option<String>,
+    /// With --resume: continue from checkpoint step-N instead of the newest (newer ones are
+    /// moved aside as step-M.unused).
+    #[arg(long, requires = "resume", value_name = "N")]
+    pub from_step: Option<u64>,
     /// Name of the run directory (default: the preset or config's run.name).
     #[arg(long)]
     pub name: Option<String>,
@@ -149,9 +153,19 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             let cfg =
                 DiffusionRunConfig::from_toml_file(&run.config_path())?.with_overrides(&sets)?;
             shard_threads(&cfg);
-            AnyTrainer::Diffusion(Box::new(DiffusionTrainer::resume(run, &sets)?))
+            AnyTrainer::Diffusion(Box::new(DiffusionTrainer::resume_from(
+                run,
+                &sets,
+                a.from_step,
+                &mut |m| say_err(m),
+            )?))
         } else {
-            AnyTrainer::Mlm(Box::new(Trainer::resume(run, &sets)?))
+            AnyTrainer::Mlm(Box::new(Trainer::resume_from(
+                run,
+                &sets,
+                a.from_step,
+                &mut |m| say_err(m),
+            )?))
         }
     } else {
         let base = match (&a.preset, &a.config) {

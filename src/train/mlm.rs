@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::config::{ConfigError, RunConfig};
 use super::optim::{AdamW, clip_grads, lr_at, param_groups};
 use super::session::{
-    Beat, Due, Plan, Progress, Result, Session, Stepped, Task, read_state, write_checkpoint_common,
+    Beat, Due, Plan, Progress, Result, Session, Stepped, Task, TrainError, read_state,
+    resume_point, write_checkpoint_common,
 };
 use crate::data::corpus::{load_corpus, split};
 use crate::data::mlm::{DataCursor, IGNORE, Sampler, mask_batch, pack, step_rng};
@@ -212,6 +213,17 @@ impl Trainer {
     /// Resumes a run from its latest complete checkpoint (a run without one starts from step
     /// 0); `sets` may override config keys (e.g. `train.steps`).
     pub fn resume(run: RunDir, sets: &[String]) -> Result<Self> {
+        Self::resume_from(run, sets, None, &mut |_| {})
+    }
+
+    /// [`Trainer::resume`] from the newest checkpoint that loads (or `step-N` with `from_step`);
+    /// `on_message` hears which checkpoints were skipped and why (also in `log.txt`).
+    pub fn resume_from(
+        run: RunDir,
+        sets: &[String],
+        from_step: Option<u64>,
+        on_message: &mut dyn FnMut(&str),
+    ) -> Result<Self> {
         // one trainer per run: taken first, before anything is loaded
         let lock = run.lock()?;
         let mut cfg = RunConfig::from_toml_file(&run.config_path())?.with_overrides(sets)?;
@@ -219,15 +231,28 @@ impl Trainer {
         let data = prepare(&mut cfg, Some(&tok_path))?;
         let dev = Device::Cpu;
         let (model, varmap, mut opt) = fresh_model(&cfg, &dev)?;
-        let state = match run.latest_checkpoint() {
-            Some((_, ck)) => {
-                let weights = ck.join("model.safetensors");
-                load_varmap(&varmap, &read_checkpoint(&weights, &dev)?, &weights)?;
-                let state: TrainState = read_state(&ck)?;
-                opt.load(&ck.join("optimizer.safetensors"), state.progress.step)?;
-                state
+        let (state, skipped) = resume_point(&run, from_step, |ck| {
+            let weights = ck.join("model.safetensors");
+            load_varmap(&varmap, &read_checkpoint(&weights, &dev)?, &weights)?;
+            let state: TrainState = read_state(ck)?;
+            opt.load(&ck.join("optimizer.safetensors"), state.progress.step)?;
+            Ok(state)
+        })?;
+        for l in &skipped {
+            run.log(l)?;
+            on_message(l);
+        }
+        let state = match state {
+            Some(s) => s,
+            // a run stopped before its first checkpoint starts at step 0
+            None if skipped.is_empty() => TrainState::new(cfg.run.seed),
+            None => {
+                return Err(TrainError::Other(format!(
+                    "no checkpoint of run {} loads ({}); start it again",
+                    run.path.display(),
+                    skipped.join("; ")
+                )));
             }
-            None => TrainState::new(cfg.run.seed),
         };
         run.truncate_metrics(state.progress.step)?;
         crate::runs::write_atomic(&run.config_path(), cfg.to_toml().as_bytes())?;

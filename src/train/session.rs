@@ -575,3 +575,83 @@ pub fn plain_line(m: &Metric, total: u64) -> String {
     }
     s
 }
+
+/// Where a resume starts: `load` is tried on the run's checkpoints, newest first (or only
+/// `step-N` with `from_step`), until one loads completely; it returns what it loaded. A
+/// checkpoint that fails (no model file, a corrupt tensor or state) is moved aside to
+/// `step-N.corrupt` and named in the returned lines, so a broken newest checkpoint never
+/// blocks a resume while an intact older one exists. With `from_step`, the newer checkpoints
+/// are moved aside to `step-M.unused` (the run continues from N; they would be mistaken for its
+/// latest). `None`: no checkpoint loads (or there is none).
+pub(crate) fn resume_point<S>(
+    run: &RunDir,
+    from_step: Option<u64>,
+    mut load: impl FnMut(&Path) -> Result<S>,
+) -> Result<(Option<S>, Vec<String>)> {
+    // every `step-N` folder, model file or not
+    let mut all: Vec<(u64, PathBuf)> = std::fs::read_dir(&run.path)
+        .map_err(|e| RunError::Io {
+            path: run.path.clone(),
+            source: e,
+        })?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+            e.path().is_dir().then(|| (step, e.path()))
+        })
+        .collect();
+    all.sort();
+    let mut lines = Vec::new();
+    let set_aside = |p: &Path, suffix: &str| {
+        let dst = p.with_extension(suffix);
+        let _ = std::fs::remove_dir_all(&dst);
+        let _ = std::fs::rename(p, &dst);
+        dst
+    };
+    if let Some(n) = from_step {
+        if !all.iter().any(|(s, _)| *s == n) {
+            let have: Vec<String> = all.iter().map(|(s, _)| s.to_string()).collect();
+            return Err(TrainError::Other(format!(
+                "--from-step {n}: run {} has no step-{n}/ (checkpoints: {})",
+                run.path.display(),
+                if have.is_empty() {
+                    "none".into()
+                } else {
+                    have.join(", ")
+                }
+            )));
+        }
+        for (s, p) in all.iter().filter(|(s, _)| *s > n) {
+            let dst = set_aside(p, "unused");
+            lines.push(format!(
+                "resuming from step {n}: step-{s} moved aside to {}",
+                dst.display()
+            ));
+        }
+        all.retain(|(s, _)| *s == n);
+    }
+    for (s, p) in all.iter().rev() {
+        let res = if p.join("model.safetensors").is_file() {
+            load(p)
+        } else {
+            Err(TrainError::Other("no model.safetensors".into()))
+        };
+        match res {
+            Ok(v) => return Ok((Some(v), lines)),
+            Err(e) if from_step.is_none() => {
+                let dst = set_aside(p, "corrupt");
+                lines.push(format!(
+                    "skipped checkpoint step-{s} ({e}); moved aside to {}",
+                    dst.display()
+                ));
+            }
+            Err(e) => {
+                return Err(TrainError::Other(format!(
+                    "--from-step {s}: checkpoint step-{s} does not load: {e}"
+                )));
+            }
+        }
+    }
+    Ok((None, lines))
+}

@@ -968,3 +968,121 @@ fn config_values_out_of_range_are_named_before_anything_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A resume never stalls on a broken newest checkpoint: it goes back to the newest one that
+/// loads, says which ones it skipped and why (a corrupt tensor file, a missing model file) and
+/// moves them aside; `--from-step N` picks a checkpoint explicitly and moves the newer ones
+/// aside, so they can never be taken for the run's latest.
+#[test]
+fn resume_falls_back_to_the_newest_intact_checkpoint_or_the_one_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let runs_s = runs.to_str().unwrap();
+    let train = |name: &str| {
+        let out = ssmlab(
+            &[
+                "train",
+                "--preset",
+                "bigs-smoke",
+                "--runs-dir",
+                runs_s,
+                "--name",
+                name,
+                "--set",
+                "train.steps=30",
+                "--set",
+                "train.checkpoint_every=10",
+                "--set",
+                "train.keep_checkpoints=5",
+            ],
+            tmp.path(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        RunDir {
+            path: runs.join(name),
+        }
+    };
+    let a = train("a");
+    std::fs::write(
+        a.checkpoint_path(30).join("model.safetensors"),
+        b"\x08\0\0\0\0\0\0\0{}",
+    )
+    .unwrap();
+    std::fs::remove_file(a.checkpoint_path(20).join("model.safetensors")).unwrap();
+    let out = ssmlab(
+        &[
+            "train",
+            "--resume",
+            "a",
+            "--runs-dir",
+            runs_s,
+            "--set",
+            "train.steps=35",
+        ],
+        tmp.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("skipped checkpoint step-30"), "{err}");
+    assert!(
+        err.contains("skipped checkpoint step-20 (no model.safetensors)"),
+        "{err}"
+    );
+    assert!(a.path.join("step-30.corrupt").is_dir() && a.path.join("step-20.corrupt").is_dir());
+    let s = a.read_status().unwrap();
+    assert_eq!((s.state, s.step), (RunState::Finished, 35));
+    let steps: Vec<u64> = losses(&a.path).iter().map(|(s, _)| *s).collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    assert_eq!(steps.last(), Some(&35));
+    let log = std::fs::read_to_string(a.log_path()).unwrap();
+    assert!(
+        log.contains("session start: step 10 of 35"),
+        "went on from step 10: {log}"
+    );
+    // --from-step: explicit, and the newer checkpoints leave the way
+    let b = train("b");
+    let out = ssmlab(
+        &[
+            "train",
+            "--resume",
+            "b",
+            "--runs-dir",
+            runs_s,
+            "--from-step",
+            "7",
+        ],
+        tmp.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no step-7/") && err.contains("10, 20, 30"),
+        "{err}"
+    );
+    let out = ssmlab(
+        &[
+            "train",
+            "--resume",
+            "b",
+            "--runs-dir",
+            runs_s,
+            "--from-step",
+            "10",
+            "--set",
+            "train.steps=15",
+        ],
+        tmp.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(b.path.join("step-20.unused").is_dir() && b.path.join("step-30.unused").is_dir());
+    assert_eq!(b.latest_checkpoint().unwrap().0, 15);
+    assert_eq!(b.read_status().unwrap().step, 15);
+}

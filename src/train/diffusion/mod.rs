@@ -29,7 +29,7 @@ use super::parallel::{resolve_shards, sharded_grads};
 use super::samples::{balanced_classes, write_sample_folder};
 use super::session::{
     Beat, Due, Plan, Progress, Result, Session, Stepped, Task, TrainError, read_state,
-    write_checkpoint_common,
+    resume_point, write_checkpoint_common,
 };
 use crate::data::mlm::step_rng;
 use crate::data::shuffle;
@@ -210,6 +210,17 @@ impl DiffusionTrainer {
 
     /// Resumes from the latest complete checkpoint (`sets` may override keys, e.g. train.steps).
     pub fn resume(run: RunDir, sets: &[String]) -> Result<Self> {
+        Self::resume_from(run, sets, None, &mut |_| {})
+    }
+
+    /// [`DiffusionTrainer::resume`] from the newest checkpoint that loads (or `step-N` with
+    /// `from_step`); `on_message` hears which checkpoints were skipped and why.
+    pub fn resume_from(
+        run: RunDir,
+        sets: &[String],
+        from_step: Option<u64>,
+        on_message: &mut dyn FnMut(&str),
+    ) -> Result<Self> {
         // one trainer per run: taken first, before anything is loaded
         let lock = run.lock()?;
         let cfg = DiffusionRunConfig::from_toml_file(&run.config_path())?.with_overrides(sets)?;
@@ -217,19 +228,31 @@ impl DiffusionTrainer {
         let dev = Device::Cpu;
         let mut f = fresh(&cfg, &dev)?;
         let (classifier, info) = load_classifier(&run.path, &dev)?;
-        let Some((_, ck)) = run.latest_checkpoint() else {
+        let (state, skipped) = resume_point(&run, from_step, |ck| {
+            let weights = ck.join("model.safetensors");
+            load_varmap(&f.varmap, &read_checkpoint(&weights, &dev)?, &weights)?;
+            f.ema.load(&ck.join("ema.safetensors"), &f.opt.params)?;
+            let state: DiffusionState = read_state(ck)?;
+            f.opt
+                .load(&ck.join("optimizer.safetensors"), state.progress.step)?;
+            f.ema.updates = state.progress.step;
+            Ok(state)
+        })?;
+        for l in &skipped {
+            run.log(l)?;
+            on_message(l);
+        }
+        let Some(state) = state else {
             return Err(TrainError::Other(format!(
-                "run {} has no checkpoint to resume from; start it again",
-                run.path.display()
+                "run {} has no checkpoint to resume from{}; start it again",
+                run.path.display(),
+                if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", skipped.join("; "))
+                }
             )));
         };
-        let weights = ck.join("model.safetensors");
-        load_varmap(&f.varmap, &read_checkpoint(&weights, &dev)?, &weights)?;
-        f.ema.load(&ck.join("ema.safetensors"), &f.opt.params)?;
-        let state: DiffusionState = read_state(&ck)?;
-        f.opt
-            .load(&ck.join("optimizer.safetensors"), state.progress.step)?;
-        f.ema.updates = state.progress.step;
         run.truncate_metrics(state.progress.step)?;
         crate::runs::write_atomic(&run.config_path(), cfg.to_toml().as_bytes())?;
         let task = DiffusionTask::new(cfg, &run, data, f, state, classifier, info, dev)?;
