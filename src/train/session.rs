@@ -30,8 +30,18 @@ pub enum TrainError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Run(#[from] RunError),
-    #[error("cannot write checkpoint {path}: {msg}; the previous checkpoint is intact")]
-    Checkpoint { path: PathBuf, msg: String },
+    #[error(
+        "cannot write checkpoint {path}: {msg}; {}",
+        previous.map_or("no earlier checkpoint exists".to_string(), |s| format!(
+            "the previous checkpoint (step-{s}) is intact"
+        ))
+    )]
+    Checkpoint {
+        path: PathBuf,
+        msg: String,
+        /// The newest complete checkpoint left, if any.
+        previous: Option<u64>,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -482,7 +492,11 @@ pub(crate) fn write_checkpoint(
     })();
     if let Err(msg) = res {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(TrainError::Checkpoint { path: dst, msg });
+        return Err(TrainError::Checkpoint {
+            path: dst,
+            msg,
+            previous: run.latest_checkpoint().map(|(s, _)| s),
+        });
     }
     Ok(dst)
 }

@@ -365,7 +365,7 @@ fn failed_checkpoint_write_is_a_clear_error_and_keeps_the_previous_one() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("step-4") && err.contains("previous checkpoint is intact"),
+        err.contains("step-4") && err.contains("the previous checkpoint (step-2) is intact"),
         "{err}"
     );
     assert_eq!(t.run.latest_checkpoint().unwrap().0, 2);
@@ -375,6 +375,21 @@ fn failed_checkpoint_write_is_a_clear_error_and_keeps_the_previous_one() {
     let run = t.run.clone();
     drop(t);
     assert!(Trainer::resume(run, &[]).unwrap().step() == 2);
+    // the first checkpoint failing says so: nothing earlier is there to be intact
+    let mut c = smoke(10);
+    c.train.checkpoint_every = 2;
+    c.run.name = "first".into();
+    let mut t = Trainer::create(c, tmp.path()).unwrap();
+    std::fs::write(t.run.path.join("step-2.tmp"), b"not a directory").unwrap();
+    let err = t
+        .run(&AtomicBool::new(false), None, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("step-2") && err.contains("no earlier checkpoint exists"),
+        "{err}"
+    );
+    assert!(!err.contains("intact"), "{err}");
 }
 
 #[test]
