@@ -264,3 +264,13 @@ impl Drop for TmuxCleanup {
         }
     }
 }
+
+/// A child process that is killed and reaped when the test ends, on failure too.
+pub struct Reap(pub std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

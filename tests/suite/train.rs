@@ -10,7 +10,7 @@ use ssmlab::runs::{RunDir, RunState, read_metrics};
 use ssmlab::train::presets::preset;
 use ssmlab::train::{Outcome, RunConfig, Trainer};
 
-use crate::common::ssmlab;
+use crate::common::{Reap, ssmlab};
 
 fn smoke(steps: u64) -> RunConfig {
     let mut c = preset("bigs-smoke").unwrap();
@@ -595,14 +595,6 @@ fn run_names_cannot_leave_the_runs_folder() {
 
 #[test]
 fn sighup_stops_a_run_cleanly_unless_nohup_ignores_it() {
-    /// Kills and reaps the child when the test ends, on failure too.
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let tmp = tempfile::tempdir().unwrap();
     let wait_for_steps = |run: &RunDir, n: usize| {
         let t0 = Instant::now();
@@ -737,28 +729,11 @@ fn a_run_has_one_trainer_and_viewers_read_running_from_its_lock() {
 /// one's pid, and the run's metrics stay one record per step.
 #[test]
 fn a_second_trainer_on_a_run_is_refused_naming_the_first() {
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
     let runs_s = runs.to_str().unwrap();
-    let first = Command::new(env!("CARGO_BIN_EXE_ssmlab"))
-        .args(["train", "--preset", "bigs-smoke", "--runs-dir", runs_s])
-        .args(["--set", "train.steps=100000", "--set", "train.log_every=1"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (first, run) = spawn_smoke(&runs, &[]);
     let mut first = Reap(first);
-    let run = RunDir {
-        path: runs.join("bigs-smoke"),
-    };
     let t0 = Instant::now();
     while std::fs::read_to_string(run.metrics_path())
         .map(|t| t.lines().count())
@@ -804,13 +779,6 @@ fn a_second_trainer_on_a_run_is_refused_naming_the_first() {
 /// a stop left over from before a session does not stop the next `--resume`.
 #[test]
 fn bad_or_stale_control_files_never_hold_or_stop_a_trainer() {
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
     let (child, run) = spawn_smoke(&runs, &[]);
