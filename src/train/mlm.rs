@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::config::{ConfigError, RunConfig};
 use super::optim::{AdamW, clip_grads, lr_at, param_groups};
 use super::session::{
-    Beat, Due, Plan, Progress, Result, Session, Stepped, Task, TrainError, read_state,
-    resume_point, write_checkpoint_common,
+    Beat, Due, Progress, Result, Session, Stepped, Task, TrainError, read_state, resume_point,
+    task_accessors, write_checkpoint_common,
 };
 use crate::data::corpus::{load_corpus, split};
 use crate::data::mlm::{DataCursor, IGNORE, Sampler, mask_batch, pack, step_rng};
@@ -286,36 +286,7 @@ impl MlmTask {
 }
 
 impl Task for MlmTask {
-    fn plan(&self) -> Plan {
-        let t = &self.cfg.train;
-        Plan {
-            total_steps: t.steps,
-            log_every: t.log_every,
-            eval_every: t.eval_every,
-            checkpoint_every: t.checkpoint_every,
-            keep_checkpoints: t.keep_checkpoints,
-        }
-    }
-
-    fn model_name(&self) -> &str {
-        &self.cfg.run.model
-    }
-
-    fn progress(&self) -> &Progress {
-        &self.state.progress
-    }
-
-    fn progress_mut(&mut self) -> &mut Progress {
-        &mut self.state.progress
-    }
-
-    fn optimiser(&self) -> &AdamW {
-        &self.opt
-    }
-
-    fn data_sizes(&self) -> (usize, usize) {
-        (self.data.train.len(), self.data.val.len())
-    }
+    task_accessors!();
 
     fn start_details(&self) -> (String, bool) {
         let (n_train, n_val) = self.data_sizes();

@@ -182,6 +182,46 @@ pub trait Task {
     fn write_checkpoint_files(&self, dir: &Path) -> std::result::Result<(), String>;
 }
 
+/// The `Task` methods every task implements the same way, from fields of the same names: a
+/// `cfg` with `run.model` and a `[train]` of `steps`, `log_every`, `eval_every`,
+/// `checkpoint_every`, `keep_checkpoints`; a `state` with a `progress`; the optimiser `opt`; and
+/// `data` with `train` and `val` sets. Written once here, expanded in each task's impl.
+macro_rules! task_accessors {
+    () => {
+        fn plan(&self) -> $crate::train::session::Plan {
+            let t = &self.cfg.train;
+            $crate::train::session::Plan {
+                total_steps: t.steps,
+                log_every: t.log_every,
+                eval_every: t.eval_every,
+                checkpoint_every: t.checkpoint_every,
+                keep_checkpoints: t.keep_checkpoints,
+            }
+        }
+
+        fn model_name(&self) -> &str {
+            &self.cfg.run.model
+        }
+
+        fn progress(&self) -> &$crate::train::session::Progress {
+            &self.state.progress
+        }
+
+        fn progress_mut(&mut self) -> &mut $crate::train::session::Progress {
+            &mut self.state.progress
+        }
+
+        fn optimiser(&self) -> &$crate::train::optim::AdamW {
+            &self.opt
+        }
+
+        fn data_sizes(&self) -> (usize, usize) {
+            (self.data.train.len(), self.data.val.len())
+        }
+    };
+}
+pub(crate) use task_accessors;
+
 /// The heartbeat during long work: rewrites status.json (`running`, fresh heartbeat) at most
 /// every few seconds, so viewers never take a busy trainer for a lost one.
 pub struct Beat<'a> {

@@ -28,8 +28,8 @@ use super::optim::{AdamW, Ema, clip_grads, lr_at, param_groups};
 use super::parallel::{resolve_shards, sharded_grads};
 use super::samples::{balanced_classes, write_sample_folder};
 use super::session::{
-    Beat, Due, Plan, Progress, Result, Session, Stepped, Task, TrainError, read_state,
-    resume_point, write_checkpoint_common,
+    Beat, Due, Progress, Result, Session, Stepped, Task, TrainError, read_state, resume_point,
+    task_accessors, write_checkpoint_common,
 };
 use crate::data::mlm::step_rng;
 use crate::data::shuffle;
@@ -441,36 +441,7 @@ impl DiffusionTask {
 }
 
 impl Task for DiffusionTask {
-    fn plan(&self) -> Plan {
-        let t = &self.cfg.train;
-        Plan {
-            total_steps: t.steps,
-            log_every: t.log_every,
-            eval_every: t.eval_every,
-            checkpoint_every: t.checkpoint_every,
-            keep_checkpoints: t.keep_checkpoints,
-        }
-    }
-
-    fn model_name(&self) -> &str {
-        &self.cfg.run.model
-    }
-
-    fn progress(&self) -> &Progress {
-        &self.state.progress
-    }
-
-    fn progress_mut(&mut self) -> &mut Progress {
-        &mut self.state.progress
-    }
-
-    fn optimiser(&self) -> &AdamW {
-        &self.opt
-    }
-
-    fn data_sizes(&self) -> (usize, usize) {
-        (self.data.train.len(), self.data.val.len())
-    }
+    task_accessors!();
 
     fn start_details(&self) -> (String, bool) {
         let (n_train, n_val) = self.data_sizes();
