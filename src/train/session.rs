@@ -631,10 +631,11 @@ pub fn plain_line(m: &Metric, total: u64) -> String {
 }
 
 /// Where a resume starts: `load` is tried on the run's checkpoints, newest first (or only
-/// `step-N` with `from_step`), until one loads completely; it returns what it loaded. A
-/// checkpoint that fails (no model file, a corrupt tensor or state) is moved aside to
-/// `step-N.corrupt` and named in the returned lines, so a broken newest checkpoint never
-/// blocks a resume while an intact older one exists. With `from_step`, the newer checkpoints
+/// `step-N` with `from_step`), until one loads completely; it returns what it loaded. The
+/// checkpoints that failed before it (no model file, a corrupt tensor or state) are named in the
+/// returned lines and, once an older one has loaded, moved aside to `step-N.corrupt`, so a broken
+/// newest checkpoint never blocks a resume while an intact older one exists. When none loads
+/// (e.g. a `--set` that changes the model's shape), nothing is moved. With `from_step`, the newer checkpoints
 /// are moved aside to `step-M.unused` (the run continues from N; they would be mistaken for its
 /// latest). `None`: no checkpoint loads (or there is none).
 pub(crate) fn resume_point<S>(
@@ -685,6 +686,7 @@ pub(crate) fn resume_point<S>(
         }
         all.retain(|(s, _)| *s == n);
     }
+    let mut failed: Vec<(u64, &PathBuf, String)> = Vec::new();
     for (s, p) in all.iter().rev() {
         let res = if p.join("model.safetensors").is_file() {
             load(p)
@@ -692,20 +694,26 @@ pub(crate) fn resume_point<S>(
             Err(TrainError::Other("no model.safetensors".into()))
         };
         match res {
-            Ok(v) => return Ok((Some(v), lines)),
-            Err(e) if from_step.is_none() => {
-                let dst = set_aside(p, "corrupt");
-                lines.push(format!(
-                    "skipped checkpoint step-{s} ({e}); moved aside to {}",
-                    dst.display()
-                ));
+            Ok(v) => {
+                for (fs, fp, why) in &failed {
+                    let dst = set_aside(fp, "corrupt");
+                    lines.push(format!(
+                        "skipped checkpoint step-{fs} ({why}); moved aside to {}",
+                        dst.display()
+                    ));
+                }
+                return Ok((Some(v), lines));
             }
+            Err(e) if from_step.is_none() => failed.push((*s, p, e.to_string())),
             Err(e) => {
                 return Err(TrainError::Other(format!(
                     "--from-step {s}: checkpoint step-{s} does not load: {e}"
                 )));
             }
         }
+    }
+    for (fs, _, why) in &failed {
+        lines.push(format!("checkpoint step-{fs} does not load ({why})"));
     }
     Ok((None, lines))
 }

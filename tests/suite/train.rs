@@ -1068,4 +1068,23 @@ fn resume_falls_back_to_the_newest_intact_checkpoint_or_the_one_named() {
     assert!(b.path.join("step-20.unused").is_dir() && b.path.join("step-30.unused").is_dir());
     assert_eq!(b.latest_checkpoint().unwrap().0, 15);
     assert_eq!(b.read_status().unwrap().step, 15);
+    // when no checkpoint loads (here a --set that changes the model's shape), it is one error
+    // and nothing is moved aside
+    let out = ssmlab(
+        &[
+            "train",
+            "--resume",
+            "b",
+            "--runs-dir",
+            runs_s,
+            "--set",
+            "model.hidden_size=48",
+        ],
+        tmp.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("does not load"), "{err}");
+    assert_eq!(b.latest_checkpoint().unwrap().0, 15);
+    assert!(!b.path.join("step-15.corrupt").exists() && !b.path.join("step-10.corrupt").exists());
 }
