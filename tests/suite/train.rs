@@ -989,6 +989,11 @@ fn resume_falls_back_to_the_newest_intact_checkpoint_or_the_one_named() {
             path: runs.join(name),
         }
     };
+    let resume = |name: &str, extra: &[&str]| {
+        let mut args = vec!["train", "--resume", name, "--runs-dir", runs_s];
+        args.extend_from_slice(extra);
+        ssmlab(&args, tmp.path())
+    };
     let a = train("a");
     std::fs::write(
         a.checkpoint_path(30).join("model.safetensors"),
@@ -996,18 +1001,7 @@ fn resume_falls_back_to_the_newest_intact_checkpoint_or_the_one_named() {
     )
     .unwrap();
     std::fs::remove_file(a.checkpoint_path(20).join("model.safetensors")).unwrap();
-    let out = ssmlab(
-        &[
-            "train",
-            "--resume",
-            "a",
-            "--runs-dir",
-            runs_s,
-            "--set",
-            "train.steps=35",
-        ],
-        tmp.path(),
-    );
+    let out = resume("a", &["--set", "train.steps=35"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("skipped checkpoint step-30"), "{err}");
@@ -1028,38 +1022,14 @@ fn resume_falls_back_to_the_newest_intact_checkpoint_or_the_one_named() {
     );
     // --from-step: explicit, and the newer checkpoints leave the way
     let b = train("b");
-    let out = ssmlab(
-        &[
-            "train",
-            "--resume",
-            "b",
-            "--runs-dir",
-            runs_s,
-            "--from-step",
-            "7",
-        ],
-        tmp.path(),
-    );
+    let out = resume("b", &["--from-step", "7"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
         err.contains("no step-7/") && err.contains("10, 20, 30"),
         "{err}"
     );
-    let out = ssmlab(
-        &[
-            "train",
-            "--resume",
-            "b",
-            "--runs-dir",
-            runs_s,
-            "--from-step",
-            "10",
-            "--set",
-            "train.steps=15",
-        ],
-        tmp.path(),
-    );
+    let out = resume("b", &["--from-step", "10", "--set", "train.steps=15"]);
     assert!(
         out.status.success(),
         "{}",
@@ -1070,18 +1040,7 @@ fn resume_falls_back_to_the_newest_intact_checkpoint_or_the_one_named() {
     assert_eq!(b.read_status().unwrap().step, 15);
     // when no checkpoint loads (here a --set that changes the model's shape), it is one error
     // and nothing is moved aside
-    let out = ssmlab(
-        &[
-            "train",
-            "--resume",
-            "b",
-            "--runs-dir",
-            runs_s,
-            "--set",
-            "model.hidden_size=48",
-        ],
-        tmp.path(),
-    );
+    let out = resume("b", &["--set", "model.hidden_size=48"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("does not load"), "{err}");
