@@ -1,6 +1,7 @@
 //! ssmlab: a terminal lab for attention-free deep learning.
 //!
 //! Modules, in layer order from the bottom up:
+//! - [`text`]: terminal-safe text (the one sanitiser between outside strings and the terminal).
 //! - [`engine`]: tensors only — S4D kernels, long convolution, layers, the BiGS, attention and
 //!   DiffuSSM models, diffusion; the CPU kernels (fused nodes, FFT, gemm) live in `engine::cpu`.
 //!   The model equations it follows are in `docs/models.md`.
@@ -18,7 +19,7 @@
 //! - [`bench`]: benchmarks that print JSON.
 //! - [`cli`]: the `ssmlab` command line.
 //!
-//! The layer rule: engine < data, runs < train < probe, kernels, compare, sample < tui < bench,
+//! The layer rule: engine, text < data, runs < train < probe, kernels, compare, sample < tui < bench,
 //! cli. Imports only point down: a module imports only modules on a lower layer, except that
 //! `cli` imports `bench` (the only module that does); nothing imports `cli`.
 //! `tests/suite/layers.rs` checks this on `src/` (and that `tui` names no candle or engine type).
@@ -32,5 +33,6 @@ pub mod kernels;
 pub mod probe;
 pub mod runs;
 pub mod sample;
+pub mod text;
 pub mod train;
 pub mod tui;

@@ -34,7 +34,15 @@ fn main() -> ExitCode {
     match ssmlab::cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ssmlab: {e:#}");
+            // Messages quote paths, names and fields from disk: the one sanitiser, and a write
+            // that fails (stderr gone with the SSH session) is not a second error.
+            use std::io::Write;
+            let msg = format!("{e:#}");
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "ssmlab: {}",
+                ssmlab::text::sanitize_lines(&msg)
+            );
             ExitCode::FAILURE
         }
     }

@@ -109,7 +109,7 @@ fn launch(a: &CompareArgs, presets: &[String; 2]) -> anyhow::Result<()> {
             std::thread::spawn(move || {
                 let mut last: Vec<String> = Vec::new();
                 for line in BufReader::new(e).lines().map_while(Result::ok) {
-                    last.push(line);
+                    last.push(crate::text::sanitize(&line).into_owned());
                     if last.len() > 5 {
                         last.remove(0);
                     }

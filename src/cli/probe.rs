@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::probe::{ProbeModel, sanitize};
+use crate::probe::ProbeModel;
+use crate::text::sanitize;
 
 #[derive(Debug, Args)]
 pub struct ProbeArgs {

@@ -73,7 +73,7 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
         let per: Vec<String> = per
             .iter()
             .zip(&m.class_names)
-            .map(|(p, c)| format!("{c} {:.0}%", p * 100.0))
+            .map(|(p, c)| format!("{} {:.0}%", crate::text::sanitize(c), p * 100.0))
             .collect();
         println!(
             "{}",

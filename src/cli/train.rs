@@ -290,12 +290,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
 fn say(line: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
+    let line = crate::text::sanitize_lines(line);
     let _ = writeln!(out, "{line}").and_then(|_| out.flush());
 }
 
-/// [`say`] on stderr.
+/// [`say`] on stderr. Both pass the line through the one sanitiser (`text`).
 fn say_err(line: &str) {
     use std::io::Write;
+    let line = crate::text::sanitize_lines(line);
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 

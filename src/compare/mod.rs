@@ -215,8 +215,8 @@ pub fn table(rows: &[RunRow]) -> String {
     for r in rows {
         s += &format!(
             "{:<18} {:<5} {:>9} {:>5} {:>11.2} {:>9} {:>10} {:>8.0} {:>9} {:>8}\n",
-            r.id,
-            r.model,
+            crate::text::sanitize(&r.id),
+            crate::text::sanitize(&r.model),
             r.parameters,
             r.seq_len,
             r.flops_per_token / 1e6,

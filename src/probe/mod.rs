@@ -293,16 +293,3 @@ impl ProbeModel {
         Ok(out)
     }
 }
-
-/// Text for a terminal: control characters and escape sequences become visible `\u{…}` forms.
-pub fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() && c != ' ' {
-                format!("\\u{{{:x}}}", c as u32)
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}

@@ -159,7 +159,7 @@ pub fn runs_table(runs: &[RunSummary], dir: &Path) -> String {
     if runs.is_empty() {
         return format!(
             "no runs under {} (start one with: ssmlab train --preset bigs-tiny)\n",
-            dir.display()
+            crate::text::path(dir)
         );
     }
     let mut s = format!(
@@ -171,9 +171,9 @@ pub fn runs_table(runs: &[RunSummary], dir: &Path) -> String {
         let eval = r.last_eval();
         s += &format!(
             "{:<24} {:<9} {:<6} {:>13} {:>9} {:>9} {:>8} {:>9}\n",
-            r.id,
+            crate::text::sanitize(&r.id),
             r.state_label(),
-            r.model,
+            crate::text::sanitize(&r.model),
             format!("{}/{}", r.step(), r.total_steps()),
             f(r.last_loss(), 4),
             f(eval.map(|e| e.0), 4),

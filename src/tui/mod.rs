@@ -395,7 +395,10 @@ fn event_loop(
                 terminal.clear()?;
             }
             execute!(std::io::stdout(), BeginSynchronizedUpdate)?;
-            terminal.draw(|f| views::draw(f, app))?;
+            terminal.draw(|f| {
+                views::draw(f, app);
+                scrub(f.buffer_mut());
+            })?;
             execute!(std::io::stdout(), EndSynchronizedUpdate)?;
             app.after_draw();
             last_draw = Instant::now();
@@ -540,6 +543,17 @@ fn print_full_screen(path: &Path, protocol: Protocol) -> anyhow::Result<()> {
             && k.kind == KeyEventKind::Press
         {
             return Ok(());
+        }
+    }
+}
+
+/// The TUI's last line of defence behind `text::sanitize`: no cell of a frame reaches the
+/// terminal holding a control or bidi character (a string from disk that a view drew without
+/// sanitising shows `�` there instead of acting on the terminal).
+pub fn scrub(buf: &mut ratatui::buffer::Buffer) {
+    for cell in buf.content.iter_mut() {
+        if cell.symbol().chars().any(crate::text::is_unsafe) {
+            cell.set_symbol("\u{fffd}");
         }
     }
 }

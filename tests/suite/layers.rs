@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 /// The floors, bottom (0) to top.
-const LAYERS: [(&str, u8); 11] = [
+const LAYERS: [(&str, u8); 12] = [
     ("engine", 0),
+    ("text", 0),
     ("data", 1),
     ("runs", 1),
     ("train", 2),

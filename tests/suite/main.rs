@@ -17,5 +17,6 @@ mod kernels;
 mod layers;
 mod probe;
 mod train;
-mod tui;
+mod trust;
+pub(crate) mod tui;
 mod tui_samples;

@@ -166,7 +166,7 @@ fn probe_bad_input_is_a_clear_message() {
 #[test]
 fn sanitize_makes_control_characters_visible() {
     assert_eq!(
-        ssmlab::probe::sanitize("a\u{1b}[2Jb\n"),
+        ssmlab::text::sanitize("a\u{1b}[2Jb\n"),
         "a\\u{1b}[2Jb\\u{a}"
     );
 }

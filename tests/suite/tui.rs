@@ -633,13 +633,13 @@ fn kernels_export_writes_the_picture_into_the_run_dir() {
 }
 
 /// A tmux session running the real binary; dropped, it is killed.
-struct Tmux {
-    sock: String,
-    session: String,
+pub(crate) struct Tmux {
+    pub(crate) sock: String,
+    pub(crate) session: String,
 }
 
 impl Tmux {
-    fn start(dir: &Path, cmd: &str) -> Tmux {
+    pub(crate) fn start(dir: &Path, cmd: &str) -> Tmux {
         if Command::new("tmux").arg("-V").output().is_err() {
             panic!("tmux is needed for this test (.ci/run installs it)");
         }
@@ -663,15 +663,15 @@ impl Tmux {
         t.run(&["send-keys", "-t", &t.session, cmd, "Enter"]);
         t
     }
-    fn run(&self, args: &[&str]) -> String {
+    pub(crate) fn run(&self, args: &[&str]) -> String {
         let mut a = vec!["-S", &self.sock];
         a.extend_from_slice(args);
         tmux(&a)
     }
-    fn screen(&self) -> String {
+    pub(crate) fn screen(&self) -> String {
         self.run(&["capture-pane", "-t", &self.session, "-p"])
     }
-    fn wait(&self, pred: &dyn Fn(&str) -> bool, secs: u64) -> String {
+    pub(crate) fn wait(&self, pred: &dyn Fn(&str) -> bool, secs: u64) -> String {
         let t0 = Instant::now();
         loop {
             let s = self.screen();
@@ -685,7 +685,7 @@ impl Tmux {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    fn keys(&self, k: &[&str]) {
+    pub(crate) fn keys(&self, k: &[&str]) {
         for key in k {
             self.run(&["send-keys", "-t", &self.session, key]);
             std::thread::sleep(Duration::from_millis(60));

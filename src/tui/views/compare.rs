@@ -3,6 +3,7 @@
 //! loss overlaid by tokens seen or by wall time, and the time per token of a training step at
 //! L = 128 … 4096 for both models, measured on a worker (`s`), with the crossover length.
 
+use crate::text::sanitize;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
@@ -80,8 +81,8 @@ fn draw_table(f: &mut Frame, app: &App, runs: &[(&RunSummary, RunRow)], area: Re
     let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
     let rows = runs.iter().map(|(_, r)| {
         Row::new(vec![
-            r.id.clone(),
-            r.model.clone(),
+            sanitize(&r.id).into_owned(),
+            sanitize(&r.model).into_owned(),
             fmt_num(r.parameters as f64),
             format!("{:.2}", r.flops_per_token / 1e6),
             opt(r.tokens_per_s, 0),
@@ -167,7 +168,7 @@ fn draw_chart(f: &mut Frame, app: &App, runs: &[(&RunSummary, RunRow)], area: Re
         .zip(runs)
         .map(|(s, (r, _))| {
             Dataset::default()
-                .name(r.id.clone())
+                .name(sanitize(&r.id).into_owned())
                 .marker(marker)
                 .graph_type(GraphType::Line)
                 .style(Style::default().fg(t.run_color(&r.id)))

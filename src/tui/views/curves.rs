@@ -2,6 +2,7 @@
 //! series) over a faint raw line, min/max-downsampled to the chart width, log y optional,
 //! x by step, tokens or wall time, a cursor readout, and a progress gauge with ETA.
 
+use crate::text::sanitize;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
@@ -166,7 +167,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         );
         datasets.push(
             Dataset::default()
-                .name(s.id.clone())
+                .name(sanitize(&s.id).into_owned())
                 .marker(marker)
                 .graph_type(GraphType::Line)
                 .style(Style::default().fg(col).add_modifier(Modifier::BOLD))
@@ -235,7 +236,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         };
         let v = v.map(|v| if c.log_y { 10f64.powf(v) } else { v });
         spans.push(Span::styled(
-            format!("{} {}  ", s.id, v.map_or("-".into(), fmt_num)),
+            format!("{} {}  ", sanitize(&s.id), v.map_or("-".into(), fmt_num)),
             Style::default().fg(t.run_color(&s.id)),
         ));
     }
@@ -265,7 +266,11 @@ fn draw_gauge(f: &mut Frame, app: &App, area: Rect) {
             String::new()
         }
     };
-    let label = format!("{} {step}/{total} ({:.0}%){eta}", r.id, ratio * 100.0);
+    let label = format!(
+        "{} {step}/{total} ({:.0}%){eta}",
+        sanitize(&r.id),
+        ratio * 100.0
+    );
     f.render_widget(
         Gauge::default()
             .ratio(ratio)

@@ -19,7 +19,7 @@ use crate::kernels::ModelKernels;
 use crate::kernels::figure::{
     Figure, HeatRow, Panel, Selection, Tone, figure, heat_bins, series_bounds, tick_label,
 };
-use crate::probe::sanitize;
+use crate::text::sanitize;
 use crate::tui::app::App;
 use crate::tui::keymap::Action;
 use crate::tui::theme::Theme;
@@ -519,7 +519,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let k = &app.kernels;
     let Some(fig) = k.figure() else {
         let (msg, style) = match (&k.error, k.busy, &k.model) {
-            (Some(e), _, _) => (sanitize(e), Style::default().fg(t.error)),
+            (Some(e), _, _) => (sanitize(e).into_owned(), Style::default().fg(t.error)),
             (None, true, Some(m)) => (
                 format!(
                     "computing the kernels of {} ({} checkpoint(s))…",

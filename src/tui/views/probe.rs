@@ -10,7 +10,8 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 
-use crate::probe::{ProbeOutput, sanitize};
+use crate::probe::ProbeOutput;
+use crate::text::sanitize;
 use crate::tui::app::App;
 
 /// One side of the comparison.

@@ -1,6 +1,7 @@
 //! The runs view: every run with its state, progress and latest numbers; the selected run's
 //! configuration and checkpoints; a diff of two runs' configurations.
 
+use crate::text::sanitize;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
@@ -63,7 +64,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             let row = Row::new(vec![
                 Cell::from(Span::styled(mark, Style::default().fg(t.run_color(&r.id)))),
                 Cell::from(Span::styled(
-                    r.id.clone(),
+                    sanitize(&r.id).into_owned(),
                     Style::default().fg(t.run_color(&r.id)),
                 )),
                 Cell::from(Span::styled(state.clone(), t.state_style(&state))),
@@ -115,10 +116,11 @@ fn draw_details(f: &mut Frame, app: &App, area: Rect) {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
+            let l = sanitize(l).into_owned();
             if l.starts_with('[') {
-                Line::from(Span::styled(l.to_string(), t.accent()))
+                Line::from(Span::styled(l, t.accent()))
             } else {
-                Line::from(l.to_string())
+                Line::from(l)
             }
         })
         .collect();
@@ -126,7 +128,7 @@ fn draw_details(f: &mut Frame, app: &App, area: Rect) {
         Paragraph::new(cfg).block(
             Block::default()
                 .borders(Borders::ALL)
-                .title(format!(" {} · config.toml ", r.id)),
+                .title(format!(" {} · config.toml ", sanitize(&r.id))),
         ),
         left,
     );
@@ -140,7 +142,10 @@ fn draw_details(f: &mut Frame, app: &App, area: Rect) {
             Span::raw(s.pid.to_string()),
         ]));
         if let Some(m) = &s.message {
-            info.push(Line::from(Span::styled(m.clone(), t.muted())));
+            info.push(Line::from(Span::styled(
+                sanitize(m).into_owned(),
+                t.muted(),
+            )));
         }
     }
     if r.lost {

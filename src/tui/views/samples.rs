@@ -315,7 +315,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         return;
     };
     if s.sets.is_empty() {
-        let title = format!(" Samples · {} ", run.id);
+        let title = format!(" Samples · {} ", crate::text::sanitize(&run.id));
         let mut lines = if !s.listed {
             vec![format!("Reading the samples of {}…", run.id)]
         } else if is_bigs(&run.model) {

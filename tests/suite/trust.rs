@@ -1,0 +1,125 @@
+//! Trust at the edges (issue 17): hostile bytes from disk never reach a terminal raw, memory a
+//! config asks for is checked before anything is allocated, worker panics are caught, appends do
+//! not follow symlinks, and the parsers of outside bytes never panic (property tests).
+
+use std::path::{Path, PathBuf};
+
+use crate::common::{assert_ok, shipped_run, ssmlab};
+
+/// ESC, BEL, an OSC that would set the window title, an 8-bit CSI and a right-to-left override.
+const HOSTILE: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m\u{202e}gnp.exe";
+
+fn raw_unsafe(bytes: &[u8]) -> Option<char> {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .find(|&c| ssmlab::text::is_unsafe(c) && c != '\n')
+}
+
+/// A copy of the shipped run (no checkpoint) named `name`, whose status message and config
+/// carry `HOSTILE`.
+fn hostile_run(runs: &Path, name: &str) -> PathBuf {
+    let run = runs.join(name);
+    std::fs::create_dir_all(&run).unwrap();
+    let src = shipped_run();
+    std::fs::copy(src.join("metrics.jsonl"), run.join("metrics.jsonl")).unwrap();
+    let cfg = std::fs::read_to_string(src.join("config.toml")).unwrap();
+    std::fs::write(run.join("config.toml"), format!("# {HOSTILE}\n{cfg}")).unwrap();
+    let mut st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("status.json")).unwrap()).unwrap();
+    st["message"] = format!("done {HOSTILE}").into();
+    std::fs::write(run.join("status.json"), st.to_string()).unwrap();
+    run
+}
+
+#[test]
+fn control_bytes_from_disk_never_reach_the_terminal_raw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    hostile_run(&runs, &format!("evil{HOSTILE}"));
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+
+    // `ssmlab runs`: the name shows escaped.
+    let out = ssmlab(&["runs", "--runs-dir", runs.to_str().unwrap()], here);
+    assert_ok(&out);
+    assert_eq!(raw_unsafe(&out.stdout), None, "{:?}", out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("evil\\u{1b}]0;pwned\\u{7}"), "{text}");
+
+    // An error that quotes a hostile name.
+    let out = ssmlab(
+        &[
+            "train",
+            "--resume",
+            &format!("nope{HOSTILE}"),
+            "--runs-dir",
+            runs.to_str().unwrap(),
+        ],
+        here,
+    );
+    assert!(!out.status.success());
+    assert_eq!(raw_unsafe(&out.stderr), None, "{:?}", out.stderr);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\\u{1b}"));
+
+    // `train` prints its run's path: a runs folder with control bytes in its name.
+    let odd = tmp.path().join(format!("odd{HOSTILE}"));
+    let out = ssmlab(
+        &[
+            "train",
+            "--preset",
+            "bigs-smoke",
+            "--runs-dir",
+            odd.to_str().unwrap(),
+            "--set",
+            "train.steps=2",
+        ],
+        here,
+    );
+    assert_ok(&out);
+    assert_eq!(raw_unsafe(&out.stdout), None, "{:?}", out.stdout);
+    assert_eq!(raw_unsafe(&out.stderr), None, "{:?}", out.stderr);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("finished: "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn the_tui_shows_hostile_names_escaped_and_the_title_is_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    hostile_run(&runs, &format!("evil{HOSTILE}"));
+    let cmd = format!(
+        "cd {} && SSMLAB_CONFIG=/nonexistent {} --runs-dir {}; echo EXITED=$?",
+        env!("CARGO_MANIFEST_DIR"),
+        env!("CARGO_BIN_EXE_ssmlab"),
+        runs.display()
+    );
+    let t = crate::tui::Tmux::start(tmp.path(), &cmd);
+    let title =
+        |t: &crate::tui::Tmux| t.run(&["display-message", "-p", "-t", &t.session, "#{pane_title}"]);
+    let before = title(&t);
+    let s = t.wait(&|s| s.contains("evil\\u{1b}]0;pwned"), 30);
+    // The name in the table and the title, the config comment and the status message: all
+    // escaped, and nothing of them acted on the terminal.
+    assert_eq!(s.matches("\\u{1b}]0;pwned").count(), 4, "{s}");
+    assert_eq!(s.matches("pwned").count(), 4, "{s}");
+    assert_eq!(title(&t), before, "a run's name set the terminal title");
+    t.keys(&["q"]);
+    t.wait(&|s| s.contains("EXITED=0"), 20);
+}
+
+#[test]
+fn the_frame_scrub_leaves_no_unsafe_cell() {
+    let mut buf = ratatui::buffer::Buffer::empty(ratatui::layout::Rect::new(0, 0, 20, 1));
+    buf.set_string(0, 0, "a\u{202e}b", ratatui::style::Style::default());
+    buf[(5, 0)].set_symbol("\u{1b}");
+    ssmlab::tui::scrub(&mut buf);
+    assert!(
+        buf.content
+            .iter()
+            .all(|c| !c.symbol().chars().any(ssmlab::text::is_unsafe))
+    );
+    assert_eq!(buf[(5, 0)].symbol(), "\u{fffd}");
+    assert_eq!(buf[(0, 0)].symbol(), "a");
+}
