@@ -424,11 +424,12 @@ pub enum ImageEvent {
 pub fn handle(job: ImageJob) -> ImageEvent {
     match job {
         ImageJob::List(run) => {
-            let sets = list_sample_sets(&run);
-            ImageEvent::Listed(run, sets)
+            // A listing that panicked lists nothing; the status line names the panic.
+            let sets = super::worker::guard("image", || Ok(list_sample_sets(&run)));
+            ImageEvent::Listed(run, sets.unwrap_or_default())
         }
         ImageJob::Decode(path) => {
-            let r = decode_file(&path).map(Arc::new);
+            let r = super::worker::guard("image", || decode_file(&path)).map(Arc::new);
             ImageEvent::Decoded(path, r)
         }
         ImageJob::Encode {
@@ -437,20 +438,22 @@ pub fn handle(job: ImageJob) -> ImageEvent {
             picker,
         } => {
             let size = ratatui::layout::Size::new(key.cols, key.rows);
-            let r = picker
-                .new_protocol(
-                    picture.to_dynamic(),
-                    size,
-                    ratatui_image::Resize::Scale(Some(ratatui_image::FilterType::Nearest)),
-                )
-                .map(Box::new)
-                .map_err(|e| {
-                    format!(
-                        "cannot encode {} for {}: {e}",
-                        key.path.display(),
-                        key.protocol.name()
+            let r = super::worker::guard("image", || {
+                picker
+                    .new_protocol(
+                        picture.to_dynamic(),
+                        size,
+                        ratatui_image::Resize::Scale(Some(ratatui_image::FilterType::Nearest)),
                     )
-                });
+                    .map(Box::new)
+                    .map_err(|e| {
+                        format!(
+                            "cannot encode {} for {}: {e}",
+                            key.path.display(),
+                            key.protocol.name()
+                        )
+                    })
+            });
             ImageEvent::Encoded(key, r)
         }
     }
@@ -462,7 +465,7 @@ pub fn spawn_image_worker(
     send: impl Fn(ImageEvent) -> bool + Send + 'static,
 ) -> mpsc::Sender<ImageJob> {
     let (tx, rx) = mpsc::channel::<ImageJob>();
-    std::thread::spawn(move || {
+    super::worker::spawn("image", move || {
         while let Ok(first) = rx.recv() {
             let mut jobs = vec![first];
             jobs.extend(rx.try_iter());

@@ -9,6 +9,7 @@ pub mod keymap;
 pub mod settings;
 pub mod theme;
 pub mod views;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,7 +52,7 @@ enum Msg {
 fn spawn_compare_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::CompareJob> {
     use views::compare::CompareMsg;
     let (jtx, jrx) = mpsc::channel::<app::CompareJob>();
-    std::thread::spawn(move || {
+    worker::spawn("compare", move || {
         let mut next: Option<app::CompareJob> = None;
         loop {
             let job = match next.take() {
@@ -62,23 +63,26 @@ fn spawn_compare_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::CompareJob> 
                 },
             };
             let g = job.generation;
-            let res = crate::compare::scaling_of_runs(
-                &job.runs,
-                &crate::compare::LENGTHS,
-                crate::compare::TOKENS,
-                1,
-                |p| {
-                    if let Ok(j) = jrx.try_recv() {
-                        next = Some(j);
-                        return false;
-                    }
-                    tx.send(Msg::Compare(CompareMsg::Point(g, p.clone())))
-                        .is_ok()
-                },
-            );
+            let res = worker::guard("compare", || {
+                crate::compare::scaling_of_runs(
+                    &job.runs,
+                    &crate::compare::LENGTHS,
+                    crate::compare::TOKENS,
+                    1,
+                    |p| {
+                        if let Ok(j) = jrx.try_recv() {
+                            next = Some(j);
+                            return false;
+                        }
+                        tx.send(Msg::Compare(CompareMsg::Point(g, p.clone())))
+                            .is_ok()
+                    },
+                )
+                .map_err(|e| format!("scaling: {e}"))
+            });
             let m = match res {
                 Ok(_) => CompareMsg::Done(g),
-                Err(e) => CompareMsg::Failed(g, format!("scaling: {e}")),
+                Err(e) => CompareMsg::Failed(g, e),
             };
             if tx.send(Msg::Compare(m)).is_err() {
                 return;
@@ -95,7 +99,7 @@ fn spawn_kernels_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::KernelsJob> 
     use crate::kernels::ModelKernels;
     use std::collections::HashMap;
     let (jtx, jrx) = mpsc::channel::<app::KernelsJob>();
-    std::thread::spawn(move || {
+    worker::spawn("kernels", move || {
         let mut cache: HashMap<(PathBuf, Option<std::time::SystemTime>), ModelKernels> =
             HashMap::new();
         let mut next: Option<app::KernelsJob> = None;
@@ -112,13 +116,13 @@ fn spawn_kernels_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::KernelsJob> 
             }
             let generation = job.generation;
             let send = |m: app::KernelsMsg| tx.send(Msg::Kernels(m)).is_ok();
-            let files = match crate::kernels::checkpoints(&job.model) {
+            let files = worker::guard("kernels", || {
+                crate::kernels::checkpoints(&job.model).map_err(|e| e.to_string())
+            });
+            let files = match files {
                 Ok(f) => f,
-                Err(e) => {
-                    if !send(app::KernelsMsg::Failed {
-                        generation,
-                        error: e.to_string(),
-                    }) {
+                Err(error) => {
+                    if !send(app::KernelsMsg::Failed { generation, error }) {
                         return;
                     }
                     continue;
@@ -142,7 +146,9 @@ fn spawn_kernels_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::KernelsJob> 
                 let key = (f.weights.clone(), mtime);
                 let mk = match cache.get(&key) {
                     Some(mk) => mk.clone(),
-                    None => match crate::kernels::load_kernels(f) {
+                    None => match worker::guard("kernels", || {
+                        crate::kernels::load_kernels(f).map_err(|e| e.to_string())
+                    }) {
                         Ok(mk) => {
                             if cache.len() > 64 {
                                 cache.clear();
@@ -150,12 +156,9 @@ fn spawn_kernels_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::KernelsJob> 
                             cache.insert(key, mk.clone());
                             mk
                         }
-                        Err(e) => {
+                        Err(error) => {
                             failed = true;
-                            if !send(app::KernelsMsg::Failed {
-                                generation,
-                                error: e.to_string(),
-                            }) {
+                            if !send(app::KernelsMsg::Failed { generation, error }) {
                                 return;
                             }
                             break;
@@ -205,10 +208,10 @@ pub fn image_choice(setting: Option<&str>) -> (ProtocolChoice, Option<String>) {
 /// only reads files, so it never disturbs the run).
 fn spawn_probe_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::ProbeJob> {
     let (jtx, jrx) = mpsc::channel::<app::ProbeJob>();
-    std::thread::spawn(move || {
+    worker::spawn("probe", move || {
         let mut cache: Vec<(PathBuf, crate::probe::ProbeModel)> = Vec::new();
         while let Ok(job) = jrx.recv() {
-            let res = (|| -> Result<crate::probe::ProbeOutput, String> {
+            let res = worker::guard("probe", || -> Result<crate::probe::ProbeOutput, String> {
                 let files = crate::probe::resolve(&job.model).map_err(|e| e.to_string())?;
                 let pos = cache.iter().position(|(w, _)| *w == files.weights);
                 let pm = match pos {
@@ -225,7 +228,7 @@ fn spawn_probe_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::ProbeJob> {
                 };
                 pm.fill_mask(&job.text, 10, &[], true)
                     .map_err(|e| e.to_string())
-            })();
+            });
             if tx.send(Msg::Probe(job.slot, res)).is_err() {
                 return;
             }
@@ -268,11 +271,16 @@ pub fn build_app(opts: &TuiOptions) -> App {
 
 /// Scans the runs folder twice a second and sends a snapshot when something changed.
 fn spawn_worker(dir: PathBuf, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
-    std::thread::spawn(move || {
+    worker::spawn("runs", move || {
         let mut index = RunsIndex::new();
         let mut last_sig = String::new();
         while !stop.load(Ordering::Relaxed) {
-            let runs = index.scan(&dir);
+            let Ok(runs) = worker::guard("runs", || Ok(index.scan(&dir))) else {
+                // The status line names the panic; start over with an empty cache.
+                index = RunsIndex::new();
+                std::thread::sleep(Duration::from_millis(2000));
+                continue;
+            };
             let sig: String = runs
                 .iter()
                 .map(|r| {
@@ -321,7 +329,7 @@ impl InputGate {
 }
 
 fn spawn_input(tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>, gate: Arc<InputGate>) {
-    std::thread::spawn(move || {
+    worker::spawn("input", move || {
         while !stop.load(Ordering::Relaxed) {
             if gate.paused.load(Ordering::SeqCst) {
                 gate.parked.store(true, Ordering::SeqCst);
@@ -355,6 +363,7 @@ pub fn run(opts: TuiOptions) -> anyhow::Result<()> {
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
     let mut terminal = ratatui::init(); // raw mode, alternate screen, panic hook that restores
+    worker::install_panic_hook(); // worker panics go to the status line, not the screen
     // the graphics query: once, in the alternate screen, before anything reads input
     app.samples.output = ImageOutput::detect(app.image_choice, std::env::var_os("TMUX").is_some());
     let _ = execute!(std::io::stdout(), crossterm::event::EnableMouseCapture);
@@ -389,6 +398,12 @@ fn event_loop(
     let mut dirty = true;
     let mut last_draw = Instant::now() - frame_gap;
     while !stop.load(Ordering::SeqCst) {
+        for p in worker::take_panics() {
+            if app.notices.last() != Some(&p) {
+                app.notices.push(p);
+                dirty = true;
+            }
+        }
         app.tick();
         if dirty && last_draw.elapsed() >= frame_gap {
             if std::mem::take(&mut app.clear_screen) {

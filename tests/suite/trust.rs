@@ -123,3 +123,52 @@ fn the_frame_scrub_leaves_no_unsafe_cell() {
     assert_eq!(buf[(5, 0)].symbol(), "\u{fffd}");
     assert_eq!(buf[(0, 0)].symbol(), "a");
 }
+
+#[test]
+fn a_panic_in_a_worker_is_the_jobs_error_and_the_worker_goes_on() {
+    use ssmlab::tui::views::samples::{SampleEvent, SampleRequest, spawn_sample_worker};
+    use std::time::Duration;
+    ssmlab::tui::worker::install_panic_hook();
+    let (etx, erx) = std::sync::mpsc::channel();
+    let tx = spawn_sample_worker(
+        Box::new(|req: SampleRequest, _: &dyn Fn(f64)| {
+            let v: Vec<u32> = Vec::new();
+            // A bug on one request: an index out of bounds.
+            let i = req.class.unwrap_or(0) as usize;
+            Ok(PathBuf::from(format!("{}", if i == 3 { v[i] } else { 0 })))
+        }),
+        move |e| etx.send(e).is_ok(),
+    );
+    let req = |class| SampleRequest {
+        run: PathBuf::from("r"),
+        step: None,
+        class,
+        n: 1,
+        guidance: 1.0,
+        steps: 1,
+        seed: 0,
+    };
+    tx.send(req(Some(3))).unwrap();
+    let SampleEvent::Done(Err(e)) = erx.recv_timeout(Duration::from_secs(10)).unwrap() else {
+        panic!("expected the panic as the job's error")
+    };
+    assert!(
+        e.contains("sampler worker hit a bug") && e.contains("index out of bounds"),
+        "{e}"
+    );
+    assert!(e.contains("trust.rs:"), "the error names where: {e}");
+    // The status line gets it too.
+    let panics = ssmlab::tui::worker::take_panics();
+    assert!(
+        panics
+            .iter()
+            .any(|p| p.starts_with("sampler worker panicked at")),
+        "{panics:?}"
+    );
+    // The worker still answers.
+    tx.send(req(Some(1))).unwrap();
+    assert_eq!(
+        erx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        SampleEvent::Done(Ok(PathBuf::from("0")))
+    );
+}

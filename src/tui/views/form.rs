@@ -187,7 +187,7 @@ impl LaunchForm {
             .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
         let pid = child.id();
         // Reap it when it ends (while we live), so it does not linger as a zombie.
-        std::thread::spawn(move || {
+        crate::tui::worker::spawn("reaper", move || {
             let _ = child.wait();
         });
         Ok(format!("launched {name} ({preset}, pid {pid})"))

@@ -41,12 +41,14 @@ pub fn spawn_sample_worker(
     send: impl Fn(SampleEvent) -> bool + Send + 'static,
 ) -> mpsc::Sender<SampleRequest> {
     let (tx, rx) = mpsc::channel::<SampleRequest>();
-    std::thread::spawn(move || {
+    crate::tui::worker::spawn("sampler", move || {
         while let Ok(req) = rx.recv() {
             let progress = |f: f64| {
                 send(SampleEvent::Progress(f.clamp(0.0, 1.0)));
             };
-            let r = sampler(req, &progress).map_err(|e| format!("{e:#}"));
+            let r = crate::tui::worker::guard("sampler", || {
+                sampler(req, &progress).map_err(|e| format!("{e:#}"))
+            });
             if !send(SampleEvent::Done(r)) {
                 return;
             }
