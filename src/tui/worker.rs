@@ -29,10 +29,10 @@ pub fn spawn(what: &str, f: impl FnOnce() + Send + 'static) {
 }
 
 fn record(msg: String) {
-    if let Ok(mut p) = PANICS.lock() {
-        if p.len() < 16 {
-            p.push(msg);
-        }
+    if let Ok(mut p) = PANICS.lock()
+        && p.len() < 16
+    {
+        p.push(msg);
     }
 }
 
