@@ -16,7 +16,7 @@ pub struct Document {
 fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.into(),
-        source,
+        err: source,
     })?;
     if let Some(pos) = bytes.iter().position(|b| *b == 0) {
         return Err(DataError::Binary {
@@ -123,13 +123,13 @@ pub fn corpus_files(path: &Path) -> Result<Vec<PathBuf>> {
     while let Some(dir) = stack.pop() {
         let rd = std::fs::read_dir(&dir).map_err(|source| DataError::Io {
             path: dir.clone(),
-            source,
+            err: source,
         })?;
         for e in rd {
             let p = e
                 .map_err(|source| DataError::Io {
                     path: dir.clone(),
-                    source,
+                    err: source,
                 })?
                 .path();
             if p.is_dir() {

@@ -142,7 +142,7 @@ impl ImageSet {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
     move |source| DataError::Io {
         path: path.into(),
-        source,
+        err: source,
     }
 }
 

@@ -13,10 +13,11 @@ use std::path::PathBuf;
 pub enum DataError {
     #[error("corpus path {0} does not exist")]
     NotFound(PathBuf),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {err}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// Not `source`: the message already says it, and a source would print it twice.
+        err: std::io::Error,
     },
     #[error("{path} is empty: it holds no text to train on")]
     Empty { path: PathBuf },

@@ -127,7 +127,7 @@ impl BigsConfig {
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
             path: path.into(),
-            source,
+            err: source,
         })?;
         Self::from_json_str(&text).map_err(|e| match e {
             EngineError::ConfigField { field, msg } => EngineError::Config {

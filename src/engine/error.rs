@@ -8,10 +8,11 @@ pub enum EngineError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {err}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// Not `source`: the message already says it, and a source would print it twice.
+        err: std::io::Error,
     },
 
     #[error("{path}: {msg}")]

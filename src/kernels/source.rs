@@ -369,7 +369,7 @@ impl KernelSource for DiffussmSource {
 pub fn detect_family(files: &ModelFiles) -> Result<String> {
     let text = std::fs::read_to_string(&files.config).map_err(|source| EngineError::Io {
         path: files.config.clone(),
-        source,
+        err: source,
     })?;
     let json = serde_json::from_str::<serde_json::Value>(&text).ok();
     if let Some(t) = json

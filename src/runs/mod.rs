@@ -34,10 +34,11 @@ use std::path::{Path, PathBuf};
 /// Errors about run directories; messages name the path.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {err}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// Not `source`: the message already says it, and a source would print it twice.
+        err: std::io::Error,
     },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
@@ -54,7 +55,7 @@ pub type Result<T> = std::result::Result<T, RunError>;
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
     move |source| RunError::Io {
         path: path.into(),
-        source,
+        err: source,
     }
 }
 

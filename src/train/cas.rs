@@ -119,7 +119,7 @@ pub fn load_classifier(run: &Path, dev: &Device) -> Result<(Classifier, Classifi
     let info_path = run.join("classifier.json");
     let text = std::fs::read_to_string(&info_path).map_err(|e| RunError::Io {
         path: info_path.clone(),
-        source: e,
+        err: e,
     })?;
     let info: ClassifierInfo = serde_json::from_str(&text).map_err(|e| RunError::Invalid {
         path: info_path.clone(),

@@ -49,7 +49,7 @@ pub fn write_sample_folder(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| RunError::Io {
         path: tmp.clone(),
-        source: e,
+        err: e,
     })?;
     let save = |name: &str, x: &Tensor| -> Result<()> {
         let v = x.flatten_all()?.to_vec1::<f32>()?;

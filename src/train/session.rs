@@ -577,7 +577,7 @@ pub(crate) fn read_state<S: DeserializeOwned>(ck: &Path) -> Result<S> {
     let sp = ck.join("state.json");
     let text = std::fs::read_to_string(&sp).map_err(|e| RunError::Io {
         path: sp.clone(),
-        source: e,
+        err: e,
     })?;
     Ok(serde_json::from_str(&text).map_err(|e| RunError::Invalid {
         path: sp.clone(),
@@ -647,7 +647,7 @@ pub(crate) fn resume_point<S>(
     let mut all: Vec<(u64, PathBuf)> = std::fs::read_dir(&run.path)
         .map_err(|e| RunError::Io {
             path: run.path.clone(),
-            source: e,
+            err: e,
         })?
         .flatten()
         .filter_map(|e| {

@@ -172,3 +172,19 @@ fn a_panic_in_a_worker_is_the_jobs_error_and_the_worker_goes_on() {
         SampleEvent::Done(Ok(PathBuf::from("0")))
     );
 }
+
+#[test]
+fn an_os_error_is_said_once() {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in ["/proc/ssmlab-nope", "/sys/kernel/ssmlab-nope"] {
+        let out = ssmlab(
+            &["train", "--preset", "bigs-smoke", "--runs-dir", dir],
+            here,
+        );
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(err.matches("os error").count(), 1, "{err}");
+        assert!(err.contains(dir), "{err}");
+    }
+}

@@ -396,7 +396,7 @@ impl DiffusionTask {
             .join(format!("step-{}", self.state.progress.step));
         std::fs::create_dir_all(&self.samples).map_err(|e| RunError::Io {
             path: self.samples.clone(),
-            source: e,
+            err: e,
         })?;
         let opts = self.sample_options(t.sample_steps);
         write_sample_folder(
