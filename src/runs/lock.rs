@@ -9,6 +9,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use super::{RunDir, RunError, RunState, Status, io_err};
@@ -49,8 +50,9 @@ impl RunDir {
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(io_err(&path))?;
+            .map_err(|e| super::nofollow_err(&path, e))?;
         let t0 = Instant::now();
         loop {
             match f.try_lock() {

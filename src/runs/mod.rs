@@ -59,13 +59,42 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '
     }
 }
 
+/// Opens `path` for writing (appending, or truncating), creating it, but never through a
+/// symbolic link (`O_NOFOLLOW`): a link planted at a run file cannot send the trainer's writes
+/// out of the run directory.
+pub(crate) fn open_nofollow(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).custom_flags(libc::O_NOFOLLOW);
+    if append {
+        o.append(true);
+    } else {
+        o.write(true).truncate(true);
+    }
+    o.open(path)
+}
+
+/// The error of [`open_nofollow`], saying what a refused link is.
+pub(crate) fn nofollow_err(path: &Path, e: std::io::Error) -> RunError {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        RunError::Invalid {
+            path: path.into(),
+            msg: "is a symbolic link; run files are never written through one (replace it with \
+                  a plain file or remove it)"
+                .into(),
+        }
+    } else {
+        io_err(path)(e)
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = open_nofollow(&tmp, false)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -188,11 +217,7 @@ impl RunDir {
     }
 
     fn append(&self, path: &Path, text: &str) -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io_err(path))?;
+        let mut f = open_nofollow(path, true).map_err(|e| nofollow_err(path, e))?;
         f.write_all(text.as_bytes()).map_err(io_err(path))
     }
 

@@ -188,3 +188,54 @@ fn an_os_error_is_said_once() {
         assert!(err.contains(dir), "{err}");
     }
 }
+
+#[test]
+fn run_files_are_never_written_through_a_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let r = runs.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut a = vec!["train", "--runs-dir", r];
+        a.extend_from_slice(extra);
+        ssmlab(&a, here)
+    };
+    assert_ok(&train(&[
+        "--preset",
+        "bigs-smoke",
+        "--set",
+        "train.steps=2",
+    ]));
+    let run = ssmlab::runs::RunDir {
+        path: runs.join("bigs-smoke"),
+    };
+    let outside = tmp.path().join("outside.txt");
+    for (file, steps) in [("log.txt", "4"), ("metrics.jsonl", "6"), ("run.lock", "8")] {
+        std::fs::write(&outside, "outside\n").unwrap();
+        std::fs::remove_file(run.path.join(file)).unwrap();
+        std::os::unix::fs::symlink(&outside, run.path.join(file)).unwrap();
+        let out = train(&[
+            "--resume",
+            "bigs-smoke",
+            "--set",
+            &format!("train.steps={steps}"),
+        ]);
+        assert_eq!(
+            std::fs::read_to_string(&outside).unwrap(),
+            "outside\n",
+            "{file}"
+        );
+        let st = run.read_status().unwrap();
+        assert_ne!(st.state, ssmlab::runs::RunState::Running, "{file}");
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(file) && err.contains("symbolic link"),
+                "{file}: {err}"
+            );
+        }
+        // Put a plain file back for the next round.
+        std::fs::remove_file(run.path.join(file)).unwrap();
+        std::fs::write(run.path.join(file), "").unwrap();
+    }
+}
