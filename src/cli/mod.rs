@@ -29,6 +29,11 @@ pub struct Cli {
     /// RAYON_NUM_THREADS, which it sets).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// Refuse models and batches whose memory estimate exceeds SIZE (e.g. 8G, 512M; default:
+    /// the machine's memory). The same as SSMLAB_MAX_MEMORY, which it sets (runs started from
+    /// here inherit it).
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_memory: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +75,14 @@ pub fn run() -> anyhow::Result<()> {
             ("RAYON_NUM_THREADS", &n),
         ]);
     }
+    if let Some(m) = &cli.max_memory {
+        let b = crate::engine::memory::parse_size(m)
+            .map_err(|e| anyhow::anyhow!("--max-memory: {e}"))?;
+        // Still before any other thread exists.
+        crate::runs::os::set_env_at_startup(&[(crate::engine::memory::LIMIT_ENV, &b.to_string())]);
+    }
+    // A bad SSMLAB_MAX_MEMORY is one line now, not an error inside a worker later.
+    crate::engine::memory::limit()?;
     match cli.command {
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Train(args)) => train::run(args),

@@ -13,11 +13,45 @@ pub struct Document {
     pub text: String,
 }
 
+/// A corpus file's text. Only regular files are read (a FIFO or `/dev/zero` would block or
+/// never end), and no more bytes than the memory limit allows.
 fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+    use std::io::Read;
+    let io = |source| DataError::Io {
         path: path.into(),
         err: source,
-    })?;
+    };
+    // Non-blocking: opening a FIFO would wait for a writer.
+    let f = std::os::unix::fs::OpenOptionsExt::custom_flags(
+        std::fs::OpenOptions::new().read(true),
+        libc::O_NONBLOCK,
+    )
+    .open(path)
+    .map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(DataError::Binary {
+            path: path.into(),
+            why: "not a regular file".into(),
+        });
+    }
+    let (limit, origin) =
+        crate::engine::memory::limit().map_err(|e| DataError::Invalid(e.to_string()))?;
+    // Text takes several times its size once tokenised: a quarter of the limit.
+    let cap = limit / 4;
+    if meta.len() > cap {
+        return Err(DataError::Invalid(format!(
+            "{}: {} of text is more than a quarter of {origin} ({}); give a smaller corpus",
+            path.display(),
+            crate::engine::memory::human(meta.len()),
+            crate::engine::memory::human(limit)
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may grow while it is read: never past the cap.
+    f.take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
     if let Some(pos) = bytes.iter().position(|b| *b == 0) {
         return Err(DataError::Binary {
             path: path.into(),

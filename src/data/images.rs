@@ -160,44 +160,87 @@ fn img_err(path: &Path, msg: impl Into<String>) -> DataError {
     }
 }
 
-/// The bytes of a file, gunzipped when it starts with the gzip magic number.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+/// Reads an IDX file (gunzipped when it starts with the gzip magic number) no further than
+/// its header promises: a gzip bomb or `/dev/zero` is never decompressed or read past that,
+/// and a promise larger than the memory limit is refused before anything is allocated.
+fn read_idx(path: &Path, dims: usize, what: &str) -> Result<Vec<u8>> {
     if !path.exists() {
         return Err(DataError::ImagesNotFound(path.into()));
     }
-    let raw = std::fs::read(path).map_err(io_err(path))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                idx_err(
-                    path,
-                    format!(
-                        "corrupt gzip data ({e}); the file is damaged or incomplete: download it \
-                         again (`gzip -t` checks a file)"
-                    ),
-                )
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    // Only regular files: a FIFO would block, a device never end.
+    if !std::fs::metadata(path).map_err(io_err(path))?.is_file() {
+        return Err(idx_err(path, "not a regular file"));
     }
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic).map_err(io_err(path))?;
+    let f = std::fs::File::open(path).map_err(io_err(path))?;
+    let gz = n == 2 && magic == [0x1f, 0x8b];
+    let mut r: Box<dyn Read> = if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+            f,
+        )))
+    } else {
+        Box::new(f)
+    };
+    let read_err = |e: std::io::Error| {
+        if gz {
+            idx_err(
+                path,
+                format!(
+                    "corrupt gzip data ({e}); the file is damaged or incomplete: download it \
+                     again (`gzip -t` checks a file)"
+                ),
+            )
+        } else {
+            io_err(path)(e)
+        }
+    };
+    let head = 4 + 4 * dims;
+    let mut bytes = Vec::with_capacity(head);
+    (&mut r)
+        .take(head as u64)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    let body = match idx_header(path, &bytes, dims, what) {
+        Ok((_, body)) => body,
+        // A damaged gzip stream decompresses to garbage before its checksum fails: say
+        // "corrupt gzip" when the stream fails within the next 64 MiB, not "wrong magic".
+        Err(e) if gz => {
+            let mut sink = std::io::sink();
+            std::io::copy(&mut (&mut r).take(64 << 20), &mut sink).map_err(read_err)?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let (limit, origin) =
+        crate::engine::memory::limit().map_err(|e| DataError::Invalid(e.to_string()))?;
+    if body as u64 > limit {
+        return Err(idx_err(
+            path,
+            format!(
+                "the header promises {} of data, more than {origin} ({}): not a usable IDX \
+                 {what} file",
+                crate::engine::memory::human(body as u64),
+                crate::engine::memory::human(limit)
+            ),
+        ));
+    }
+    (&mut r)
+        .take(body as u64)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    Ok(bytes)
 }
 
-/// Parses an IDX header: checks the magic number (unsigned bytes, `dims` dimensions) and that
-/// the file holds as many bytes as the header promises. Returns the dimensions and the data.
+/// Parses an IDX header: checks the magic number (unsigned bytes, `dims` dimensions) and
+/// returns the dimensions and the number of data bytes they promise (checked arithmetic).
 #[allow(
     clippy::expect_used,
     clippy::unwrap_used,
     reason = "slices of exactly four bytes, after a length check"
 )]
-fn parse_idx<'a>(
-    path: &Path,
-    bytes: &'a [u8],
-    dims: usize,
-    what: &str,
-) -> Result<(Vec<usize>, &'a [u8])> {
+fn idx_header(path: &Path, bytes: &[u8], dims: usize, what: &str) -> Result<(Vec<usize>, usize)> {
     let want = 0x0800u32 + dims as u32;
     if bytes.len() < 4 {
         return Err(idx_err(
@@ -238,7 +281,28 @@ fn parse_idx<'a>(
     let shape: Vec<usize> = (0..dims)
         .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().expect("4")) as usize)
         .collect();
-    let body: usize = shape.iter().product();
+    let body = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| {
+            idx_err(
+                path,
+                format!("the header's dimensions {shape:?} overflow: not an IDX {what} file"),
+            )
+        })?;
+    Ok((shape, body))
+}
+
+/// Parses a whole IDX file: [`idx_header`], and that the file holds as many bytes as the header
+/// promises. Returns the dimensions and the data.
+fn parse_idx<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    dims: usize,
+    what: &str,
+) -> Result<(Vec<usize>, &'a [u8])> {
+    let (shape, body) = idx_header(path, bytes, dims, what)?;
+    let head = 4 + 4 * dims;
     if bytes.len() - head < body {
         let shape_s: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
         return Err(idx_err(
@@ -266,13 +330,13 @@ fn mentions_fashion(p: &Path) -> bool {
 /// Classes are `0..=max label`; Fashion-MNIST files (the file or its folder name contains
 /// "fashion") have the 10 [`FASHION_CLASSES`], other files the names "0", "1", ….
 pub fn load_idx(images: &Path, labels: &Path) -> Result<ImageSet> {
-    let ib = read_maybe_gz(images)?;
+    let ib = read_idx(images, 3, "images")?;
     let (shape, px) = parse_idx(images, &ib, 3, "images")?;
     let (n, h, w) = (shape[0], shape[1], shape[2]);
     if h == 0 || w == 0 {
         return Err(idx_err(images, format!("images of size {h}×{w}")));
     }
-    let lb = read_maybe_gz(labels)?;
+    let lb = read_idx(labels, 1, "labels")?;
     let (lshape, lab) = parse_idx(labels, &lb, 1, "labels")?;
     if lshape[0] != n {
         return Err(idx_err(

@@ -16,6 +16,7 @@ use super::cpu::bigs_layer::{BigsLayerOp, LayerSpec};
 use super::cpu::rowops::{bias_act, bias_mul, bias_residual, gelu_bias_mul};
 use super::error::{EngineError, Result};
 use super::init::{AInit, a_init_full, dropout_mask, normal, tensor_f64, uniform};
+use super::memory;
 use super::nn::{Embedding, Gelu, LayerNorm, Linear, Module, embedding, linear};
 use super::s4d::bigs_kernel;
 use super::weights::{LoadReport, load_varmap, read_checkpoint};
@@ -260,7 +261,75 @@ impl BigsConfig {
                 ),
             });
         }
-        Ok(())
+        // Last: the arithmetic of the sizes, and whether one sequence fits in memory.
+        self.check_memory(1, self.max_position_embeddings, 1, false)
+    }
+
+    /// A lower bound on the memory of this model with `batch` sequences of `seq` tokens:
+    /// weights (four times over when `training`: gradients and two AdamW moments), the SSM
+    /// kernels of every layer at length `seq` (BiGS), and the activations the layers keep
+    /// (training: every layer's; inference: one layer's), and the decoder's logits at
+    /// `head_rows` rows per sequence (with their gradient when training). Checked arithmetic
+    /// throughout.
+    pub fn memory(
+        &self,
+        batch: usize,
+        seq: usize,
+        head_rows: usize,
+        training: bool,
+    ) -> memory::Bytes {
+        use memory::Bytes;
+        let (v, h, i, l) = (
+            self.vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+        );
+        let layer = Bytes::f32s(&[2, h, i]).plus(Bytes::f32s(&[4, h, h]));
+        let weights = Bytes::f32s(&[v, h])
+            .plus(Bytes::f32s(&[self.max_position_embeddings, h]))
+            .plus(layer.times(l));
+        let kernels = match self.encoder {
+            Encoder::Bigs => Bytes::f32s(&[l, 2, h, seq]),
+            Encoder::Attention => Bytes::ZERO,
+        };
+        let act = Bytes::f32s(&[batch, seq, h + i.max(h)]);
+        let logits = Bytes::f32s(&[batch, head_rows, v]);
+        if training {
+            weights
+                .times(4)
+                .plus(kernels)
+                .plus(act.times(l))
+                .plus(logits.times(2))
+        } else {
+            weights.plus(kernels).plus(act).plus(logits)
+        }
+    }
+
+    /// Refuses (naming the fields) a model that [`Self::memory`] says does not fit.
+    pub fn check_memory(
+        &self,
+        batch: usize,
+        seq: usize,
+        head_rows: usize,
+        training: bool,
+    ) -> Result<()> {
+        let mut fields = vec![
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        if training {
+            fields.extend([("batch_size", batch), ("seq_len", seq)]);
+        }
+        let what = if training {
+            "training this model"
+        } else {
+            "this model"
+        };
+        memory::check(what, self.memory(batch, seq, head_rows, training), &fields)
     }
 
     /// The HF `config.json` text of this configuration.

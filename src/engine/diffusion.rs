@@ -293,6 +293,10 @@ pub fn sample(
     rng: &mut ChaCha8Rng,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Samples> {
+    // Guidance runs the batch twice (conditional and unconditional) in one pass.
+    model
+        .cfg
+        .check_memory(y.len().saturating_mul(2).max(1), false)?;
     // Detached weights, kernels computed once for all steps.
     let model = &model.for_sampling()?;
     let c = &model.cfg;

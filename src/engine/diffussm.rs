@@ -27,6 +27,7 @@ use super::conv::{ConvPath, FUSED_PER_CHANNEL_DENSE_MAX_L, SHARED_DENSE_MAX_L};
 use super::cpu::diffussm_block::{BlockSpec, DiffussmBlockOp};
 use super::error::{EngineError, Result};
 use super::init::{AInit, a_init_full, a_init_half, normal, tensor_f64, uniform};
+use super::memory;
 use super::nn::{Activation, Linear, linear, normalize};
 use super::ssm::{KernelMode, Ssm};
 
@@ -158,6 +159,8 @@ impl DiffussmConfig {
                 return bad(f, "must be at least 1".into());
             }
         }
+        // Before any size is multiplied out: the arithmetic, and whether it fits.
+        self.check_memory(1, false)?;
         let p = self.patch_size;
         if !self.image_height.is_multiple_of(p) || !self.image_width.is_multiple_of(p) {
             return bad(
@@ -221,6 +224,55 @@ impl DiffussmConfig {
 
     pub fn to_json(&self) -> String {
         crate::engine::serial::json_pretty(self)
+    }
+
+    /// A lower bound on the memory of this model on `batch` images: weights (four times over
+    /// when `training`), the SSM kernels of every layer, and the activations the blocks keep
+    /// (training: every block's; inference: one block's). Checked arithmetic throughout.
+    pub fn memory(&self, batch: usize, training: bool) -> memory::Bytes {
+        use memory::Bytes;
+        let (h, l) = (self.hidden_size, self.num_layers);
+        let pixels = Bytes::f32s(&[self.image_height, self.image_width, self.in_channels]);
+        // L ≤ H·W tokens; with the patch size: (H/p)(W/p) (p ≥ 1, checked non-zero before).
+        // Saturating: an overflow shows up as an estimate too large to fit.
+        let tokens = (self.image_height / self.patch_size.max(1))
+            .saturating_mul(self.image_width / self.patch_size.max(1));
+        let block = Bytes::f32s(&[2, h, self.fusion_width]).plus(Bytes::f32s(&[3, h, h]));
+        let weights = block
+            .times(l)
+            .plus(Bytes::f32s(&[self.num_classes, h]))
+            .plus(Bytes::f32s(&[self.frequency_size, h]));
+        let kernels = Bytes::f32s(&[l, 2, h, tokens]);
+        let act = Bytes::f32s(&[batch, tokens, 2 * h])
+            .plus(pixels.times(batch))
+            .plus(Bytes::f32s(&[batch, tokens, self.state_size.min(2 * h)]));
+        if training {
+            weights.times(4).plus(kernels).plus(act.times(l))
+        } else {
+            weights.plus(kernels).plus(act)
+        }
+    }
+
+    /// Refuses (naming the fields) a model that [`Self::memory`] says does not fit.
+    pub fn check_memory(&self, batch: usize, training: bool) -> Result<()> {
+        let mut fields = vec![
+            ("image_height", self.image_height),
+            ("image_width", self.image_width),
+            ("patch_size", self.patch_size),
+            ("hidden_size", self.hidden_size),
+            ("num_layers", self.num_layers),
+            ("fusion_width", self.fusion_width),
+        ];
+        let what = if training {
+            fields.push(("batch_size", batch));
+            "training this model"
+        } else if batch > 1 {
+            fields.push(("images", batch));
+            "sampling these images"
+        } else {
+            "this model"
+        };
+        memory::check(what, self.memory(batch, training), &fields)
     }
 
     pub fn from_json_file(path: &std::path::Path) -> Result<Self> {

@@ -12,6 +12,7 @@ pub mod diffusion;
 pub mod diffussm;
 pub mod error;
 pub mod init;
+pub mod memory;
 pub mod nn;
 pub mod s4d;
 pub mod serial;

@@ -200,6 +200,18 @@ impl RunConfig {
                 ),
             );
         }
+        // Before anything is allocated: what one training step keeps must fit.
+        self.model
+            .check_memory(
+                t.batch_size,
+                d.seq_len,
+                (d.seq_len as f64 * m.prob).ceil() as usize,
+                true,
+            )
+            .map_err(|e| ConfigError::Field {
+                field: "model".into(),
+                msg: e.to_string(),
+            })?;
         Ok(())
     }
 }

@@ -239,3 +239,210 @@ fn run_files_are_never_written_through_a_symlink() {
         std::fs::write(run.path.join(file), "").unwrap();
     }
 }
+
+/// Runs the binary like [`ssmlab`], but kills it and fails if it takes longer than `secs`
+/// (a hang is the defect some of these tests look for).
+fn ssmlab_within(args: &[&str], secs: u64) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let child = Command::new(env!("CARGO_BIN_EXE_ssmlab"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            ssmlab::runs::os::signal(pid, libc::SIGKILL);
+            panic!("`ssmlab {}` did not end within {secs} s", args.join(" "));
+        }
+    }
+}
+
+fn one_line_error(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "it succeeded");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("ssmlab: "), "{err}");
+    err
+}
+
+#[test]
+fn memory_a_config_asks_for_is_refused_before_anything_is_allocated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let r = runs.to_str().unwrap();
+    // A 600-byte config.json beside real weights and tokenizer: 2^31 hidden, 10^9 layers.
+    let m = tmp.path().join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    let src = shipped_run();
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::copy(src.join("step-2500").join(f), m.join(f)).unwrap();
+    }
+    std::fs::copy(src.join("tokenizer.json"), m.join("tokenizer.json")).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(m.join("config.json")).unwrap()).unwrap();
+    cfg["hidden_size"] = (1u64 << 31).into();
+    cfg["num_hidden_layers"] = 1_000_000_000u64.into();
+    std::fs::write(m.join("config.json"), cfg.to_string()).unwrap();
+    assert!(std::fs::metadata(m.join("config.json")).unwrap().len() < 600);
+    let model = m.to_str().unwrap();
+    for args in [
+        vec!["probe", "--model", model, "call me [MASK] ."],
+        vec!["kernels", "--model", model],
+    ] {
+        let err = one_line_error(&ssmlab_within(&args, 30));
+        assert!(
+            err.contains("hidden_size = 2147483648") && err.contains("num_hidden_layers"),
+            "{err}"
+        );
+    }
+    // Shapes and batches through --set: refused before the run directory exists.
+    for (set, field) in [
+        ("model.hidden_size=1000000", "hidden_size = 1000000"),
+        ("train.batch_size=100000000", "batch_size = 100000000"),
+    ] {
+        let out = ssmlab_within(
+            &[
+                "train",
+                "--preset",
+                "bigs-smoke",
+                "--runs-dir",
+                r,
+                "--set",
+                set,
+            ],
+            30,
+        );
+        let err = one_line_error(&out);
+        assert!(err.contains(field) && err.contains("GiB"), "{err}");
+        assert!(!runs.exists(), "{set} left a run directory");
+    }
+    let out = ssmlab_within(
+        &[
+            "train",
+            "--preset",
+            "diffussm-smoke",
+            "--runs-dir",
+            r,
+            "--set",
+            "model.image_height=100000000",
+            "--set",
+            "model.image_width=100000000",
+        ],
+        30,
+    );
+    assert!(one_line_error(&out).contains("image_height = 100000000"));
+    // A limit of one's own: a batch that fits the machine but not 100M.
+    let out = ssmlab_within(
+        &[
+            "train",
+            "--preset",
+            "bigs-smoke",
+            "--runs-dir",
+            r,
+            "--max-memory",
+            "100M",
+            "--set",
+            "train.batch_size=1000",
+        ],
+        30,
+    );
+    let err = one_line_error(&out);
+    assert!(
+        err.contains("batch_size = 1000") && err.contains("--max-memory"),
+        "{err}"
+    );
+    assert!(!runs.exists());
+    let err = one_line_error(&ssmlab_within(&["--max-memory", "12Q", "runs"], 10));
+    assert!(err.contains("--max-memory") && err.contains("12Q"), "{err}");
+}
+
+#[test]
+fn corpora_and_image_files_are_read_only_as_far_as_they_promise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let r = runs.to_str().unwrap();
+    let train = |preset: &str, set: &str| {
+        ssmlab_within(
+            &[
+                "train",
+                "--preset",
+                preset,
+                "--runs-dir",
+                r,
+                "--set",
+                set,
+                "--set",
+                "train.steps=1",
+                "--max-memory",
+                "16G",
+            ],
+            60,
+        )
+    };
+    // A device that never ends and a FIFO nobody writes.
+    let fifo = tmp.path().join("fifo.txt");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for corpus in [PathBuf::from("/dev/zero"), fifo] {
+        let err = one_line_error(&train(
+            "bigs-smoke",
+            &format!("data.corpus={}", corpus.display()),
+        ));
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+    // IDX files: a header that promises 730 GiB; a gzip bomb (2 GiB of zeros after the 100
+    // images its header promises).
+    use std::io::Write;
+    let gz = |name: &str, header: &[u32], body: &mut dyn FnMut(&mut dyn Write)| {
+        let f = std::fs::File::create(tmp.path().join(name)).unwrap();
+        let mut e = flate2::write::GzEncoder::new(f, flate2::Compression::best());
+        for v in header {
+            e.write_all(&v.to_be_bytes()).unwrap();
+        }
+        body(&mut e);
+        e.finish().unwrap();
+    };
+    gz(
+        "a-images-idx3-ubyte.gz",
+        &[0x803, 1_000_000_000, 28, 28],
+        &mut |_| {},
+    );
+    gz(
+        "a-labels-idx1-ubyte.gz",
+        &[0x801, 1_000_000_000],
+        &mut |_| {},
+    );
+    let zeros = vec![0u8; 1 << 24];
+    gz("b-images-idx3-ubyte.gz", &[0x803, 100, 28, 28], &mut |w| {
+        for _ in 0..128 {
+            w.write_all(&zeros).unwrap();
+        }
+    });
+    gz("b-labels-idx1-ubyte.gz", &[0x801, 100], &mut |w| {
+        w.write_all(&(0..100u8).map(|i| i % 10).collect::<Vec<_>>())
+            .unwrap()
+    });
+    let a = tmp.path().join("a-images-idx3-ubyte.gz");
+    let err = one_line_error(&train(
+        "diffussm-smoke",
+        &format!("data.images={}", a.display()),
+    ));
+    assert!(err.contains("header promises 730.2 GiB"), "{err}");
+    let b = tmp.path().join("b-images-idx3-ubyte.gz");
+    let out = train("diffussm-smoke", &format!("data.images={}", b.display()));
+    assert_ok(&out);
+}

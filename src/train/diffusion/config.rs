@@ -142,6 +142,12 @@ impl DiffusionRunConfig {
             field: "model".into(),
             msg: one_line(&e.to_string()),
         })?;
+        self.model
+            .check_memory(t.batch_size, true)
+            .map_err(|e| ConfigError::Field {
+                field: "model".into(),
+                msg: e.to_string(),
+            })?;
         NoiseSchedule::new(&self.diffusion).map_err(|e| ConfigError::Field {
             field: "diffusion".into(),
             msg: e.to_string(),
