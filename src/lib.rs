@@ -1,7 +1,8 @@
 //! ssmlab: a terminal lab for attention-free deep learning.
 //!
 //! Modules, in layer order from the bottom up:
-//! - [`text`]: terminal-safe text (the one sanitiser between outside strings and the terminal).
+//! - [`text`]: terminal-safe text (the one sanitiser between outside strings and the terminal),
+//!   and bounded reads of small files from outside (regular files only, size-capped).
 //! - [`engine`]: tensors only — S4D kernels, long convolution, layers, the BiGS, attention and
 //!   DiffuSSM models, diffusion; the CPU kernels (fused nodes, FFT, gemm) live in `engine::cpu`.
 //!   The model equations it follows are in `docs/models.md`.
@@ -19,7 +20,7 @@
 //! - [`bench`]: benchmarks that print JSON.
 //! - [`cli`]: the `ssmlab` command line.
 //!
-//! The layer rule: engine, text < data, runs < train < probe, kernels, compare, sample < tui < bench,
+//! The layer rule: text < engine < data, runs < train < probe, kernels, compare, sample < tui < bench,
 //! cli. Imports only point down: a module imports only modules on a lower layer, except that
 //! `cli` imports `bench` (the only module that does); nothing imports `cli`.
 //! `tests/suite/layers.rs` checks this on `src/` (and that `tui` names no candle or engine type).

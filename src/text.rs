@@ -62,3 +62,36 @@ pub fn sanitize_lines(s: &str) -> Cow<'_, str> {
 pub fn path(p: &std::path::Path) -> String {
     sanitize(&p.to_string_lossy()).into_owned()
 }
+
+/// The most bytes [`read_file`] reads of a small text file (configs, status, settings, themes).
+pub const SMALL_FILE_MAX: u64 = 16 << 20;
+
+/// A small text file from outside (a config, a status, a settings or theme file): only a
+/// regular file is read (opened non-blocking, so a FIFO cannot hang the reader, and a device
+/// such as `/dev/zero` is refused), and no more than `max` bytes. Errors are `io::Error`s whose
+/// message says which rule the file broke.
+pub fn read_file(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "{} bytes, more than the {} MiB a file of this kind may have",
+                meta.len(),
+                max >> 20
+            ),
+        ));
+    }
+    let mut s = String::with_capacity(meta.len() as usize);
+    f.take(max).read_to_string(&mut s)?;
+    Ok(s)
+}

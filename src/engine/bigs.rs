@@ -126,9 +126,11 @@ pub const GELU_ACTS: [&str; 4] = ["gelu", "gelu_new", "gelu_fast", "gelu_pytorch
 impl BigsConfig {
     /// Reads and validates a HF-style `config.json`.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
-            path: path.into(),
-            err: source,
+        let text = crate::text::read_file(path, crate::text::SMALL_FILE_MAX).map_err(|source| {
+            EngineError::Io {
+                path: path.into(),
+                err: source,
+            }
         })?;
         Self::from_json_str(&text).map_err(|e| match e {
             EngineError::ConfigField { field, msg } => EngineError::Config {

@@ -276,9 +276,11 @@ impl DiffussmConfig {
     }
 
     pub fn from_json_file(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| EngineError::Io {
-            path: path.into(),
-            err: e,
+        let text = crate::text::read_file(path, crate::text::SMALL_FILE_MAX).map_err(|e| {
+            EngineError::Io {
+                path: path.into(),
+                err: e,
+            }
         })?;
         let cfg: Self = serde_json::from_str(&text).map_err(|e| EngineError::Config {
             path: path.into(),

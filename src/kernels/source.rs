@@ -367,10 +367,13 @@ impl KernelSource for DiffussmSource {
 /// else the run's `config.toml` (`[run] model`) when the checkpoint belongs to a run, else the
 /// shape of `config.json` (DiffuSSM's has the image size and patch), else "bigs".
 pub fn detect_family(files: &ModelFiles) -> Result<String> {
-    let text = std::fs::read_to_string(&files.config).map_err(|source| EngineError::Io {
-        path: files.config.clone(),
-        err: source,
-    })?;
+    let text =
+        crate::text::read_file(&files.config, crate::text::SMALL_FILE_MAX).map_err(|source| {
+            EngineError::Io {
+                path: files.config.clone(),
+                err: source,
+            }
+        })?;
     let json = serde_json::from_str::<serde_json::Value>(&text).ok();
     if let Some(t) = json
         .as_ref()

@@ -145,7 +145,8 @@ impl RunsIndex {
         match self.configs.get(&run.path) {
             Some((len, mtime, text)) if (*len, *mtime) == key => text.clone(),
             _ => {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let text =
+                    crate::text::read_file(&p, crate::text::SMALL_FILE_MAX).unwrap_or_default();
                 self.configs
                     .insert(run.path.clone(), (key.0, key.1, text.clone()));
                 text

@@ -228,7 +228,7 @@ impl RunDir {
         if !p.exists() {
             return Ok(());
         }
-        let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+        let text = crate::text::read_file(&p, crate::text::SMALL_FILE_MAX).map_err(io_err(&p))?;
         let kept: String = text
             .split_inclusive('\n')
             .filter(|l| l.ends_with('\n'))
@@ -248,7 +248,7 @@ impl RunDir {
 
     pub fn read_status(&self) -> Result<Status> {
         let p = self.status_path();
-        let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+        let text = crate::text::read_file(&p, crate::text::SMALL_FILE_MAX).map_err(io_err(&p))?;
         serde_json::from_str(&text).map_err(|e| RunError::Invalid {
             path: p,
             msg: e.to_string(),

@@ -82,7 +82,8 @@ pub fn samples_dir(run: &Path) -> PathBuf {
 /// Reads one sample folder's `meta.json`.
 pub fn read_sample_set(dir: &Path) -> Result<SampleSet> {
     let p = dir.join("meta.json");
-    let text = std::fs::read_to_string(&p).map_err(super::io_err(&p))?;
+    let text =
+        crate::text::read_file(&p, crate::text::SMALL_FILE_MAX).map_err(super::io_err(&p))?;
     let meta: SampleMeta = serde_json::from_str(&text).map_err(|e| RunError::Invalid {
         path: p.clone(),
         msg: e.to_string(),

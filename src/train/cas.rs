@@ -117,9 +117,11 @@ fn accuracy(model: &Classifier, set: &ImageSet, dev: &Device) -> Result<f64> {
 /// Loads a run's CAS classifier.
 pub fn load_classifier(run: &Path, dev: &Device) -> Result<(Classifier, ClassifierInfo)> {
     let info_path = run.join("classifier.json");
-    let text = std::fs::read_to_string(&info_path).map_err(|e| RunError::Io {
-        path: info_path.clone(),
-        err: e,
+    let text = crate::text::read_file(&info_path, crate::text::SMALL_FILE_MAX).map_err(|e| {
+        RunError::Io {
+            path: info_path.clone(),
+            err: e,
+        }
     })?;
     let info: ClassifierInfo = serde_json::from_str(&text).map_err(|e| RunError::Invalid {
         path: info_path.clone(),

@@ -218,9 +218,11 @@ impl RunConfig {
 
 /// Reads a configuration file of any run kind.
 pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-        path: path.into(),
-        msg: e.to_string(),
+    let text = crate::text::read_file(path, crate::text::SMALL_FILE_MAX).map_err(|e| {
+        ConfigError::File {
+            path: path.into(),
+            msg: e.to_string(),
+        }
     })?;
     toml::from_str(&text).map_err(|e| ConfigError::File {
         path: path.into(),
@@ -264,9 +266,11 @@ pub fn model_family(path: &Path) -> Result<String> {
     struct PeekRun {
         model: String,
     }
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-        path: path.into(),
-        msg: e.to_string(),
+    let text = crate::text::read_file(path, crate::text::SMALL_FILE_MAX).map_err(|e| {
+        ConfigError::File {
+            path: path.into(),
+            msg: e.to_string(),
+        }
     })?;
     let p: Peek = toml::from_str(&text).map_err(|e| ConfigError::File {
         path: path.into(),

@@ -575,10 +575,11 @@ pub(crate) fn write_checkpoint_common(
 /// Reads `state.json` of checkpoint folder `ck`.
 pub(crate) fn read_state<S: DeserializeOwned>(ck: &Path) -> Result<S> {
     let sp = ck.join("state.json");
-    let text = std::fs::read_to_string(&sp).map_err(|e| RunError::Io {
-        path: sp.clone(),
-        err: e,
-    })?;
+    let text =
+        crate::text::read_file(&sp, crate::text::SMALL_FILE_MAX).map_err(|e| RunError::Io {
+            path: sp.clone(),
+            err: e,
+        })?;
     Ok(serde_json::from_str(&text).map_err(|e| RunError::Invalid {
         path: sp.clone(),
         msg: e.to_string(),

@@ -48,7 +48,7 @@ pub fn load() -> (Settings, Option<String>) {
 
 /// Loads settings from a file (a missing file means defaults, silently).
 pub fn load_from(path: &std::path::Path) -> (Settings, Option<String>) {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let Ok(text) = crate::text::read_file(path, crate::text::SMALL_FILE_MAX) else {
         return (Settings::default(), None);
     };
     match toml::from_str::<Settings>(&text) {

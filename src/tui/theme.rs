@@ -109,7 +109,7 @@ impl Theme {
             std::path::PathBuf::from(format!("themes/{name_or_path}.toml")),
         ];
         if let Some(p) = candidates.iter().find(|p| p.is_file()) {
-            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let text = crate::text::read_file(p, crate::text::SMALL_FILE_MAX).unwrap_or_default();
             return match Theme::parse(&text, &p.display().to_string()) {
                 Ok(t) => (t, None),
                 Err(e) => (Theme::dark(), Some(format!("{e}; using the dark theme"))),

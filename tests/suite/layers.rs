@@ -6,18 +6,18 @@ use std::path::{Path, PathBuf};
 
 /// The floors, bottom (0) to top.
 const LAYERS: [(&str, u8); 12] = [
-    ("engine", 0),
     ("text", 0),
-    ("data", 1),
-    ("runs", 1),
-    ("train", 2),
-    ("probe", 3),
-    ("kernels", 3),
-    ("compare", 3),
-    ("sample", 3),
-    ("tui", 4),
-    ("bench", 5),
-    ("cli", 5),
+    ("engine", 1),
+    ("data", 2),
+    ("runs", 2),
+    ("train", 3),
+    ("probe", 4),
+    ("kernels", 4),
+    ("compare", 4),
+    ("sample", 4),
+    ("tui", 5),
+    ("bench", 6),
+    ("cli", 6),
 ];
 
 fn floor(module: &str) -> Option<u8> {

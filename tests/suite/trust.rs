@@ -446,3 +446,35 @@ fn corpora_and_image_files_are_read_only_as_far_as_they_promise() {
     let out = train("diffussm-smoke", &format!("data.images={}", b.display()));
     assert_ok(&out);
 }
+
+#[test]
+fn small_files_from_outside_never_hang_or_flood_a_reader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("fifo.toml");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for cfg in [Path::new("/dev/zero"), fifo.as_path()] {
+        let err = one_line_error(&ssmlab_within(
+            &["train", "--config", cfg.to_str().unwrap()],
+            20,
+        ));
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+    // A run whose status.json and config.toml are FIFOs: not waited on.
+    let runs = tmp.path().join("runs");
+    let run = hostile_run(&runs, "fifo-run");
+    for f in ["status.json", "config.toml"] {
+        std::fs::remove_file(run.join(f)).unwrap();
+        std::process::Command::new("mkfifo")
+            .arg(run.join(f))
+            .status()
+            .unwrap();
+    }
+    let out = ssmlab_within(&["runs", "--runs-dir", runs.to_str().unwrap()], 20);
+    assert_ok(&out);
+}
