@@ -16,6 +16,7 @@ mod engine_rowops;
 mod kernels;
 mod layers;
 mod probe;
+mod props;
 mod train;
 mod trust;
 pub(crate) mod tui;
