@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod compare;
+mod export;
 mod kernels;
 mod probe;
 mod sample;
@@ -50,6 +51,8 @@ pub enum Command {
     Sample(sample::SampleArgs),
     /// The S4D kernels of a checkpoint: a summary table, or a plot (.png) / values (.csv).
     Kernels(kernels::KernelsArgs),
+    /// Runs' metrics as TensorBoard event files and/or one wide CSV.
+    Export(export::ExportArgs),
     /// List runs as a table (or JSON) and exit.
     Runs {
         #[arg(long, default_value = "checkpoints")]
@@ -90,6 +93,7 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Tokenizer(cmd)) => train::tokenizer(cmd),
         Some(Command::Probe(args)) => probe::run(args),
         Some(Command::Kernels(args)) => kernels::run(args),
+        Some(Command::Export(args)) => export::run(args),
         Some(Command::Sample(args)) => sample::run(args),
         Some(Command::Runs { runs_dir, json }) => print_runs(&runs_dir, json),
         None => {
@@ -110,6 +114,17 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
+/// Writes `text` to stdout. A reader that left (`| head`) ends the output quietly: that is a
+/// clean stop, not an error, and never a panic as `print!` would be.
+pub(crate) fn out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|_| o.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn print_runs(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let runs = crate::runs::index::RunsIndex::new().scan(dir);
     if json {
@@ -120,10 +135,10 @@ fn print_runs(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             v["last_loss"] = r.last_loss().into();
             v["last_eval_loss"] = r.last_eval().map(|e| e.0).into();
             v["last_eval_acc"] = r.last_eval().and_then(|e| e.1).into();
-            println!("{}", serde_json::to_string(&v)?);
+            out(&format!("{}\n", serde_json::to_string(&v)?))?;
         }
     } else {
-        print!("{}", crate::runs::index::runs_table(&runs, dir));
+        out(&crate::runs::index::runs_table(&runs, dir))?;
     }
     Ok(())
 }

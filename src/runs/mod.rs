@@ -15,6 +15,7 @@
 //! (written to a temporary name, then renamed); checkpoints are written to `step-N.tmp/` and
 //! renamed when complete. A reader treats only newline-terminated lines of `metrics.jsonl` as data.
 
+pub mod export;
 pub mod index;
 mod lock;
 mod metrics;
