@@ -155,8 +155,22 @@ pub fn halfblock_rect(img_w: usize, img_h: usize, area: Rect) -> Rect {
 /// The half-block widget: the picture fitted and centred in the area. A cell shows two
 /// pixels: `▀` in the upper pixel's colour over a background of the lower pixel's colour
 /// (an odd last pixel row leaves the lower half the terminal's background).
+///
+/// With `shades` (`NO_COLOR`) no colour is used: a cell shows the grey level of its two pixels
+/// as one of ` ░▒▓█` (the terminal's own foreground on its background).
 pub struct HalfBlocks<'a> {
     pub picture: &'a Picture,
+    pub shades: bool,
+}
+
+/// The shade character of a grey level (0 = background, 255 = full block).
+pub fn shade(level: u8) -> &'static str {
+    const SHADES: [&str; 5] = [" ", "░", "▒", "▓", "█"];
+    SHADES[((level as usize * 5) / 256).min(4)]
+}
+
+fn luma(c: [u8; 3]) -> u32 {
+    (299 * c[0] as u32 + 587 * c[1] as u32 + 114 * c[2] as u32) / 1000
 }
 
 impl Widget for HalfBlocks<'_> {
@@ -171,6 +185,17 @@ impl Widget for HalfBlocks<'_> {
         let color = |c: [u8; 3]| Color::Rgb(c[0], c[1], c[2]);
         for cy in 0..r.height as usize {
             for cx in 0..pw {
+                if self.shades {
+                    let top = luma(px[(2 * cy) * pw + cx]);
+                    let bottom = if 2 * cy + 1 < ph {
+                        luma(px[(2 * cy + 1) * pw + cx])
+                    } else {
+                        top
+                    };
+                    buf[(r.x + cx as u16, r.y + cy as u16)]
+                        .set_symbol(shade(((top + bottom) / 2) as u8));
+                    continue;
+                }
                 let top = px[(2 * cy) * pw + cx];
                 let bottom = if 2 * cy + 1 < ph {
                     color(px[(2 * cy + 1) * pw + cx])

@@ -475,25 +475,31 @@ fn event_loop(
     Ok(())
 }
 
-/// `f` in the samples view: leaves the alternate screen and raw mode, prints the image with
-/// viuer at the terminal's size (kitty / iTerm2 when that protocol is selected, else half
-/// blocks), waits for a key, and comes back with a full redraw.
+/// `f` in the samples view: stays in the alternate screen (so nothing of the image is left on
+/// the shell after ssmlab quits, in tmux or out), prints the image with viuer at the terminal's
+/// size over a cleared screen (kitty / iTerm2 when that protocol is selected, else half
+/// blocks), waits for a key, then clears it (kitty images are deleted explicitly) and comes
+/// back with a full redraw.
 fn full_screen(
     terminal: &mut ratatui::DefaultTerminal,
     path: &Path,
     protocol: Protocol,
     gate: &InputGate,
 ) -> anyhow::Result<()> {
-    use crossterm::terminal::{EnterAlternateScreen, enable_raw_mode};
+    use crossterm::terminal::{Clear, ClearType};
+    use std::io::Write;
     gate.pause();
     let _ = execute!(std::io::stdout(), crossterm::event::DisableMouseCapture);
-    ratatui::restore();
     let shown = print_full_screen(path, protocol);
     let back = (|| -> anyhow::Result<()> {
-        enable_raw_mode()?;
+        let mut out = std::io::stdout();
+        if protocol == Protocol::Kitty {
+            // delete every image placement (the kitty graphics protocol keeps them otherwise)
+            write!(out, "\x1b_Ga=d,d=A\x1b\\")?;
+        }
         execute!(
-            std::io::stdout(),
-            EnterAlternateScreen,
+            out,
+            Clear(ClearType::All),
             crossterm::event::EnableMouseCapture
         )?;
         terminal.clear()?;
@@ -547,7 +553,7 @@ fn print_full_screen(path: &Path, protocol: Protocol) -> anyhow::Result<()> {
     write!(
         out,
         "{} · {}×{} px · {how} · any key returns to ssmlab",
-        path.display(),
+        crate::text::path(path),
         pic.w,
         pic.h
     )?;

@@ -406,12 +406,34 @@ fn cell(buf: &Buffer, x: u16, y: u16) -> (String, Color, Color) {
 }
 
 #[test]
+fn half_blocks_under_no_color_are_shades_of_grey_without_colour() {
+    // 4×2 grey image into 4×1 cells: each cell the mean of its two pixels, as a shade.
+    let g = Picture::from_grey(4, 2, &[0, 255, 100, 255, 0, 255, 160, 0]);
+    let mut buf = Buffer::empty(Rect::new(0, 0, 4, 1));
+    HalfBlocks {
+        picture: &g,
+        shades: true,
+    }
+    .render(buf.area, &mut buf);
+    let row: Vec<String> = (0..4).map(|x| cell(&buf, x, 0).0).collect();
+    assert_eq!(row, [" ", "█", "▒", "▒"]);
+    for x in 0..4 {
+        let (_, fg, bg) = cell(&buf, x, 0);
+        assert_eq!((fg, bg), (Color::Reset, Color::Reset));
+    }
+}
+
+#[test]
 fn half_blocks_exact_colours() {
     let rgb = |r, g, b| Color::Rgb(r, g, b);
     // 2×2 RGB image into 2×1 cells: one pixel per half cell
     let p = Picture::from_rgb(2, 2, vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30]);
     let mut buf = Buffer::empty(Rect::new(0, 0, 2, 1));
-    HalfBlocks { picture: &p }.render(buf.area, &mut buf);
+    HalfBlocks {
+        picture: &p,
+        shades: false,
+    }
+    .render(buf.area, &mut buf);
     assert_eq!(
         cell(&buf, 0, 0),
         ("▀".into(), rgb(255, 0, 0), rgb(0, 0, 255))
@@ -424,7 +446,11 @@ fn half_blocks_exact_colours() {
     let v: Vec<u8> = (0..16).map(|i| i * 16).collect();
     let g = Picture::from_grey(4, 4, &v);
     let mut buf = Buffer::empty(Rect::new(0, 0, 2, 1));
-    HalfBlocks { picture: &g }.render(buf.area, &mut buf);
+    HalfBlocks {
+        picture: &g,
+        shades: false,
+    }
+    .render(buf.area, &mut buf);
     // top-left block: 0, 16, 64, 80 → 40; bottom-left: 128, 144, 192, 208 → 168
     assert_eq!(
         cell(&buf, 0, 0),
@@ -436,7 +462,11 @@ fn half_blocks_exact_colours() {
     );
     // 2×2 into 4×2 cells: enlarged ×2 (nearest), every pixel a 2×2 block
     let mut buf = Buffer::empty(Rect::new(0, 0, 4, 2));
-    HalfBlocks { picture: &p }.render(buf.area, &mut buf);
+    HalfBlocks {
+        picture: &p,
+        shades: false,
+    }
+    .render(buf.area, &mut buf);
     for (x, y, top, bottom) in [
         (0, 0, rgb(255, 0, 0), rgb(255, 0, 0)),
         (3, 0, rgb(0, 255, 0), rgb(0, 255, 0)),
@@ -447,14 +477,22 @@ fn half_blocks_exact_colours() {
     }
     // aspect kept and centred: a 2×2 image in 6×1 cells is 2 cells wide, at x = 2
     let mut buf = Buffer::empty(Rect::new(0, 0, 6, 1));
-    HalfBlocks { picture: &p }.render(buf.area, &mut buf);
+    HalfBlocks {
+        picture: &p,
+        shades: false,
+    }
+    .render(buf.area, &mut buf);
     assert_eq!(cell(&buf, 1, 0).0, " ");
     assert_eq!(cell(&buf, 2, 0).1, rgb(255, 0, 0));
     assert_eq!(cell(&buf, 4, 0).0, " ");
     // an odd pixel row leaves the lower half to the terminal
     let one = Picture::from_grey(1, 1, &[7]);
     let mut buf = Buffer::empty(Rect::new(0, 0, 1, 1));
-    HalfBlocks { picture: &one }.render(buf.area, &mut buf);
+    HalfBlocks {
+        picture: &one,
+        shades: false,
+    }
+    .render(buf.area, &mut buf);
     assert_eq!(cell(&buf, 0, 0), ("▀".into(), rgb(7, 7, 7), Color::Reset));
     // the fitting rules
     assert_eq!(
@@ -568,8 +606,8 @@ fn samples_end_to_end_in_tmux() {
     let alt = t(&["display-message", "-p", "-t", &session, "#{alternate_on}"]);
     assert_eq!(
         alt.trim(),
-        "0",
-        "full screen is outside the alternate screen"
+        "1",
+        "full screen stays in the alternate screen (nothing is left on the shell)"
     );
     keys(&["x"]);
     let s = wait(&|s| intact(s) && s.contains("diff-fashion · step 200"), 10);
@@ -585,5 +623,9 @@ fn samples_end_to_end_in_tmux() {
     keys(&["q"]);
     let s = wait(&|s| s.contains("EXITED=0"), 10);
     assert!(!intact(&s), "the TUI's screen is gone after quitting:\n{s}");
+    assert!(
+        !s.contains('▀') && !s.contains('▄') && !s.contains("any key returns"),
+        "no image rows are left on the shell:\n{s}"
+    );
     t(&["kill-session", "-t", &session]);
 }

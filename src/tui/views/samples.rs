@@ -558,7 +558,13 @@ fn draw_pane(f: &mut Frame, app: &App, area: Rect) {
             };
             f.render_widget(ratatui_image::Image::new(proto), place);
         }
-        _ => f.render_widget(HalfBlocks { picture: &pic }, img_area),
+        _ => f.render_widget(
+            HalfBlocks {
+                picture: &pic,
+                shades: app.theme.no_color,
+            },
+            img_area,
+        ),
     }
     if place.width == 0 || place.height == 0 || m.rows == 0 || m.cols == 0 {
         return;
