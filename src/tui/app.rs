@@ -91,6 +91,18 @@ impl Metric {
             Metric::TokensPerS => "tokens/s",
         }
     }
+    /// The label for runs that are all diffusion runs (`Some(true)`), all MLM runs
+    /// (`Some(false)`) or a mix (`None`): a diffusion run's eval accuracy is its samples'
+    /// classification accuracy score (CAS), and its throughput is images/s.
+    pub fn label_for(self, diffusion: Option<bool>) -> &'static str {
+        match (self, diffusion) {
+            (Metric::EvalAcc, Some(true)) => "CAS",
+            (Metric::EvalAcc, None) => "eval accuracy / CAS",
+            (Metric::TokensPerS, Some(true)) => "images/s",
+            (Metric::TokensPerS, None) => "tokens/s · images/s",
+            _ => self.label(),
+        }
+    }
     pub fn get(self, m: &crate::runs::Metric) -> Option<f64> {
         match self {
             Metric::Loss => m.loss,
@@ -99,7 +111,7 @@ impl Metric {
             Metric::EvalAcc => m.eval_acc.or(m.eval_cas),
             Metric::Lr => m.lr,
             Metric::GradNorm => m.grad_norm,
-            Metric::TokensPerS => m.tokens_per_s,
+            Metric::TokensPerS => m.images_per_s.or(m.tokens_per_s),
         }
     }
 }
@@ -116,7 +128,7 @@ impl XAxis {
         match self {
             XAxis::Step => "step",
             XAxis::Tokens => "tokens",
-            XAxis::Wall => "wall time (s)",
+            XAxis::Wall => "wall time",
         }
     }
     pub fn get(self, m: &crate::runs::Metric) -> f64 {
@@ -124,6 +136,14 @@ impl XAxis {
             XAxis::Step => m.step as f64,
             XAxis::Tokens => m.tokens as f64,
             XAxis::Wall => m.wall_s,
+        }
+    }
+    /// An axis or cursor label of an x value: integer steps, `1.2M` tokens, `h:mm:ss`.
+    pub fn fmt(self, v: f64) -> String {
+        match self {
+            XAxis::Step => super::chart::fmt_int(v),
+            XAxis::Tokens => super::chart::fmt_count(v),
+            XAxis::Wall => super::chart::fmt_duration(v),
         }
     }
 }
@@ -139,6 +159,11 @@ pub struct CurvesState {
     pub zoom_recent: bool,
     /// Cursor position as a fraction of the x range (None: hidden).
     pub cursor: Option<f64>,
+    /// The dashboard (small multiples of every metric) instead of one metric: what Curves
+    /// shows first.
+    pub dashboard: bool,
+    /// The dashboard's chosen panel (an index into [`Metric::ALL`]).
+    pub panel: usize,
 }
 
 impl Default for CurvesState {
@@ -150,6 +175,8 @@ impl Default for CurvesState {
             smoothing: 0.6,
             zoom_recent: false,
             cursor: None,
+            dashboard: true,
+            panel: 0,
         }
     }
 }
@@ -971,6 +998,21 @@ impl App {
                 self.kernels.sel.checkpoint += 1;
             }
             Action::KernelExport => self.export_kernels(),
+            Action::Dashboard => self.curves.dashboard = !self.curves.dashboard,
+            Action::OpenPanel => {
+                if self.curves.dashboard {
+                    self.curves.metric = Metric::ALL[self.curves.panel % Metric::ALL.len()];
+                    self.curves.dashboard = false;
+                }
+            }
+            Action::CursorLeft | Action::CursorRight if self.curves.dashboard => {
+                let n = Metric::ALL.len();
+                self.curves.panel = if action == Action::CursorLeft {
+                    (self.curves.panel + n - 1) % n
+                } else {
+                    (self.curves.panel + 1) % n
+                };
+            }
             Action::CursorLeft | Action::CursorRight => {
                 let d = if action == Action::CursorLeft {
                     -0.02

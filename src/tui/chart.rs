@@ -111,3 +111,62 @@ pub fn fmt_num(v: f64) -> String {
         format!("{v:.1e}")
     }
 }
+
+/// A logged value as the log has it, for readouts: five significant digits with trailing
+/// zeros dropped (`4.614`, `0.271`, `3133.2`), exponent form outside [1e-3, 1e5).
+pub fn fmt_value(v: f64) -> String {
+    let a = v.abs();
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    if !(1e-3..1e5).contains(&a) {
+        return format!("{v:.3e}");
+    }
+    let decimals = (4 - a.log10().floor() as i32).clamp(0, 8) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// An integer axis label with thousands separators (`12,500`).
+pub fn fmt_int(v: f64) -> String {
+    let n = v.round();
+    if !n.is_finite() || n.abs() >= 1e18 {
+        return fmt_num(v);
+    }
+    let digits = format!("{}", n.abs() as u64);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0.0 { format!("-{out}") } else { out }
+}
+
+/// A count axis label: `950`, `350k`, `1.2M`, `3.4G`.
+pub fn fmt_count(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e9 {
+        format!("{:.1}G", v / 1e9)
+    } else if a >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// Seconds as `h:mm:ss`.
+pub fn fmt_duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return fmt_num(secs);
+    }
+    let s = secs.round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}

@@ -13,6 +13,7 @@ mod engine_conv;
 mod engine_diffussm_fused;
 mod engine_kernels;
 mod engine_rowops;
+mod export;
 mod kernels;
 mod layers;
 mod probe;

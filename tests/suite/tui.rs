@@ -137,6 +137,33 @@ fn views_render_at_both_sizes() {
 
         app.view = View::Curves;
         app.marked = ["tiny-running".to_string(), "tiny-finished".to_string()].into();
+        // Curves opens on the dashboard: a panel per metric for the marked runs.
+        let s = render(&app, w, h);
+        for panel in [
+            "train loss",
+            "eval loss",
+            "eval accuracy",
+            "learning rate",
+            "grad norm",
+        ] {
+            assert!(s.contains(panel), "{panel}: {s}");
+        }
+        assert!(
+            s.contains("tiny-running") && s.contains("tiny-finished"),
+            "{s}"
+        );
+        insta::assert_snapshot!(format!("dashboard_{w}x{h}"), s);
+        // Enter on the chosen panel (→ → = learning rate) opens it as the full chart.
+        app.on_key(KeyEvent::new(KeyCode::Right, KeyModifiers::NONE));
+        app.on_key(KeyEvent::new(KeyCode::Right, KeyModifiers::NONE));
+        app.on_key(KeyEvent::new(KeyCode::Right, KeyModifiers::NONE));
+        app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+        assert!(!app.curves.dashboard);
+        assert!(render(&app, w, h).contains("learning rate vs step"));
+        app.on_key(key('D'));
+        assert!(app.curves.dashboard);
+        app.on_key(key('D'));
+        app.curves.metric = ssmlab::tui::app::Metric::Loss;
         let s = render(&app, w, h);
         assert!(
             s.contains("train loss vs step")
@@ -837,8 +864,10 @@ fn end_to_end_in_tmux() {
         60,
     );
     assert!(s.contains("launched bigs-smoke") || s.contains("bigs-smoke"));
-    // the curves view draws the loss chart and it advances
+    // the curves view opens on the dashboard; Enter opens its first panel, the loss chart
     keys(&["2"]);
+    wait(&|s| s.contains("train loss") && s.contains("grad norm"), 10);
+    keys(&["Enter"]);
     let s = wait(
         &|s| {
             s.contains("train loss vs step")
@@ -924,4 +953,93 @@ fn an_extreme_logged_value_never_hangs_the_curves() {
     t.keys(&["l", "q"]);
     let s = t.wait(&|s| s.contains("EXITED="), 20);
     assert!(s.contains("EXITED=0"), "{s}");
+}
+
+/// The shipped BiGS run in an app on its Curves view, one metric at a time.
+fn shipped_curves_app() -> App {
+    let runs: Vec<_> = RunsIndex::new()
+        .scan(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("checkpoints")
+                .as_path(),
+        )
+        .into_iter()
+        .filter(|r| r.id == "bigs-mobydick")
+        .collect();
+    let mut app = crate::common::app_over(runs);
+    app.view = View::Curves;
+    app.curves.dashboard = false;
+    app
+}
+
+#[test]
+fn latest_is_the_last_logged_value_at_any_width() {
+    use ssmlab::tui::app::Metric as M;
+    use ssmlab::tui::chart::fmt_value;
+    let mut app = shipped_curves_app();
+    let metrics = app.runs[0].metrics.clone();
+    for metric in M::ALL {
+        app.curves.metric = metric;
+        let want = metrics.iter().rev().find_map(|m| metric.get(m)).unwrap();
+        for smoothing in [0.0, 0.6, 0.95] {
+            app.curves.smoothing = smoothing;
+            for w in (60..=200).step_by(7) {
+                let s = render(&app, w, 30);
+                let line = s.lines().find(|l| l.contains("latest:")).unwrap();
+                assert!(
+                    line.contains(&format!("bigs-mobydick {} (smoothed ", fmt_value(want))),
+                    "{metric:?} at width {w}: {line}"
+                );
+            }
+        }
+    }
+    assert_eq!(fmt_value(4.614039876814426), "4.614");
+    assert_eq!(fmt_value(0.2709812108559499), "0.27098");
+}
+
+#[test]
+fn accuracy_chart_draws_the_baseline_and_the_cursor_snaps_to_logged_steps() {
+    use ssmlab::tui::app::Metric as M;
+    let mut app = shipped_curves_app();
+    app.curves.metric = M::EvalAcc;
+    let eval_steps: Vec<u64> = app.runs[0]
+        .metrics
+        .iter()
+        .filter(|m| m.eval_acc.is_some())
+        .map(|m| m.step)
+        .collect();
+    for (w, h) in [(80u16, 24u16), (200, 60)] {
+        app.curves.cursor = None;
+        let s = render(&app, w, h);
+        assert!(s.contains("baseline (most frequent)"), "{s}");
+        assert!(s.contains("latest: bigs-mobydick 0.27098"), "{s}");
+        insta::assert_snapshot!(format!("curves_accuracy_{w}x{h}"), s);
+        app.curves.cursor = Some(0.37);
+        let s = render(&app, w, h);
+        let line = s.lines().find(|l| l.contains(" at step ")).unwrap();
+        let step: u64 = line
+            .split(" at step ")
+            .nth(1)
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap()
+            .replace(',', "")
+            .parse()
+            .unwrap();
+        assert!(
+            eval_steps.contains(&step),
+            "{step} is not a logged eval step: {line}"
+        );
+        let m = app.runs[0].metrics.iter().find(|m| m.step == step).unwrap();
+        let v = ssmlab::tui::chart::fmt_value(m.eval_acc.unwrap());
+        assert!(
+            line.contains(&format!("bigs-mobydick {v} (smoothed")),
+            "{line}"
+        );
+    }
+    // Integer steps, counts and h:mm:ss on the x axis.
+    assert_eq!(ssmlab::tui::app::XAxis::Step.fmt(12500.0), "12,500");
+    assert_eq!(ssmlab::tui::app::XAxis::Tokens.fmt(5_120_000.0), "5.1M");
+    assert_eq!(ssmlab::tui::app::XAxis::Wall.fmt(2899.95), "0:48:20");
 }

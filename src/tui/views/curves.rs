@@ -1,6 +1,8 @@
 //! The curves view: live metrics of one or more runs, smoothed (debiased EMA on the full
 //! series) over a faint raw line, min/max-downsampled to the chart width, log y optional,
-//! x by step, tokens or wall time, a cursor readout, and a progress gauge with ETA.
+//! x by step, tokens or wall time, a cursor that snaps to logged points, a readout of the
+//! logged values (smoothed beside them, labelled), the eval baseline accuracy as a reference
+//! line, a legend in the corner with the least data, and a progress gauge with ETA.
 
 use crate::text::sanitize;
 use ratatui::Frame;
@@ -12,13 +14,31 @@ use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, Gauge, GraphType, P
 
 use crate::runs::index::RunSummary;
 use crate::tui::app::{App, CurvesState};
-use crate::tui::chart::{ema_debiased, fmt_num, log_ticks, minmax_downsample};
+use crate::tui::chart::{ema_debiased, fmt_num, fmt_value, log_ticks, minmax_downsample};
+use ratatui::widgets::LegendPosition;
 
-/// One run's plotted series: (raw, smoothed) points in plot coordinates (log10 y if log).
+/// One run's plotted series: (raw, smoothed) points in plot coordinates (log10 y if log),
+/// and the logged points themselves for the readout.
 pub struct Series {
     pub id: String,
     pub raw: Vec<(f64, f64)>,
     pub smooth: Vec<(f64, f64)>,
+    /// Every logged point shown (x, value as logged, smoothed value), not downsampled.
+    pub logged: Vec<(f64, f64, f64)>,
+    /// The run's latest eval baseline accuracy (most-frequent target), on the accuracy chart.
+    pub baseline: Option<f64>,
+}
+
+impl Series {
+    /// The logged point nearest to `x`.
+    pub fn nearest(&self, x: f64) -> Option<(f64, f64, f64)> {
+        let i = self.logged.partition_point(|p| p.0 < x);
+        [i.checked_sub(1), Some(i)]
+            .into_iter()
+            .flatten()
+            .filter_map(|j| self.logged.get(j).copied())
+            .min_by(|a, b| (a.0 - x).abs().total_cmp(&(b.0 - x).abs()))
+    }
 }
 
 /// What a cached series was computed from.
@@ -55,7 +75,11 @@ impl SeriesCache {
             return s.clone();
         }
         let s = std::rc::Rc::new(series(r, c, buckets));
-        v.retain(|(k, _)| k.id != key.id);
+        // One entry per run and metric (the dashboard shows every metric at once).
+        v.retain(|(k, _)| !(k.id == key.id && k.metric == key.metric));
+        if v.len() >= 256 {
+            v.remove(0);
+        }
         v.push((key, s.clone()));
         s
     }
@@ -82,20 +106,45 @@ pub fn series(r: &RunSummary, c: &CurvesState, buckets: usize) -> Series {
         .zip(&sm)
         .map(|((x, _), s)| (*x, tr(*s)))
         .collect();
+    let mut logged: Vec<(f64, f64, f64)> = pts
+        .iter()
+        .zip(&sm)
+        .map(|((x, y), s)| (*x, *y, *s))
+        .collect();
     if c.zoom_recent && raw.len() > 10 {
         let keep = (raw.len() / 5).max(10);
         raw.drain(..raw.len() - keep);
         smooth.drain(..smooth.len() - keep);
+        logged.drain(..logged.len() - keep);
     }
+    let baseline = if c.metric == crate::tui::app::Metric::EvalAcc {
+        r.metrics
+            .iter()
+            .rev()
+            .find_map(|m| m.eval_baseline_acc)
+            .filter(|b| b.is_finite() && (!c.log_y || *b > 0.0))
+    } else {
+        None
+    };
     Series {
         id: r.id.clone(),
         raw: minmax_downsample(&raw, buckets),
         smooth: minmax_downsample(&smooth, buckets),
+        logged,
+        baseline,
     }
 }
 
-fn bounds(all: &[&Series]) -> Option<([f64; 2], [f64; 2])> {
-    let pts = all.iter().flat_map(|s| s.raw.iter().chain(&s.smooth));
+fn bounds(all: &[&Series], log_y: bool) -> Option<([f64; 2], [f64; 2])> {
+    let tr = |y: f64| if log_y { y.log10() } else { y };
+    let base: Vec<(f64, f64)> = all
+        .iter()
+        .filter_map(|s| Some((s.raw.first()?.0, tr(s.baseline?))))
+        .collect();
+    let pts = all
+        .iter()
+        .flat_map(|s| s.raw.iter().chain(&s.smooth))
+        .chain(&base);
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     let mut any = false;
     for (x, y) in pts {
@@ -115,7 +164,135 @@ fn bounds(all: &[&Series]) -> Option<([f64; 2], [f64; 2])> {
     Some(([x0, x1], [y0 - pad, y1 + pad]))
 }
 
+/// Whether `runs` are all diffusion runs (`Some(true)`), all MLM runs, or a mix (`None`).
+fn diffusion_of(runs: &[&RunSummary]) -> Option<bool> {
+    let d: Vec<bool> = runs.iter().map(|r| r.model == "diffussm").collect();
+    if d.iter().all(|x| *x) {
+        Some(true)
+    } else if d.iter().any(|x| *x) {
+        None
+    } else {
+        Some(false)
+    }
+}
+
+/// The dashboard: a panel per metric (train loss, eval loss, eval accuracy or CAS, learning
+/// rate, grad norm, tokens/s or images/s) for the selected or marked runs, 3 × 2 (3 × 2 with
+/// more room per panel at 200×60); ←→ choose a panel, Enter opens it as the full chart.
+fn draw_dashboard(f: &mut Frame, app: &App, area: Rect) {
+    let t = &app.theme;
+    let c = &app.curves;
+    let [grid, readout, gauge] = Layout::vertical([
+        Constraint::Min(6),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    let runs = app.plotted();
+    let diffusion = diffusion_of(&runs);
+    let rows = Layout::vertical([Constraint::Ratio(1, 2); 2]).split(grid);
+    let marker = if app.ascii {
+        Marker::Dot
+    } else {
+        Marker::Braille
+    };
+    for (i, metric) in crate::tui::app::Metric::ALL.iter().enumerate() {
+        let cols = Layout::horizontal([Constraint::Ratio(1, 3); 3]).split(rows[i / 3]);
+        let cell = cols[i % 3];
+        let cs = CurvesState {
+            metric: *metric,
+            cursor: None,
+            dashboard: false,
+            ..c.clone()
+        };
+        let buckets = (cell.width as usize).saturating_sub(8).max(2) * 2;
+        let all: Vec<std::rc::Rc<Series>> = runs
+            .iter()
+            .map(|r| app.series_cache.get(r, &cs, buckets))
+            .collect();
+        let latest = all
+            .first()
+            .and_then(|s| s.logged.last())
+            .map(|p| format!(" {}", fmt_value(p.1)))
+            .unwrap_or_default();
+        let chosen = i == c.panel % crate::tui::app::Metric::ALL.len();
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .border_style(if chosen { t.accent() } else { t.muted() })
+            .title(Span::styled(
+                format!(" {}{latest} ", metric.label_for(diffusion)),
+                if chosen { t.accent() } else { t.text() },
+            ));
+        let refs: Vec<&Series> = all.iter().map(|s| s.as_ref()).collect();
+        let Some((xb, yb)) = bounds(&refs, false) else {
+            f.render_widget(
+                Paragraph::new("no points yet")
+                    .style(t.muted())
+                    .block(block),
+                cell,
+            );
+            continue;
+        };
+        let mut datasets: Vec<Dataset> = all
+            .iter()
+            .map(|s| {
+                Dataset::default()
+                    .marker(marker)
+                    .graph_type(GraphType::Line)
+                    .style(Style::default().fg(t.run_color(&s.id)))
+                    .data(&s.smooth)
+            })
+            .collect();
+        let base: Vec<Vec<(f64, f64)>> = all
+            .iter()
+            .filter_map(|s| Some(vec![(xb[0], s.baseline?), (xb[1], s.baseline?)]))
+            .collect();
+        for b in &base {
+            datasets.push(
+                Dataset::default()
+                    .marker(Marker::Dot)
+                    .graph_type(GraphType::Line)
+                    .style(t.warn_style())
+                    .data(b),
+            );
+        }
+        let chart = Chart::new(datasets)
+            .block(block)
+            .x_axis(
+                Axis::default()
+                    .bounds(xb)
+                    .style(t.muted())
+                    .labels([Span::raw(cs.x.fmt(xb[0])), Span::raw(cs.x.fmt(xb[1]))]),
+            )
+            .y_axis(
+                Axis::default()
+                    .bounds(yb)
+                    .style(t.muted())
+                    .labels([Span::raw(fmt_num(yb[0])), Span::raw(fmt_num(yb[1]))]),
+            );
+        f.render_widget(chart, cell);
+    }
+    let mut spans = vec![Span::styled(" runs: ", t.muted())];
+    for r in &runs {
+        spans.push(Span::styled(
+            format!("{}  ", sanitize(&r.id)),
+            Style::default().fg(t.run_color(&r.id)),
+        ));
+    }
+    if runs.is_empty() {
+        spans.push(Span::styled(
+            "none selected: pick one in the Runs view (1)",
+            t.muted(),
+        ));
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)), readout);
+    draw_gauge(f, app, gauge);
+}
+
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
+    if app.curves.dashboard {
+        return draw_dashboard(f, app, area);
+    }
     let t = &app.theme;
     let c = &app.curves;
     let [chart_area, readout, gauge] = Layout::vertical([
@@ -130,9 +307,11 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         .iter()
         .map(|r| app.series_cache.get(r, c, buckets.max(2)))
         .collect();
+    let diffusion = diffusion_of(&runs);
+    let label = c.metric.label_for(diffusion);
     let title = format!(
         " {} vs {} · smoothing {:.2}{}{} ",
-        c.metric.label(),
+        label,
         c.x.label(),
         c.smoothing,
         if c.log_y { " · log y" } else { "" },
@@ -140,11 +319,11 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     );
     let block = Block::default().borders(Borders::ALL).title(title);
     let refs: Vec<&Series> = all.iter().map(|s| s.as_ref()).collect();
-    let Some((xb, yb)) = bounds(&refs) else {
+    let Some((xb, yb)) = bounds(&refs, c.log_y) else {
         let msg = if runs.is_empty() {
             "no run selected: pick one in the Runs view (1)".to_string()
         } else {
-            format!("no {} points yet for {}", c.metric.label(), runs[0].id)
+            format!("no {} points yet for {}", label, sanitize(&runs[0].id))
         };
         f.render_widget(Paragraph::new(msg).block(block), chart_area);
         draw_gauge(f, app, gauge);
@@ -174,7 +353,35 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                 .data(&s.smooth),
         );
     }
-    let cursor_x = c.cursor.map(|fr| xb[0] + fr * (xb[1] - xb[0]));
+    let tr = |y: f64| if c.log_y { y.log10() } else { y };
+    let baselines: Vec<(String, Vec<(f64, f64)>)> = all
+        .iter()
+        .filter_map(|s| {
+            let b = tr(s.baseline?);
+            Some((sanitize(&s.id).into_owned(), vec![(xb[0], b), (xb[1], b)]))
+        })
+        .collect();
+    for (id, line) in &baselines {
+        let name = if baselines.len() == 1 {
+            "baseline (most frequent)".to_string()
+        } else {
+            format!("{id} baseline")
+        };
+        datasets.push(
+            Dataset::default()
+                .name(name)
+                .marker(Marker::Dot)
+                .graph_type(GraphType::Line)
+                .style(t.warn_style())
+                .data(line),
+        );
+    }
+    // The cursor snaps to the logged point nearest to where it was moved (of the first
+    // series that has one there).
+    let cursor_x = c.cursor.and_then(|fr| {
+        let x = xb[0] + fr * (xb[1] - xb[0]);
+        all.iter().find_map(|s| s.nearest(x)).map(|p| p.0)
+    });
     let cursor_line: Vec<(f64, f64)> = cursor_x
         .map(|x| vec![(x, yb[0]), (x, yb[1])])
         .unwrap_or_default();
@@ -209,39 +416,79 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     };
     let chart = Chart::new(datasets)
         .block(block)
+        .legend_position(Some(quietest_corner(&refs, xb, yb, c.log_y)))
+        .hidden_legend_constraints((Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)))
         .x_axis(Axis::default().bounds(xb).style(t.muted()).labels([
-            Span::raw(fmt_num(xb[0])),
-            Span::raw(fmt_num((xb[0] + xb[1]) / 2.0)),
-            Span::raw(fmt_num(xb[1])),
+            Span::raw(c.x.fmt(xb[0])),
+            Span::raw(c.x.fmt((xb[0] + xb[1]) / 2.0)),
+            Span::raw(c.x.fmt(xb[1])),
         ]))
         .y_axis(Axis::default().bounds(yb).style(t.muted()).labels(ylabels));
     f.render_widget(chart, chart_area);
 
-    // readout: value of each run's smoothed series at the cursor (or the latest point)
+    // Readout: each run's logged value at the cursor (or its latest), the smoothed one beside.
     let mut spans = vec![Span::styled(
         match cursor_x {
-            Some(x) => format!(" at {} {}: ", c.x.label(), fmt_num(x)),
+            Some(x) => format!(" at {} {}: ", c.x.label(), c.x.fmt(x)),
             None => " latest: ".into(),
         },
         t.muted(),
     )];
     for s in &all {
-        let v = match cursor_x {
-            Some(x) => s
-                .smooth
-                .iter()
-                .min_by(|a, b| (a.0 - x).abs().total_cmp(&(b.0 - x).abs()))
-                .map(|p| p.1),
-            None => s.smooth.last().map(|p| p.1),
+        let p = match cursor_x {
+            Some(x) => s.nearest(x).filter(|p| p.0 == x),
+            None => s.logged.last().copied(),
         };
-        let v = v.map(|v| if c.log_y { 10f64.powf(v) } else { v });
-        spans.push(Span::styled(
-            format!("{} {}  ", sanitize(&s.id), v.map_or("-".into(), fmt_num)),
-            Style::default().fg(t.run_color(&s.id)),
-        ));
+        let text = match p {
+            Some((_, y, sm)) => format!(
+                "{} {} (smoothed {})  ",
+                sanitize(&s.id),
+                fmt_value(y),
+                fmt_value(sm)
+            ),
+            None => format!("{} -  ", sanitize(&s.id)),
+        };
+        spans.push(Span::styled(text, Style::default().fg(t.run_color(&s.id))));
     }
     f.render_widget(Paragraph::new(Line::from(spans)), readout);
     draw_gauge(f, app, gauge);
+}
+
+/// The corner of the plot where the fewest plotted points lie (the legend goes there).
+fn quietest_corner(all: &[&Series], xb: [f64; 2], yb: [f64; 2], log_y: bool) -> LegendPosition {
+    let corners = [
+        (LegendPosition::TopRight, true, true),
+        (LegendPosition::TopLeft, false, true),
+        (LegendPosition::BottomRight, true, false),
+        (LegendPosition::BottomLeft, false, false),
+    ];
+    let (w, h) = ((xb[1] - xb[0]).max(1e-12), (yb[1] - yb[0]).max(1e-12));
+    let mut counts = [0usize; 4];
+    // The baseline lines count too, as points along their width.
+    let base: Vec<(f64, f64)> = all
+        .iter()
+        .filter_map(|s| s.baseline)
+        .flat_map(|b| {
+            let y = if log_y { b.log10() } else { b };
+            (0..=20).map(move |i| (xb[0] + w * i as f64 / 20.0, y))
+        })
+        .collect();
+    for (x, y) in all
+        .iter()
+        .flat_map(|s| s.smooth.iter().chain(&s.raw))
+        .chain(&base)
+    {
+        let (fx, fy) = ((x - xb[0]) / w, (y - yb[0]) / h);
+        for (k, (_, right, top)) in corners.iter().enumerate() {
+            let in_x = if *right { fx >= 0.6 } else { fx <= 0.4 };
+            let in_y = if *top { fy >= 0.6 } else { fy <= 0.4 };
+            if in_x && in_y {
+                counts[k] += 1;
+            }
+        }
+    }
+    let best = (0..4).min_by_key(|&k| (counts[k], k)).unwrap_or(0);
+    corners[best].0
 }
 
 /// Progress of the selected run with an ETA from its recent pace.
