@@ -161,6 +161,27 @@ fn code(c: KeyCode) -> KeyEvent {
 }
 
 #[test]
+fn samples_under_no_color_are_grey_shades() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_diffusion_run(tmp.path(), "diff-fashion");
+    let mut app = fixture_app(tmp.path());
+    app.theme = app.theme.clone().without_color();
+    app.on_key(key('4'));
+    for (w, h) in [(80u16, 24u16), (200, 60)] {
+        let (s, buf) = render(&app, w, h);
+        assert!(!s.contains('▀'), "{s}");
+        assert!(s.chars().any(|c| "░▒▓█".contains(c)), "{s}");
+        assert!(
+            buf.content
+                .iter()
+                .all(|c| !matches!(c.fg, Color::Rgb(..)) && !matches!(c.bg, Color::Rgb(..))),
+            "no colour under NO_COLOR"
+        );
+        insta::assert_snapshot!(format!("samples_no_color_{w}x{h}"), s);
+    }
+}
+
+#[test]
 fn samples_view_snapshots() {
     let tmp = tempfile::tempdir().unwrap();
     write_diffusion_run(tmp.path(), "diff-fashion");
