@@ -945,11 +945,17 @@ fn an_extreme_logged_value_never_hangs_the_curves() {
     );
     let t = Tmux::start(tmp.path(), &cmd);
     t.wait(&|s| s.contains("huge"), 20);
+    // the dashboard (linear panels), then the train loss chart on a log axis
     t.keys(&["2"]);
-    t.wait(&|s| s.contains("train loss"), 10);
+    t.wait(&|s| s.contains("train loss") && s.contains("grad norm"), 10);
+    t.keys(&["Enter"]);
+    t.wait(&|s| s.contains("train loss vs step"), 10);
     t.keys(&["l"]);
     std::thread::sleep(Duration::from_millis(500));
-    t.wait(&|s| s.contains("train loss"), 10);
+    t.wait(
+        &|s| s.contains("train loss vs step · smoothing 0.60 · log y"),
+        10,
+    );
     t.keys(&["l", "q"]);
     let s = t.wait(&|s| s.contains("EXITED="), 20);
     assert!(s.contains("EXITED=0"), "{s}");

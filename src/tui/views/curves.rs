@@ -199,10 +199,14 @@ fn draw_dashboard(f: &mut Frame, app: &App, area: Rect) {
     for (i, metric) in crate::tui::app::Metric::ALL.iter().enumerate() {
         let cols = Layout::horizontal([Constraint::Ratio(1, 3); 3]).split(rows[i / 3]);
         let cell = cols[i % 3];
+        // Panels are linear, over the whole run: log y, the recent window and the cursor
+        // belong to the one-metric chart.
         let cs = CurvesState {
             metric: *metric,
             cursor: None,
             dashboard: false,
+            log_y: false,
+            zoom_recent: false,
             ..c.clone()
         };
         let buckets = (cell.width as usize).saturating_sub(8).max(2) * 2;
