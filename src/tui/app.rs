@@ -1031,6 +1031,10 @@ impl App {
             Action::TrajCleaner => self.samples.scrub(1),
             Action::SampleNow => self.sample_now(),
             Action::SampleClass => self.samples.cycle_class(),
+            // Pages wrap modulo the count the pane has (`tile_window`); 720720 = lcm(1..=16)
+            // keeps "previous" exact for up to 16 pages.
+            Action::TilePagePrev => self.samples.page = (self.samples.page + 720_719) % 720_720,
+            Action::TilePageNext => self.samples.page = (self.samples.page + 1) % 720_720,
             Action::GuidanceLess => self.samples.change_guidance(-0.5),
             Action::GuidanceMore => self.samples.change_guidance(0.5),
             Action::ImageProtocol => {

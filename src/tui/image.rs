@@ -53,6 +53,23 @@ impl Picture {
         }
     }
 
+    /// The `w`×`h` part at (`x`, `y`), clamped to the picture.
+    pub fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> Picture {
+        let (x, y) = (x.min(self.w), y.min(self.h));
+        let (w, h) = (w.min(self.w - x), h.min(self.h - y));
+        let mut rgb = Vec::with_capacity(3 * w * h);
+        for row in y..y + h {
+            let i = 3 * (row * self.w + x);
+            rgb.extend_from_slice(&self.rgb[i..i + 3 * w]);
+        }
+        Picture {
+            w,
+            h,
+            grey: self.grey,
+            rgb,
+        }
+    }
+
     pub fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
         let i = 3 * (y * self.w + x);
         [self.rgb[i], self.rgb[i + 1], self.rgb[i + 2]]

@@ -650,3 +650,63 @@ fn samples_end_to_end_in_tmux() {
     );
     t(&["kill-session", "-t", &session]);
 }
+
+#[test]
+fn small_panes_page_through_legible_tiles() {
+    use ssmlab::tui::views::samples::{TileWindow, tile_window};
+    // The shipped run's 2×10 grid of 28×28 tiles.
+    let runs: Vec<_> = RunsIndex::new()
+        .scan(&Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints"))
+        .into_iter()
+        .filter(|r| r.id == "diffussm-fashion")
+        .map(|mut r| {
+            r.age_s = Some(3.0);
+            r
+        })
+        .collect();
+    let mut app = crate::common::app_over(runs);
+    app.on_key(key('4'));
+    let (s, _) = render(&app, 80, 24);
+    assert!(s.contains("page 1/"), "{s}");
+    assert!(
+        s.contains("T-shirt/top") && !s.contains("Ankle boot"),
+        "{s}"
+    );
+    insta::assert_snapshot!("samples_paged_80x24", s);
+    // every tile at least 14 cells wide: the window for the pane
+    let w = tile_window(2, 10, 28, 28, ratatui::layout::Rect::new(0, 0, 50, 14), 0).unwrap();
+    assert_eq!(
+        w,
+        TileWindow {
+            r0: 0,
+            nr: 1,
+            c0: 0,
+            nc: 3,
+            page: 0,
+            pages: 8
+        }
+    );
+    let cells_per_tile = 50.0 / (w.nc * 29 - 1) as f64 * 28.0;
+    assert!(cells_per_tile >= 14.0, "{cells_per_tile}");
+    // PgDn pages on to the next tiles; PgUp from the first wraps to the last page
+    app.on_key(code(KeyCode::PageDown));
+    let (s, _) = render(&app, 80, 24);
+    assert!(s.contains("page 2/") && !s.contains("T-shirt/top"), "{s}");
+    app.on_key(code(KeyCode::PageUp));
+    app.on_key(code(KeyCode::PageUp));
+    let (s, _) = render(&app, 80, 24);
+    let last = s
+        .split("page ")
+        .nth(1)
+        .and_then(|x| x.split(' ').next())
+        .unwrap();
+    let (a, b) = last.split_once('/').unwrap();
+    assert_eq!(a, b, "{s}");
+    // at 200×60 the whole grid fits: no pages
+    let (s, _) = render(&app, 200, 60);
+    assert!(!s.contains("page ") && s.contains("Ankle boot"), "{s}");
+    assert_eq!(
+        tile_window(2, 10, 28, 28, ratatui::layout::Rect::new(0, 0, 150, 40), 3),
+        None
+    );
+}

@@ -79,6 +79,9 @@ pub struct SamplesState {
     pub error: Option<String>,
     /// Folder to select when the next listing shows it (a finished sample-now).
     pub select_path: Option<PathBuf>,
+    /// The page of tiles shown when the whole grid does not fit legibly in half blocks
+    /// (taken modulo the pages there are at the pane's size).
+    pub page: usize,
     /// Decoded PNGs by path.
     pub pictures: HashMap<PathBuf, Result<Arc<Picture>, String>>,
     pub pending: HashSet<PathBuf>,
@@ -538,6 +541,47 @@ fn draw_pane(f: &mut Frame, app: &App, area: Rect) {
         img_area.y += 1;
         img_area.height -= 1;
     }
+    // Half blocks at small sizes: a page of tiles at least half their pixel size (a 28×28
+    // tile 14 cells wide), paged with PgUp/PgDn, instead of the whole grid too small to judge.
+    let win = (s.output.active() == Protocol::Halfblocks)
+        .then(|| tile_window(m.rows, m.cols, m.tile_h, m.tile_w, img_area, s.page))
+        .flatten();
+    let (pic, rows, cols, grid_rows, grid_cols) = match &win {
+        Some(w) => (
+            std::sync::Arc::new(pic.crop(
+                w.c0 * (m.tile_w + 1),
+                w.r0 * (m.tile_h + 1),
+                (w.nc * (m.tile_w + 1)).saturating_sub(1),
+                (w.nr * (m.tile_h + 1)).saturating_sub(1),
+            )),
+            rows.map(|r| r[w.r0..w.r0 + w.nr].to_vec()),
+            cols.map(|c| c[w.c0..w.c0 + w.nc].to_vec()),
+            w.nr,
+            w.nc,
+        ),
+        None => (pic, rows, cols, m.rows, m.cols),
+    };
+    if let Some(w) = &win {
+        let note = format!(
+            " tiles {}–{} × {}–{} · page {}/{} (PgUp/PgDn) ",
+            w.r0 + 1,
+            w.r0 + w.nr,
+            w.c0 + 1,
+            w.c0 + w.nc,
+            w.page + 1,
+            w.pages
+        );
+        let width = (note.chars().count() as u16).min(area.width.saturating_sub(2));
+        f.render_widget(
+            Paragraph::new(Span::styled(note, t.accent())),
+            Rect::new(
+                area.right().saturating_sub(width + 1),
+                area.bottom().saturating_sub(1),
+                width,
+                1,
+            ),
+        );
+    }
     s.pane.set(img_area);
     // the image: a protocol image once encoded for this pane, else half blocks
     let key = EncodeKey {
@@ -566,7 +610,7 @@ fn draw_pane(f: &mut Frame, app: &App, area: Rect) {
             img_area,
         ),
     }
-    if place.width == 0 || place.height == 0 || m.rows == 0 || m.cols == 0 {
+    if place.width == 0 || place.height == 0 || grid_rows == 0 || grid_cols == 0 {
         return;
     }
     // tile centres as fractions of the grid (tiles are separated by a 1-pixel gap)
@@ -576,7 +620,7 @@ fn draw_pane(f: &mut Frame, app: &App, area: Rect) {
     if let (Some(r), true) = (&rows, label_w > 0) {
         let mut last_y = None;
         for (i, c) in r.iter().enumerate() {
-            let y = place.y + (centre(i, m.rows, m.tile_h) * place.height as f64) as u16;
+            let y = place.y + (centre(i, grid_rows, m.tile_h) * place.height as f64) as u16;
             if last_y == Some(y) || y >= place.y + place.height {
                 continue;
             }
@@ -595,12 +639,12 @@ fn draw_pane(f: &mut Frame, app: &App, area: Rect) {
     } else if let Some(c) = &cols
         && place.y > inner.y
     {
-        let tile_cells = (place.width as usize / m.cols).saturating_sub(1);
+        let tile_cells = (place.width as usize / grid_cols).saturating_sub(1);
         if tile_cells >= 3 {
             for (i, cl) in c.iter().enumerate() {
                 let name: String = class_name(names, *cl).chars().take(tile_cells).collect();
                 let w = name.chars().count() as u16;
-                let cx = place.x + (centre(i, m.cols, m.tile_w) * place.width as f64) as u16;
+                let cx = place.x + (centre(i, grid_cols, m.tile_w) * place.width as f64) as u16;
                 let x = cx.saturating_sub(w / 2).max(inner.x);
                 f.render_widget(
                     Paragraph::new(Span::styled(name, t.muted())),
@@ -609,6 +653,53 @@ fn draw_pane(f: &mut Frame, app: &App, area: Rect) {
             }
         }
     }
+}
+
+/// A page of tiles of a grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileWindow {
+    pub r0: usize,
+    pub nr: usize,
+    pub c0: usize,
+    pub nc: usize,
+    pub page: usize,
+    pub pages: usize,
+}
+
+/// The page `page` (modulo the pages there are) of a `rows`×`cols` grid of `tile_h`×`tile_w`
+/// tiles (1-pixel gaps) shown in half blocks in `area` with every tile at least half its pixel
+/// size (one cell per two pixels across, two pixels per cell down: a 28×28 tile is then at
+/// least 14 cells wide); `None` when the whole grid fits at that size.
+pub fn tile_window(
+    rows: usize,
+    cols: usize,
+    tile_h: usize,
+    tile_w: usize,
+    area: Rect,
+    page: usize,
+) -> Option<TileWindow> {
+    if rows == 0 || cols == 0 || tile_h == 0 || tile_w == 0 {
+        return None;
+    }
+    // at half size a window of n tiles (n·(t+1)−1 pixels) needs half that many cells across
+    // and a quarter that many rows
+    let nc = ((2 * area.width as usize + 1) / (tile_w + 1)).clamp(1, cols);
+    let nr = ((4 * area.height as usize + 1) / (tile_h + 1)).clamp(1, rows);
+    if nc >= cols && nr >= rows {
+        return None;
+    }
+    let (pr, pc) = (rows.div_ceil(nr), cols.div_ceil(nc));
+    let pages = pr * pc;
+    let page = page % pages;
+    let (r0, c0) = ((page / pc) * nr, (page % pc) * nc);
+    Some(TileWindow {
+        r0,
+        nr: nr.min(rows - r0),
+        c0,
+        nc: nc.min(cols - c0),
+        page,
+        pages,
+    })
 }
 
 fn draw_sample_now(f: &mut Frame, app: &App, area: Rect) {
