@@ -24,8 +24,9 @@ fn tone_color(t: Tone) -> Rgb<u8> {
     }
 }
 
-/// 3×5 glyphs, one row per entry, bit 2 = left column.
-fn glyph(c: char) -> [u8; 5] {
+/// 3×5 glyphs, one row per entry, bit 2 = left column. Every printable ASCII character has
+/// its own (lower case drawn as upper case); anything else is a full block.
+pub fn glyph(c: char) -> [u8; 5] {
     match c.to_ascii_uppercase() {
         '0' => [7, 5, 5, 5, 7],
         '1' => [2, 6, 2, 2, 7],
@@ -87,8 +88,21 @@ fn glyph(c: char) -> [u8; 5] {
         ';' => [0, 2, 0, 2, 4],
         '≥' => [4, 2, 1, 2, 7],
         '²' => [6, 2, 4, 6, 0],
+        '!' => [2, 2, 2, 0, 2],
+        '"' => [5, 5, 0, 0, 0],
+        '#' => [5, 7, 5, 7, 5],
+        '$' => [3, 6, 2, 3, 6],
+        '&' => [2, 5, 2, 5, 3],
+        '?' => [7, 1, 2, 0, 2],
+        '@' => [7, 5, 7, 4, 3],
+        '\\' => [4, 4, 2, 1, 1],
+        '^' => [2, 5, 0, 0, 0],
+        '`' => [4, 2, 0, 0, 0],
+        '{' => [3, 2, 6, 2, 3],
+        '}' => [6, 2, 3, 2, 6],
+        '~' => [0, 3, 6, 0, 0],
         ' ' => [0; 5],
-        _ => [7, 1, 2, 0, 2],
+        _ => [7; 5],
     }
 }
 

@@ -316,6 +316,16 @@ fn pick_dir(sel: DirSel) -> Direction {
     }
 }
 
+/// max|K| over the lags the lag sub-view plots for direction `d`: a log-lag axis has no lag 0,
+/// and with both directions on a signed axis the backward kernel's lag 0 is the forward one's.
+pub fn plotted_max(k: &[f64], sel: &Selection, d: Direction) -> f64 {
+    let skip0 = sel.log_lag || (sel.dir == DirSel::Both && d == Direction::Backward);
+    k.iter()
+        .enumerate()
+        .filter(|(l, _)| !skip0 || *l >= 1)
+        .fold(0f64, |m, (_, v)| m.max(v.abs()))
+}
+
 fn info_lines(mk: &ModelKernels, sel: &Selection) -> Vec<String> {
     let l = &mk.layers[sel.layer];
     let mut v = Vec::new();
@@ -330,7 +340,7 @@ fn info_lines(mk: &ModelKernels, sel: &Selection) -> Vec<String> {
             fmt_decay(decay_lag(k, 0.01), mk.len),
             dt.map(|x| format!("{x:.4}")).unwrap_or_default(),
             dd.map(|x| format!("{x:.3}")).unwrap_or_default(),
-            k.iter().fold(0f64, |m, v| m.max(v.abs())),
+            plotted_max(k, sel, d),
         ));
     }
     v

@@ -8,7 +8,7 @@ use std::process::Command;
 use candle_core::{DType, Device, Tensor};
 use ssmlab::engine::bigs::{BigsConfig, load_bigs};
 use ssmlab::engine::s4d::{Discretization, s4_kernel};
-use ssmlab::kernels::figure::{DirSel, Panel, Selection, SubView, figure};
+use ssmlab::kernels::figure::{DirSel, Panel, Selection, SubView, Tone, figure};
 use ssmlab::kernels::{
     Direction, ImageGrid, decay_lag, fold_receptive_field, frequency_response, load_model,
     s4_channel_kernels, signed_response, spread, summary,
@@ -740,4 +740,60 @@ fn kernels_cli_diffussm_table_receptive_field_and_errors() {
             && e.contains("diffusion run directory"),
         "{e}"
     );
+}
+
+#[test]
+fn the_texts_max_k_is_the_plotted_peak() {
+    let mk = load_model(&shipped_run(), None).unwrap();
+    for log_lag in [false, true] {
+        for dir in [DirSel::Both, DirSel::Forward, DirSel::Backward] {
+            for layer in 0..mk.layers.len() {
+                let sel = Selection {
+                    layer,
+                    dir,
+                    log_lag,
+                    ..Default::default()
+                };
+                let fig = figure(std::slice::from_ref(&mk), &sel);
+                let Panel::Plot { series, .. } = &fig.panels[0] else {
+                    panic!("lag view starts with a plot")
+                };
+                for s in series.iter().filter(|s| s.tone != Tone::Faint) {
+                    let peak = s.points.iter().fold(0f64, |m, p| m.max(p.1.abs()));
+                    let d = &s.label[..3];
+                    let want = format!("max|K| {peak:.3}");
+                    let Some(Panel::Text { lines, .. }) = fig.panels.get(1) else {
+                        panic!("the lag view's second panel is its text")
+                    };
+                    let line = lines
+                        .iter()
+                        .find(|n| n.starts_with(d))
+                        .unwrap_or_else(|| panic!("{lines:?}"));
+                    assert!(
+                        line.contains(&want),
+                        "{dir:?} log {log_lag} {}: {line} vs {want}",
+                        s.label
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_png_font_has_a_glyph_for_every_printable_ascii_character() {
+    use ssmlab::kernels::export::glyph;
+    let unknown = glyph('\u{2603}');
+    let mut seen = std::collections::HashMap::new();
+    for c in (0x21u8..0x7f)
+        .map(char::from)
+        .filter(|c| !c.is_ascii_lowercase())
+    {
+        let g = glyph(c);
+        assert_ne!(g, unknown, "{c:?} has no glyph");
+        if let Some(o) = seen.insert(g, c) {
+            panic!("{c:?} and {o:?} look the same");
+        }
+        assert_eq!(glyph(c.to_ascii_lowercase()), g);
+    }
 }
