@@ -266,6 +266,17 @@ fn ssmlab_within(args: &[&str], secs: u64) -> std::process::Output {
     }
 }
 
+/// A FIFO at `p` (that nobody writes).
+fn mkfifo(p: &Path) -> PathBuf {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo {}", p.display());
+    p.to_path_buf()
+}
+
 fn one_line_error(out: &std::process::Output) -> String {
     assert!(!out.status.success(), "it succeeded");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -389,14 +400,7 @@ fn corpora_and_image_files_are_read_only_as_far_as_they_promise() {
         )
     };
     // A device that never ends and a FIFO nobody writes.
-    let fifo = tmp.path().join("fifo.txt");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let fifo = mkfifo(&tmp.path().join("fifo.txt"));
     for corpus in [PathBuf::from("/dev/zero"), fifo] {
         let err = one_line_error(&train(
             "bigs-smoke",
@@ -450,14 +454,7 @@ fn corpora_and_image_files_are_read_only_as_far_as_they_promise() {
 #[test]
 fn small_files_from_outside_never_hang_or_flood_a_reader() {
     let tmp = tempfile::tempdir().unwrap();
-    let fifo = tmp.path().join("fifo.toml");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let fifo = mkfifo(&tmp.path().join("fifo.toml"));
     for cfg in [Path::new("/dev/zero"), fifo.as_path()] {
         let err = one_line_error(&ssmlab_within(
             &["train", "--config", cfg.to_str().unwrap()],
@@ -470,10 +467,7 @@ fn small_files_from_outside_never_hang_or_flood_a_reader() {
     let run = hostile_run(&runs, "fifo-run");
     for f in ["status.json", "config.toml"] {
         std::fs::remove_file(run.join(f)).unwrap();
-        std::process::Command::new("mkfifo")
-            .arg(run.join(f))
-            .status()
-            .unwrap();
+        mkfifo(&run.join(f));
     }
     let out = ssmlab_within(&["runs", "--runs-dir", runs.to_str().unwrap()], 20);
     assert_ok(&out);
