@@ -85,9 +85,17 @@ fn draw_plot(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
         return;
     };
     let t = &app.theme;
+    // Axis titles sit on the frame, outside the plot (ratatui draws an axis title inside the
+    // graph, over the curves): the y title beside the panel title, the x title at the bottom.
     let block = Block::default()
         .borders(Borders::ALL)
-        .title(format!(" {title} "));
+        .title(Line::from(vec![
+            Span::raw(format!(" {title} ")),
+            Span::styled(format!("· y: {y_label} "), t.muted()),
+        ]))
+        .title_bottom(
+            Line::from(Span::styled(format!(" x: {x_label} "), t.muted())).right_aligned(),
+        );
     let Some((xb, yb)) = series_bounds(series) else {
         f.render_widget(Paragraph::new("no data").block(block), area);
         return;
@@ -122,26 +130,16 @@ fn draw_plot(f: &mut Frame, app: &App, p: &Panel, area: Rect) {
     let mid = |b: [f64; 2]| (b[0] + b[1]) / 2.0;
     let chart = Chart::new(datasets)
         .block(block)
-        .x_axis(
-            Axis::default()
-                .title(Span::styled(x_label.clone(), t.muted()))
-                .bounds(xb)
-                .labels(vec![
-                    Span::raw(tick_label(xb[0], *log_x)),
-                    Span::raw(tick_label(mid(xb), *log_x)),
-                    Span::raw(tick_label(xb[1], *log_x)),
-                ]),
-        )
-        .y_axis(
-            Axis::default()
-                .title(Span::styled(y_label.clone(), t.muted()))
-                .bounds(yb)
-                .labels(vec![
-                    Span::raw(tick_label(yb[0], *log_y)),
-                    Span::raw(tick_label(mid(yb), *log_y)),
-                    Span::raw(tick_label(yb[1], *log_y)),
-                ]),
-        );
+        .x_axis(Axis::default().bounds(xb).labels(vec![
+            Span::raw(tick_label(xb[0], *log_x)),
+            Span::raw(tick_label(mid(xb), *log_x)),
+            Span::raw(tick_label(xb[1], *log_x)),
+        ]))
+        .y_axis(Axis::default().bounds(yb).labels(vec![
+            Span::raw(tick_label(yb[0], *log_y)),
+            Span::raw(tick_label(mid(yb), *log_y)),
+            Span::raw(tick_label(yb[1], *log_y)),
+        ]));
     f.render_widget(chart, area);
 }
 
