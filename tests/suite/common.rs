@@ -274,3 +274,14 @@ impl Drop for Reap {
         let _ = self.0.wait();
     }
 }
+
+/// The shell line that starts the real TUI in `cwd` on `runs` (no user settings) and prints its
+/// exit status when it ends, for the tmux tests.
+pub fn tui_command(cwd: &std::path::Path, runs: &std::path::Path) -> String {
+    format!(
+        "cd {} && SSMLAB_CONFIG=/nonexistent {} --runs-dir {}; echo EXITED=$?",
+        cwd.display(),
+        env!("CARGO_BIN_EXE_ssmlab"),
+        runs.display()
+    )
+}

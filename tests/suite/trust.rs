@@ -89,12 +89,7 @@ fn the_tui_shows_hostile_names_escaped_and_the_title_is_untouched() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
     hostile_run(&runs, &format!("evil{HOSTILE}"));
-    let cmd = format!(
-        "cd {} && SSMLAB_CONFIG=/nonexistent {} --runs-dir {}; echo EXITED=$?",
-        env!("CARGO_MANIFEST_DIR"),
-        env!("CARGO_BIN_EXE_ssmlab"),
-        runs.display()
-    );
+    let cmd = crate::common::tui_command(Path::new(env!("CARGO_MANIFEST_DIR")), &runs);
     let t = crate::tui::Tmux::start(tmp.path(), &cmd);
     let title =
         |t: &crate::tui::Tmux| t.run(&["display-message", "-p", "-t", &t.session, "#{pane_title}"]);

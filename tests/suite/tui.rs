@@ -734,12 +734,7 @@ fn kernels_end_to_end_in_tmux() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
     let run = crate::common::two_checkpoint_run(&runs);
-    let cmd = format!(
-        "cd {} && SSMLAB_CONFIG=/nonexistent {} --runs-dir {}; echo EXITED=$?",
-        tmp.path().display(),
-        env!("CARGO_BIN_EXE_ssmlab"),
-        runs.display()
-    );
+    let cmd = crate::common::tui_command(tmp.path(), &runs);
     let t = Tmux::start(tmp.path(), &cmd);
     t.wait(
         &|s| s.contains("bigs-mobydick") && s.contains("finished"),
@@ -806,12 +801,7 @@ fn end_to_end_in_tmux() {
         a.extend_from_slice(args);
         tmux(&a)
     };
-    let cmd = format!(
-        "cd {} && SSMLAB_CONFIG=/nonexistent {} --runs-dir {}; echo EXITED=$?",
-        env!("CARGO_MANIFEST_DIR"),
-        env!("CARGO_BIN_EXE_ssmlab"),
-        runs.display()
-    );
+    let cmd = crate::common::tui_command(Path::new(env!("CARGO_MANIFEST_DIR")), &runs);
     t(&[
         "new-session",
         "-d",
@@ -937,12 +927,7 @@ fn an_extreme_logged_value_never_hangs_the_curves() {
     .unwrap();
     let spread = log_ticks(1e-3, f64::INFINITY);
     assert!(!spread.is_empty() && spread.len() <= 30, "{spread:?}");
-    let cmd = format!(
-        "cd {} && SSMLAB_CONFIG=/nonexistent {} --runs-dir {}; echo EXITED=$?",
-        tmp.path().display(),
-        env!("CARGO_BIN_EXE_ssmlab"),
-        runs.display()
-    );
+    let cmd = crate::common::tui_command(tmp.path(), &runs);
     let t = Tmux::start(tmp.path(), &cmd);
     t.wait(&|s| s.contains("huge"), 20);
     // the dashboard (linear panels), then the train loss chart on a log axis

@@ -558,12 +558,7 @@ fn samples_end_to_end_in_tmux() {
         runs: Some(runs.clone()),
     };
     let t = |args: &[&str]| tmux(sock, args);
-    let cmd = format!(
-        "cd {} && SSMLAB_CONFIG=/nonexistent {} --runs-dir {}; echo EXITED=$?",
-        env!("CARGO_MANIFEST_DIR"),
-        env!("CARGO_BIN_EXE_ssmlab"),
-        runs.display()
-    );
+    let cmd = crate::common::tui_command(Path::new(env!("CARGO_MANIFEST_DIR")), &runs);
     t(&[
         "new-session",
         "-d",
