@@ -72,15 +72,8 @@ pub const SMALL_FILE_MAX: u64 = 16 << 20;
 /// message says which rule the file broke.
 pub fn read_file(path: &std::path::Path, max: u64) -> std::io::Result<String> {
     use std::io::{Error, ErrorKind, Read};
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
+    let f = open_regular(path)?;
     let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
-    }
     if meta.len() > max {
         return Err(Error::new(
             ErrorKind::InvalidData,
@@ -94,4 +87,21 @@ pub fn read_file(path: &std::path::Path, max: u64) -> std::io::Result<String> {
     let mut s = String::with_capacity(meta.len() as usize);
     f.take(max).read_to_string(&mut s)?;
     Ok(s)
+}
+
+/// Opens a file from outside for reading, only if it is a regular file (opened non-blocking, so a
+/// FIFO planted at the path cannot hang the caller; the error says "not a regular file").
+pub fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
 }

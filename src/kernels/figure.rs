@@ -35,7 +35,7 @@ impl SubView {
             SubView::Heatmap => "heatmap",
             SubView::Spectrum => "frequency response",
             SubView::Eigen => "Δt and eigenvalues of A",
-            SubView::Evolution => "evolution over checkpoints",
+            SubView::Evolution => "evolution over training",
             SubView::ReceptiveField => "receptive field",
         }
     }
@@ -577,7 +577,7 @@ fn evolution_panels(data: &[ModelKernels], sel: &Selection) -> Vec<Panel> {
                     .unwrap_or(f64::NAN)
             };
             format!(
-                "{:<11} decay fwd {:>4} bwd {:>4}  Δt fwd {:.4} bwd {:.4}",
+                "{:<15} decay fwd {:>4} bwd {:>4}  Δt fwd {:.4} bwd {:.4}",
                 m.label(),
                 dl(Direction::Forward),
                 dl(Direction::Backward),
@@ -587,12 +587,18 @@ fn evolution_panels(data: &[ModelKernels], sel: &Selection) -> Vec<Panel> {
         })
         .collect();
     if data.len() < 2 {
-        lines.push("one checkpoint only: evolution needs a run with two or more".into());
+        lines.push(
+            "one entry only: evolution needs two or more checkpoints or kernels.jsonl records \
+             (written at step 0 and at every evaluation)"
+                .into(),
+        );
+    } else if data.iter().any(|m| m.history) {
+        lines.push("step N (log): kernels.jsonl at an evaluation; step-N: a checkpoint".into());
     }
     vec![
         Panel::Heatmap {
             title: format!(
-                "layer {} over checkpoints ({{ }} to scrub), each row scaled",
+                "layer {} over training ({{ }} to scrub), each row scaled",
                 sel.layer
             ),
             x_label: lag_axis(sel),
@@ -601,7 +607,7 @@ fn evolution_panels(data: &[ModelKernels], sel: &Selection) -> Vec<Panel> {
             highlight: Some(sel.checkpoint),
         },
         Panel::Text {
-            title: "per checkpoint".into(),
+            title: "per step (checkpoints and kernels.jsonl records)".into(),
             lines,
         },
     ]

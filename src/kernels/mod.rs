@@ -47,6 +47,8 @@ pub enum KernelsError {
     Dir(#[from] ModelDirError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Run(#[from] crate::runs::RunError),
     #[error("{path} has no SSM parameters (no tensor `{tensor}`): {hint}")]
     NoSsm {
         path: PathBuf,
@@ -82,6 +84,8 @@ pub enum KernelsError {
          BiGS and DiffuSSM models"
     )]
     Attention { path: PathBuf },
+    #[error("kernel history {path}: {msg}")]
+    History { path: PathBuf, msg: String },
 }
 
 impl From<candle_core::Error> for KernelsError {

@@ -126,12 +126,17 @@ pub struct ModelKernels {
     pub image: Option<ImageGrid>,
     /// How the model combines the two directions (why no attention map is shown).
     pub gate_note: &'static str,
+    /// Read from the run's `kernels.jsonl` (a record written at an evaluation), not from a
+    /// checkpoint; `weights` is then that file.
+    pub history: bool,
 }
 
 impl ModelKernels {
-    /// "step-2500" or the weights file name.
+    /// "step-2500" (a checkpoint), "step 500 (log)" (a `kernels.jsonl` record) or the weights
+    /// file name.
     pub fn label(&self) -> String {
         match self.step {
+            Some(s) if self.history => format!("step {s} (log)"),
             Some(s) => format!("step-{s}"),
             None => self
                 .weights

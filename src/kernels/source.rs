@@ -14,6 +14,7 @@ use crate::engine::init::{a_init_full, a_init_half};
 use crate::engine::s4d::BIGS_A_RE_MAX;
 use crate::engine::ssm::{KernelMode, Ssm};
 use crate::engine::weights::read_checkpoint;
+use crate::runs::kernels::KernelRecord;
 use crate::runs::model::{ModelFiles, model_checkpoints, resolve_model};
 
 /// What BiGS does with its two directions.
@@ -423,18 +424,29 @@ pub fn open_source(files: &ModelFiles) -> Result<Box<dyn KernelSource>> {
 /// Every layer's kernels of one checkpoint, at the model's own length.
 pub fn load_kernels(files: &ModelFiles) -> Result<ModelKernels> {
     let src = open_source(files)?;
+    let weights = src
+        .weights()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| files.weights.clone());
+    model_kernels(src.as_ref(), weights, files.step, false)
+}
+
+/// Every layer's kernels of a source, at the model's own length.
+fn model_kernels(
+    src: &dyn KernelSource,
+    weights: PathBuf,
+    step: Option<u64>,
+    history: bool,
+) -> Result<ModelKernels> {
     let len = src.kernel_len();
     let layers = (0..src.num_layers())
         .map(|i| src.layer(i, len))
         .collect::<Result<Vec<_>>>()?;
     Ok(ModelKernels {
         family: src.family(),
-        weights: src
-            .weights()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| files.weights.clone()),
+        weights,
         ema: src.ema(),
-        step: files.step,
+        step,
         len,
         width: src.width(),
         shared: src.shared(),
@@ -442,7 +454,182 @@ pub fn load_kernels(files: &ModelFiles) -> Result<ModelKernels> {
         init: src.init(),
         image: src.image(),
         gate_note: src.gate_note(),
+        history,
     })
+}
+
+/// The model configuration a run's `kernels.jsonl` records are read with.
+#[derive(Debug, Clone)]
+pub enum HistoryModel {
+    Bigs(BigsConfig),
+    Diffussm(DiffussmConfig),
+}
+
+impl HistoryModel {
+    /// The configuration of a run: its latest checkpoint's `config.json` when it has one, else
+    /// the `[model]` of its `config.toml`. None: a family without SSM kernels (BERT).
+    fn of_run(run: &Path, latest: Option<&ModelFiles>) -> Result<Option<Self>> {
+        if let Some(f) = latest {
+            return Ok(match detect_family(f)?.as_str() {
+                "bigs" => Some(Self::Bigs(BigsConfig::from_json_file(&f.config)?)),
+                "diffussm" => Some(Self::Diffussm(DiffussmConfig::from_json_file(&f.config)?)),
+                _ => None,
+            });
+        }
+        let toml = run.join("config.toml");
+        let bad = |e: String| KernelsError::History {
+            path: toml.clone(),
+            msg: e,
+        };
+        let family = crate::train::config::model_family(&toml).map_err(|e| bad(e.to_string()))?;
+        Ok(match family.to_ascii_lowercase().as_str() {
+            "bigs" => Some(Self::Bigs(
+                crate::train::config::RunConfig::from_toml_file(&toml)
+                    .map_err(|e| bad(e.to_string()))?
+                    .model,
+            )),
+            "diffussm" => Some(Self::Diffussm(
+                crate::train::diffusion::DiffusionRunConfig::from_toml_file(&toml)
+                    .map_err(|e| bad(e.to_string()))?
+                    .model,
+            )),
+            _ => None,
+        })
+    }
+}
+
+/// One entry of a run's kernel history: a checkpoint, or a record of its `kernels.jsonl`.
+#[derive(Debug, Clone)]
+pub enum Snapshot {
+    Checkpoint(ModelFiles),
+    History {
+        /// The `kernels.jsonl` read.
+        path: PathBuf,
+        model: HistoryModel,
+        record: Box<KernelRecord>,
+    },
+}
+
+impl Snapshot {
+    pub fn step(&self) -> Option<u64> {
+        match self {
+            Snapshot::Checkpoint(f) => f.step,
+            Snapshot::History { record, .. } => Some(record.step),
+        }
+    }
+
+    /// What identifies the computed kernels for a cache: the weights file and its modification
+    /// time, or the record's file, step and training time.
+    pub fn cache_key(&self) -> String {
+        match self {
+            Snapshot::Checkpoint(f) => {
+                let mtime = std::fs::metadata(&f.weights)
+                    .and_then(|m| m.modified())
+                    .ok();
+                format!("{}\0{mtime:?}", f.weights.display())
+            }
+            Snapshot::History { path, record, .. } => format!(
+                "{}\0{}\0{}",
+                path.display(),
+                record.step,
+                record.wall_s.to_bits()
+            ),
+        }
+    }
+}
+
+/// At most this many `kernels.jsonl` records enter a history (evenly spaced, the first and the
+/// last always): one row each in the Evolution heatmap.
+pub const MAX_HISTORY: usize = 96;
+
+/// Indices of `n` items thinned to at most `max`, evenly spaced, first and last kept.
+fn thin(n: usize, max: usize) -> Vec<usize> {
+    if n <= max || max < 2 {
+        return (0..n).collect();
+    }
+    let mut v: Vec<usize> = (0..max)
+        .map(|i| (i * (n - 1) + (max - 1) / 2) / (max - 1))
+        .collect();
+    v.dedup();
+    v
+}
+
+/// The kernel history of a model path, ascending by step: for a run directory, its checkpoints
+/// and the records of its `kernels.jsonl` at the other steps (a checkpoint wins where both
+/// exist; records thinned to [`MAX_HISTORY`]); for a checkpoint or HF directory, itself.
+pub fn snapshots(path: &Path) -> Result<Vec<Snapshot>> {
+    let run_dir = path.join("config.toml").is_file();
+    let log = path.join(crate::runs::kernels::KERNELS_FILE);
+    let checkpoints = match model_checkpoints(path) {
+        Ok(c) => c,
+        // a run with no checkpoint yet may already have its step-0 record
+        Err(_) if run_dir && log.is_file() => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out: Vec<Snapshot> = checkpoints
+        .iter()
+        .cloned()
+        .map(Snapshot::Checkpoint)
+        .collect();
+    if run_dir && log.is_file() {
+        let records = crate::runs::kernels::read_kernels(&log)?;
+        if let Some(model) = HistoryModel::of_run(path, checkpoints.last())? {
+            let have: Vec<u64> = checkpoints.iter().filter_map(|f| f.step).collect();
+            let records: Vec<KernelRecord> = records
+                .into_iter()
+                .filter(|r| !have.contains(&r.step))
+                .collect();
+            let keep = thin(records.len(), MAX_HISTORY);
+            for (i, record) in records.into_iter().enumerate() {
+                if keep.binary_search(&i).is_ok() {
+                    out.push(Snapshot::History {
+                        path: log.clone(),
+                        model: model.clone(),
+                        record: Box::new(record),
+                    });
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(ModelDirError::Layout(path.into()).into());
+    }
+    out.sort_by_key(|s| s.step());
+    Ok(out)
+}
+
+/// The kernels of one entry of a history.
+pub fn load_snapshot(s: &Snapshot) -> Result<ModelKernels> {
+    match s {
+        Snapshot::Checkpoint(f) => load_kernels(f),
+        Snapshot::History {
+            path,
+            model,
+            record,
+        } => {
+            let dev = Device::Cpu;
+            let tensors = record
+                .tensors
+                .iter()
+                .map(|(name, t)| {
+                    let v = Tensor::from_slice(&t.values, t.shape.as_slice(), &dev)?;
+                    Ok((name.clone(), v))
+                })
+                .collect::<std::result::Result<HashMap<_, _>, candle_core::Error>>()?;
+            let src: Box<dyn KernelSource> = match model {
+                HistoryModel::Bigs(cfg) => {
+                    Box::new(BigsSource::from_tensors(cfg.clone(), &tensors, path)?)
+                }
+                HistoryModel::Diffussm(cfg) => Box::new(DiffussmSource::from_tensors(
+                    cfg.clone(),
+                    &tensors,
+                    path,
+                    record.ema,
+                )?),
+            };
+            model_kernels(src.as_ref(), path.clone(), Some(record.step), true)
+        }
+    }
 }
 
 /// The kernels of a model path (run dir: checkpoint `step` or the latest; step dir; HF dir).

@@ -7,6 +7,7 @@
 //!   metrics.jsonl    one JSON object per line (see [`Metric`])
 //!   status.json      pid, state, heartbeat, step, checkpoints (see [`Status`])
 //!   log.txt          human-readable log
+//!   kernels.jsonl    SSM parameters at step 0 and at every evaluation (see [`kernels`])
 //!   control.json     written by other processes to ask for stop / checkpoint (see [`Control`])
 //!   run.lock         held (flock) by the one trainer of the run; names its pid
 //!   step-N/          model.safetensors (HF names), optimizer.safetensors, state.json, config.json
@@ -17,6 +18,7 @@
 
 pub mod export;
 pub mod index;
+pub mod kernels;
 mod lock;
 mod metrics;
 pub mod model;

@@ -255,6 +255,7 @@ impl Trainer {
             }
         };
         run.truncate_metrics(state.progress.step)?;
+        run.truncate_kernels(state.progress.step)?;
         crate::runs::write_atomic(&run.config_path(), cfg.to_toml().as_bytes())?;
         let task = MlmTask::new(cfg, data, model, varmap, opt, state, dev);
         Ok(Session::new(run, lock, task))

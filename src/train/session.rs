@@ -180,6 +180,25 @@ pub trait Task {
     }
     /// Writes the checkpoint files (weights, optimiser, `state.json`, `config.json`) into `dir`.
     fn write_checkpoint_files(&self, dir: &Path) -> std::result::Result<(), String>;
+    /// The SSM parameters `kernels.jsonl` records, by checkpoint name (none: a model without
+    /// SSM layers), and whether they are EMA weights. By default the trained values of the
+    /// parameters under an SSM module ([`is_ssm_parameter`]).
+    fn kernel_tensors(&self) -> (bool, Vec<(String, candle_core::Tensor)>) {
+        let params = &self.optimiser().params;
+        let picked = params
+            .iter()
+            .filter(|p| is_ssm_parameter(&p.name))
+            .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
+            .collect();
+        (false, picked)
+    }
+}
+
+/// Whether a parameter belongs to an SSM module of BiGS (`….fs4.…`, `….bs4.…`) or DiffuSSM
+/// (`….ssm_fwd.…`, `….ssm_bwd.…`): the A, C, Δt and D that `kernels.jsonl` records.
+pub fn is_ssm_parameter(name: &str) -> bool {
+    name.split('.')
+        .any(|s| matches!(s, "fs4" | "bs4" | "ssm_fwd" | "ssm_bwd"))
 }
 
 /// The `Task` methods every task implements the same way, from fields of the same names: a
@@ -313,6 +332,31 @@ impl<T: Task> Session<T> {
         Ok(())
     }
 
+    /// Appends the SSM parameters at this step to `kernels.jsonl` (nothing for a model without
+    /// SSM layers).
+    fn record_kernels(&self) -> Result<()> {
+        let (ema, tensors) = self.task.kernel_tensors();
+        if tensors.is_empty() {
+            return Ok(());
+        }
+        let mut rec = crate::runs::kernels::KernelRecord {
+            step: self.step(),
+            wall_s: self.task.progress().wall_s,
+            ema,
+            tensors: Default::default(),
+        };
+        for (name, t) in tensors {
+            let shape = t.dims().to_vec();
+            let values = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            rec.tensors
+                .insert(name, crate::runs::kernels::SavedTensor { shape, values });
+        }
+        Ok(self.run.append_kernels(&rec)?)
+    }
+
     /// Writes `step-N/` atomically (best by eval loss: the evaluation of this step decides) and
     /// prunes old checkpoints, keeping the best.
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
@@ -378,6 +422,9 @@ impl<T: Task> Session<T> {
         if announce {
             on_event(Event::Message(&msg));
         }
+        if self.step() == 0 {
+            self.record_kernels()?;
+        }
         let session_start = Instant::now();
         let wall0 = self.task.progress().wall_s;
         let mut last_beat = Instant::now();
@@ -422,6 +469,7 @@ impl<T: Task> Session<T> {
                     last_beat = beat.last;
                     if due.eval {
                         self.task.progress_mut().last_eval_loss = m.eval_loss;
+                        self.record_kernels()?;
                     }
                 }
                 self.run.append_metric(&m)?;

@@ -134,8 +134,8 @@ pub fn two_checkpoint_run(runs_dir: &std::path::Path) -> PathBuf {
 }
 
 /// A DiffuSSM run trained by the binary with the `diffussm-smoke` preset (2 layers, hidden 16,
-/// patch 2 on 28×28: L = 196, per-channel kernels; checkpoints step-3 and step-6, each with EMA
-/// weights). Made once per test process under the target's temporary folder.
+/// patch 2 on 28×28: L = 196, per-channel kernels; checkpoint step-6 with EMA weights (step-3 is pruned);
+/// kernels.jsonl at steps 0, 3 and 6). Made once per test process under the target's temporary folder.
 pub fn smoke_diffusion_run() -> &'static std::path::Path {
     static RUN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     RUN.get_or_init(|| {

@@ -797,3 +797,207 @@ fn the_png_font_has_a_glyph_for_every_printable_ascii_character() {
         assert_eq!(glyph(c.to_ascii_lowercase()), g);
     }
 }
+
+/// The records of a run's `kernels.jsonl`, by step.
+fn history_steps(run: &Path) -> Vec<u64> {
+    ssmlab::runs::kernels::read_kernels(&run.join("kernels.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|r| r.step)
+        .collect()
+}
+
+/// Training writes the SSM parameters at step 0 and at every evaluation, even when one
+/// checkpoint is kept; the record at a checkpoint's step gives exactly that checkpoint's
+/// kernels; the history of the run is the records plus the checkpoint, and Evolution shows
+/// every one of them.
+#[test]
+fn kernel_history_records_step_0_and_every_evaluation() {
+    use ssmlab::kernels::{Snapshot, load_snapshot, snapshots};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = ssmlab::train::presets::preset("bigs-smoke").unwrap();
+    c.train.steps = 6;
+    c.train.log_every = 1;
+    c.train.eval_every = 2;
+    c.train.checkpoint_every = 3;
+    c.train.keep_checkpoints = 1;
+    let mut t = ssmlab::train::Trainer::create(c.clone(), tmp.path()).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    t.run(&stop, None, &mut |_| {}).unwrap();
+    let run = t.run.path.clone();
+    drop(t);
+    let recs = ssmlab::runs::kernels::read_kernels(&run.join("kernels.jsonl")).unwrap();
+    assert_eq!(
+        recs.iter().map(|r| r.step).collect::<Vec<_>>(),
+        [0, 2, 4, 6]
+    );
+    let (layers, n) = (c.model.num_hidden_layers, c.model.num_ssm);
+    for r in &recs {
+        assert!(!r.ema);
+        assert_eq!(r.tensors.len(), layers * 2 * 5, "{:?}", r.tensors.keys());
+        let a = &r.tensors["bigs.encoder.layer.1.bs4.kernel.C"];
+        assert_eq!(
+            (a.shape.as_slice(), a.values.len()),
+            ([n, 2].as_slice(), 2 * n)
+        );
+    }
+    assert!(recs.windows(2).all(|w| w[0].wall_s <= w[1].wall_s));
+    // one checkpoint kept; the history is 0, 2, 4 from the log and step-6
+    let snaps = snapshots(&run).unwrap();
+    let kinds: Vec<(Option<u64>, bool)> = snaps
+        .iter()
+        .map(|s| (s.step(), matches!(s, Snapshot::History { .. })))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (Some(0), true),
+            (Some(2), true),
+            (Some(4), true),
+            (Some(6), false)
+        ]
+    );
+    // the record of step 6 and checkpoint step-6: the same kernels, to the bit
+    let Snapshot::History { model, path, .. } = &snaps[0] else {
+        unreachable!()
+    };
+    let last = Snapshot::History {
+        path: path.clone(),
+        model: model.clone(),
+        record: Box::new(recs[3].clone()),
+    };
+    let from_log = load_snapshot(&last).unwrap();
+    let from_ck = load_model(&run, Some(6)).unwrap();
+    assert_eq!(from_log.layers, from_ck.layers);
+    assert_eq!(from_log.label(), "step 6 (log)");
+    assert!(from_log.history && !from_ck.history);
+    // the record of step 0 is the initialisation: A as the hippo init
+    let init = load_snapshot(&snaps[0]).unwrap();
+    for (e, i) in init.layers[0].fwd.eig.iter().zip(&init.init.eig) {
+        assert_eq!(e.0, -0.5);
+        assert!((e.1 - i.1).abs() < 1e-4 * (1.0 + i.1.abs()));
+    }
+    // Evolution: one heatmap row per entry, in step order
+    let data: Vec<_> = snaps.iter().map(|s| load_snapshot(s).unwrap()).collect();
+    let sel = Selection {
+        view: SubView::Evolution,
+        ..Default::default()
+    };
+    let fig = figure(&data, &sel);
+    let Panel::Heatmap { rows, .. } = &fig.panels[0] else {
+        panic!("{:?}", fig.panels[0])
+    };
+    let labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        ["step 0 (log)", "step 2 (log)", "step 4 (log)", "step-6"]
+    );
+}
+
+/// A diffusion run records the EMA weights (what `ema.safetensors` holds and the view reads).
+#[test]
+fn kernel_history_of_a_diffusion_run_is_its_ema_weights() {
+    use ssmlab::kernels::{Snapshot, load_snapshot, snapshots};
+    let run = smoke_diffusion_run();
+    assert_eq!(history_steps(run), [0, 3, 6]);
+    let recs = ssmlab::runs::kernels::read_kernels(&run.join("kernels.jsonl")).unwrap();
+    assert!(recs.iter().all(|r| r.ema));
+    let snaps = snapshots(run).unwrap();
+    assert_eq!(
+        snaps.iter().map(|s| s.step()).collect::<Vec<_>>(),
+        [Some(0), Some(3), Some(6)]
+    );
+    let Snapshot::History { model, path, .. } = &snaps[0] else {
+        panic!("step 0 comes from the log")
+    };
+    assert!(matches!(snaps[1], Snapshot::History { .. }));
+    assert!(matches!(snaps[2], Snapshot::Checkpoint(_)));
+    let rec = Snapshot::History {
+        path: path.clone(),
+        model: model.clone(),
+        record: Box::new(recs[2].clone()),
+    };
+    let from_log = load_snapshot(&rec).unwrap();
+    let from_ck = load_model(run, Some(6)).unwrap();
+    assert!(from_ck.ema && from_log.ema);
+    assert_eq!(from_log.layers, from_ck.layers);
+}
+
+/// Resuming from an older checkpoint drops the later records; a record whose step is not above
+/// the previous one supersedes those at or after it; an unterminated last line is a write in
+/// progress; a damaged line is an error naming the file and line.
+#[test]
+fn kernel_history_truncation_branches_and_bad_lines() {
+    use ssmlab::runs::RunDir;
+    use ssmlab::runs::kernels::{KernelRecord, SavedTensor, read_kernels};
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunDir {
+        path: tmp.path().to_path_buf(),
+    };
+    let rec = |step: u64, v: f32| KernelRecord {
+        step,
+        wall_s: step as f64,
+        ema: false,
+        tensors: [(
+            "x.fs4.D".to_string(),
+            SavedTensor {
+                shape: vec![1],
+                values: vec![v],
+            },
+        )]
+        .into(),
+    };
+    for s in [0, 2, 4, 6] {
+        run.append_kernels(&rec(s, s as f32)).unwrap();
+    }
+    let p = run.kernels_path();
+    assert_eq!(read_kernels(&p).unwrap().len(), 4);
+    run.truncate_kernels(3).unwrap();
+    assert_eq!(history_steps(tmp.path()), [0, 2]);
+    assert!(!tmp.path().join("kernels.jsonl.tmp").exists());
+    // a branch: 0, 2, 4 then 2 again (a resume whose truncation did not happen)
+    run.append_kernels(&rec(4, 4.0)).unwrap();
+    run.append_kernels(&rec(2, 20.0)).unwrap();
+    let r = read_kernels(&p).unwrap();
+    assert_eq!(r.iter().map(|r| r.step).collect::<Vec<_>>(), [0, 2]);
+    assert_eq!(r[1].tensors["x.fs4.D"].values, [20.0]);
+    // f32 values read back exactly
+    run.append_kernels(&rec(8, 0.1 + f32::EPSILON)).unwrap();
+    assert_eq!(
+        read_kernels(&p).unwrap()[2].tensors["x.fs4.D"].values,
+        [0.1 + f32::EPSILON]
+    );
+    // a write in progress
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"step\":10,\"wall_s\""))
+        .unwrap();
+    assert_eq!(read_kernels(&p).unwrap().len(), 3);
+    // damage: values that do not fill the shape, and a line that is not a record
+    let bad = tmp.path().join("bad.jsonl");
+    let good = serde_json::to_string(&rec(0, 1.0)).unwrap();
+    std::fs::write(
+        &bad,
+        format!(
+            "{good}\n{}\n",
+            good.replace("\"shape\":[1]", "\"shape\":[3]")
+        ),
+    )
+    .unwrap();
+    let e = read_kernels(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("bad.jsonl") && e.contains("line 2") && e.contains("needs 3 values"),
+        "{e}"
+    );
+    std::fs::write(&bad, format!("{good}\n\u{1}junk\n")).unwrap();
+    let e = read_kernels(&bad).unwrap_err().to_string();
+    assert!(e.contains("line 2: not a kernel record"), "{e}");
+    assert!(!e.contains('\n'));
+    // the Kernels view of such a run says so, in one line
+    let runs = tempfile::tempdir().unwrap();
+    let r = two_checkpoint_run(runs.path());
+    std::fs::copy(&bad, r.join("kernels.jsonl")).unwrap();
+    let e = ssmlab::kernels::snapshots(&r).unwrap_err().to_string();
+    assert!(e.contains("kernels.jsonl: line 2"), "{e}");
+}

@@ -1,6 +1,6 @@
 //! Property tests for every parser of outside bytes (issue 17): IDX files, image folders,
 //! metrics.jsonl lines, run configs in TOML and `--set` values, settings and theme files,
-//! control.json, HF config.json and the checkpoint loader. Each is fed random bytes and
+//! control.json, HF config.json, the checkpoint loader and kernels.jsonl. Each is fed random bytes and
 //! mutations of a valid input (bytes flipped, cut short): it must return (an error or a value),
 //! never panic, and any error is one line that names the file where there is one.
 
@@ -198,6 +198,44 @@ proptest! {
             if let Err(e) = ssmlab::engine::weights::read_checkpoint(&p, &dev) {
                 let e = e.to_string();
                 prop_assert!(e.contains(name), "{}", e);
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_history(flip in flips(), cut in proptest::option::of(any::<usize>()),
+                      raw in bytes()) {
+        use ssmlab::runs::kernels::{KernelRecord, SavedTensor};
+        let tmp = tempfile::tempdir().unwrap();
+        let c = ssmlab::train::presets::preset("bigs-smoke").unwrap();
+        std::fs::write(tmp.path().join("config.toml"), c.to_toml()).unwrap();
+        let n = c.model.num_ssm;
+        let mut rec = KernelRecord { step: 0, wall_s: 0.0, ema: false, tensors: Default::default() };
+        for l in 0..c.model.num_hidden_layers {
+            for d in ["fs4", "bs4"] {
+                for (leaf, shape, v) in [("kernel.A_re", vec![n], -0.5f32), ("kernel.A_im", vec![n], 1.0),
+                                         ("kernel.C", vec![n, 2], 0.1), ("kernel.log_step", vec![1], -3.0),
+                                         ("D", vec![1], 1.0)] {
+                    let values = vec![v; shape.iter().product()];
+                    rec.tensors.insert(format!("bigs.encoder.layer.{l}.{d}.{leaf}"),
+                                       SavedTensor { shape, values });
+                }
+            }
+        }
+        let valid = format!("{}\n", serde_json::to_string(&rec).unwrap()).into_bytes();
+        for body in [valid.clone(), mutate(&valid, &flip, cut), raw] {
+            write(tmp.path(), "kernels.jsonl", &body);
+            let res = ssmlab::kernels::snapshots(tmp.path()).and_then(|s| {
+                s.iter().map(ssmlab::kernels::load_snapshot).collect::<Result<Vec<_>, _>>()
+            });
+            match res {
+                Ok(k) => prop_assert!(body != valid || k.len() == 1),
+                Err(e) => {
+                    let e = e.to_string();
+                    one_line(&e);
+                    prop_assert!(body != valid, "{}", e);
+                    prop_assert!(e.contains("kernels.jsonl") || e.contains(&tmp.path().display().to_string()), "{}", e);
+                }
             }
         }
     }

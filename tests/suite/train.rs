@@ -58,6 +58,19 @@ fn resumed_run_reproduces_uninterrupted_losses_bitwise() {
     let wa = std::fs::read(a.run.checkpoint_path(12).join("model.safetensors")).unwrap();
     let wb = std::fs::read(run_b.checkpoint_path(12).join("model.safetensors")).unwrap();
     assert!(wa == wb, "final weights differ");
+    // the kernel history too: step 0 and the final evaluation, the same parameters (the resume
+    // dropped nothing and wrote nothing twice)
+    let ka = ssmlab::runs::kernels::read_kernels(&a.run.kernels_path()).unwrap();
+    let kb = ssmlab::runs::kernels::read_kernels(&run_b.kernels_path()).unwrap();
+    assert_eq!(ka.iter().map(|r| r.step).collect::<Vec<_>>(), [0, 12]);
+    assert_eq!(kb.iter().map(|r| r.step).collect::<Vec<_>>(), [0, 12]);
+    for (x, y) in ka.iter().zip(&kb) {
+        assert!(
+            x.tensors == y.tensors,
+            "kernel records differ at step {}",
+            x.step
+        );
+    }
 }
 
 #[test]

@@ -254,6 +254,7 @@ impl DiffusionTrainer {
             )));
         };
         run.truncate_metrics(state.progress.step)?;
+        run.truncate_kernels(state.progress.step)?;
         crate::runs::write_atomic(&run.config_path(), cfg.to_toml().as_bytes())?;
         let task = DiffusionTask::new(cfg, &run, data, f, state, classifier, info, dev)?;
         Ok(Session::new(run, lock, task))
@@ -534,6 +535,19 @@ impl Task for DiffusionTask {
         }
         let dst = self.write_samples(&mut || beat.tick())?;
         Ok(vec![format!("samples of step {step}: {}", dst.display())])
+    }
+
+    /// The EMA values, as `ema.safetensors` (which the Kernels view reads) holds them.
+    fn kernel_tensors(&self) -> (bool, Vec<(String, Tensor)>) {
+        let picked = self
+            .opt
+            .params
+            .iter()
+            .zip(&self.ema.tensors)
+            .filter(|(p, _)| crate::train::session::is_ssm_parameter(&p.name))
+            .map(|(p, t)| (p.name.clone(), t.clone()))
+            .collect();
+        (true, picked)
     }
 
     fn write_checkpoint_files(&self, dir: &Path) -> std::result::Result<(), String> {
