@@ -292,3 +292,138 @@ pub fn bench_diffussm(
     sample(&model, &sched, &classes, &opts, &mut rng, &mut |_, _| true)?;
     Ok((ts[ts.len() / 2], t0.elapsed().as_secs_f64()))
 }
+
+/// A scratch folder under the system's temporary folder, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> std::io::Result<Self> {
+        let p = std::env::temp_dir().join(format!(
+            "ssmlab-bench-{what}-{}-{}",
+            std::process::id(),
+            crate::runs::unix_now() as u64
+        ));
+        std::fs::create_dir_all(&p)?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes a run directory `dir/id` as a trainer leaves it: config.toml, status.json and a
+/// metrics.jsonl of `lines` records (an evaluation every 50 steps).
+fn fixture_run(dir: &std::path::Path, id: &str, lines: u64) -> anyhow::Result<()> {
+    use crate::runs::{Metric, RunDir, RunState, Status};
+    use std::io::Write;
+    let run = RunDir::create(dir, id)?;
+    let mut cfg = crate::train::presets::preset("bigs-tiny")?;
+    cfg.run.name = id.into();
+    std::fs::write(run.config_path(), cfg.to_toml())?;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(run.metrics_path())?);
+    for s in 1..=lines {
+        let x = s as f64;
+        let mut m = Metric {
+            step: s,
+            tokens: s * 2048,
+            wall_s: x * 0.6,
+            lr: Some(2e-3),
+            loss: Some(3.0 + 6.0 / (1.0 + x / 500.0) + 0.2 * (x * 1.7).sin()),
+            grad_norm: Some(0.5 + 0.1 * (x * 0.3).cos()),
+            tokens_per_s: Some(3300.0 + (x * 0.1).sin()),
+            ..Default::default()
+        };
+        if s % 50 == 0 {
+            m.eval_loss = Some(3.2 + 6.0 / (1.0 + x / 500.0));
+            m.eval_acc = Some(0.25);
+            m.eval_baseline_acc = Some(0.06);
+        }
+        writeln!(w, "{}", crate::engine::serial::json(&m))?;
+    }
+    w.flush()?;
+    run.write_status(&Status {
+        pid: std::process::id(),
+        state: RunState::Finished,
+        heartbeat: crate::runs::unix_now(),
+        started: crate::runs::unix_now() - 100.0,
+        step: lines,
+        total_steps: lines,
+        model: "bigs".into(),
+        last_checkpoint: None,
+        best_checkpoint: None,
+        message: None,
+    })?;
+    Ok(())
+}
+
+/// The resident set of this process in bytes (`VmRSS`), if the system says.
+pub fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// What `ssmlab bench tui` measures of a runs folder: the first frame (scan, index, one draw of
+/// the Runs view at 200×60, as the TUI starts) and the median time of a frame after `j`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TuiOpen {
+    pub runs: usize,
+    pub lines_per_run: u64,
+    pub first_frame_s: f64,
+    pub scroll_frame_median_s: f64,
+    pub rss_before: Option<u64>,
+    pub rss_after: Option<u64>,
+}
+
+/// `runs` run directories of `lines` metrics records each, opened as the TUI opens them.
+#[allow(
+    clippy::expect_used,
+    reason = "the built-in themes are compiled in and parsed by the tests"
+)]
+pub fn bench_tui_open(runs: usize, lines: u64, reps: usize) -> anyhow::Result<TuiOpen> {
+    use crate::tui::app::App;
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    let scratch = Scratch::new("tui")?;
+    for r in 0..runs {
+        fixture_run(&scratch.0, &format!("run-{r:03}"), lines)?;
+    }
+    let rss_before = rss_bytes();
+    let t0 = Instant::now();
+    let (keymap, _) = crate::tui::keymap::Keymap::new(&Default::default());
+    let theme = crate::tui::theme::Theme::builtin("dark").expect("theme");
+    let mut app = App::new(scratch.0.clone(), keymap, theme);
+    app.set_viewport(ratatui::layout::Rect::new(0, 0, 200, 60));
+    let mut index = crate::runs::index::RunsIndex::new();
+    app.set_runs(index.scan(&scratch.0));
+    let mut term = Terminal::new(TestBackend::new(200, 60))?;
+    term.draw(|f| crate::tui::views::draw(f, &app))?;
+    let first_frame_s = t0.elapsed().as_secs_f64();
+    let rss_after = rss_bytes();
+    let mut ts = Vec::new();
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        app.on_key(KeyEvent::new(KeyCode::Char('j'), KeyModifiers::NONE));
+        term.draw(|f| crate::tui::views::draw(f, &app))?;
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    ts.sort_by(f64::total_cmp);
+    Ok(TuiOpen {
+        runs,
+        lines_per_run: lines,
+        first_frame_s,
+        scroll_frame_median_s: ts[ts.len() / 2],
+        rss_before,
+        rss_after,
+    })
+}

@@ -76,12 +76,20 @@ pub enum BenchWhat {
     /// One case of the suite, given as its JSON spec (what the suite runs in a child process).
     #[command(hide = true)]
     Case { spec: String },
-    /// One full TUI frame (curves view) at 200×60 with 3 runs × 100k points each.
+    /// The TUI at 200×60: a Curves frame with 3 runs × 100k points each (series recomputed and
+    /// cached), opening 200 run directories (first frame, a frame after `j`), and one run with a
+    /// 1,000,000-line metrics.jsonl (first frame, resident memory).
     Tui {
         #[arg(long, default_value_t = 100_000)]
         points: usize,
         #[arg(long, default_value_t = 50)]
         reps: usize,
+        /// Run directories of the "open" case.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// metrics.jsonl lines of the "log" case (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        log_lines: u64,
     },
 }
 
@@ -206,8 +214,34 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        BenchWhat::Tui { points, reps } => {
+        BenchWhat::Tui {
+            points,
+            reps,
+            runs,
+            log_lines,
+        } => {
             anyhow::ensure!(reps > 0, "--reps must be at least 1");
+            // the log case first: its resident memory is measured on a fresh process heap
+            let mb = |b: Option<u64>| b.map(|b| b as f64 / (1 << 20) as f64);
+            if log_lines > 0 {
+                let o = crate::bench::bench_tui_open(1, log_lines, reps)?;
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "tui-log", "lines": log_lines,
+                        "first_frame_s": o.first_frame_s,
+                        "rss_mb": mb(o.rss_after), "rss_before_mb": mb(o.rss_before),
+                        "frame_after_j_ms": o.scroll_frame_median_s * 1e3})
+                );
+            }
+            if runs > 0 {
+                let o = crate::bench::bench_tui_open(runs, 100, reps)?;
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "tui-open", "runs": runs, "lines_per_run": 100,
+                        "first_frame_s": o.first_frame_s,
+                        "frame_after_j_ms": o.scroll_frame_median_s * 1e3})
+                );
+            }
             for cold in [true, false] {
                 let (median, p90) = crate::bench::bench_tui_frame(200, 60, 3, points, reps, cold);
                 println!(

@@ -235,6 +235,13 @@ pub struct App {
     pub compare: super::views::compare::CompareState,
     /// Where scaling jobs go (the Compare view's worker); None in headless tests.
     pub compare_tx: Option<std::sync::mpsc::Sender<CompareJob>>,
+    /// The Runs view's filter, sort, display order and scroll positions.
+    pub runs_view: super::views::runs::RunsState,
+    /// First line shown of a scrollable overlay (help, config diff).
+    pub popup_scroll: usize,
+    /// The terminal's size, as the event loop last saw it (layout for input: paging, mouse
+    /// hits). Drawing does not depend on it.
+    pub viewport: ratatui::layout::Rect,
 }
 
 /// Time a training step of two models at several lengths (the Compare view's worker).
@@ -308,7 +315,50 @@ impl App {
             image_choice: super::image::ProtocolChoice::Auto,
             compare: Default::default(),
             compare_tx: None,
+            runs_view: Default::default(),
+            popup_scroll: 0,
+            viewport: ratatui::layout::Rect::new(0, 0, 80, 24),
         }
+    }
+
+    /// The terminal's size changed (or is first known): the runs table keeps its selection
+    /// visible at the new size.
+    pub fn set_viewport(&mut self, v: ratatui::layout::Rect) {
+        if v != self.viewport {
+            self.viewport = v;
+            self.scroll_runs();
+        }
+    }
+
+    /// The area the views draw in (the terminal less the tab bar, status line and key bar).
+    pub fn body_area(&self) -> ratatui::layout::Rect {
+        let v = self.viewport;
+        ratatui::layout::Rect::new(v.x, v.y + 1, v.width, v.height.saturating_sub(3))
+    }
+
+    /// The Runs view's layout at the current terminal size.
+    pub fn runs_layout(&self) -> super::views::runs::RunsLayout {
+        super::views::runs::layout(self.body_area(), self.runs_view.order.len())
+    }
+
+    /// Recomputes the runs' display order (filter, sort) and keeps the selection among the
+    /// shown runs and visible.
+    pub fn refresh_runs_view(&mut self) {
+        self.runs_view.refresh(&self.runs);
+        if self.runs_view.position(self.selected).is_none()
+            && let Some(&first) = self.runs_view.order.first()
+        {
+            self.selected = first;
+        }
+        self.scroll_runs();
+    }
+
+    /// Moves the runs table's offset so the selected run is visible.
+    fn scroll_runs(&mut self) {
+        let rows = self.runs_layout().rows;
+        let rs = &mut self.runs_view;
+        let pos = rs.position(self.selected).unwrap_or(0);
+        rs.offset = super::views::runs::keep_visible(rs.offset, pos, rows, rs.order.len());
     }
 
     pub fn selected_run(&self) -> Option<&RunSummary> {
@@ -337,6 +387,7 @@ impl App {
             self.selected = i;
         }
         self.selected = self.selected.min(self.runs.len().saturating_sub(1));
+        self.refresh_runs_view();
         if self.probe.a.model.is_none() {
             // default model: the shipped run, else the first run with a checkpoint
             self.probe.a.model = self
@@ -359,11 +410,23 @@ impl App {
         let Some(r) = self.selected_run() else {
             return;
         };
-        let (path, steps, id) = (r.path.clone(), r.checkpoints.clone(), r.id.clone());
+        // a new checkpoint or a new evaluation (a new `kernels.jsonl` record) reloads
+        let steps = r.checkpoints.clone();
+        let last_eval = r
+            .metrics
+            .iter()
+            .rev()
+            .find(|m| m.eval_loss.is_some())
+            .map(|m| m.step);
+        let (path, id, no_checkpoint) = (r.path.clone(), r.id.clone(), r.checkpoints.is_empty());
         let k = &mut self.kernels;
-        if k.model.as_ref() == Some(&path) && k.requested == steps {
+        if k.model.as_ref() == Some(&path)
+            && k.requested == steps
+            && k.requested_eval.is_none_or(|e| e == last_eval)
+        {
             return;
         }
+        k.requested_eval = Some(last_eval);
         if k.model.as_ref() != Some(&path) {
             k.follow_latest = true;
         }
@@ -374,7 +437,7 @@ impl App {
         k.error = None;
         k.busy = false;
         k.generation += 1;
-        if steps.is_empty() {
+        if no_checkpoint && !path.join(crate::runs::kernels::KERNELS_FILE).is_file() {
             k.error = Some(format!(
                 "{id} has no checkpoint yet; its kernels appear with the first"
             ));
@@ -818,32 +881,129 @@ impl App {
     }
 
     pub fn on_mouse(&mut self, m: MouseEvent) {
-        match m.kind {
-            MouseEventKind::ScrollDown => {
-                self.move_sel(1);
-                self.sync_samples();
+        use super::views::runs;
+        let inside = |r: ratatui::layout::Rect| {
+            m.column >= r.x && m.column < r.x + r.width && m.row >= r.y && m.row < r.y + r.height
+        };
+        let wheel = match m.kind {
+            MouseEventKind::ScrollDown => 1i64,
+            MouseEventKind::ScrollUp => -1,
+            _ => 0,
+        };
+        if self.popup.is_some() {
+            if wheel != 0 && matches!(self.popup, Some(Popup::Help | Popup::Diff)) {
+                self.popup_scroll = (self.popup_scroll as i64 + 3 * wheel).max(0) as usize;
             }
-            MouseEventKind::ScrollUp => {
-                self.move_sel(-1);
-                self.sync_samples();
-            }
-            MouseEventKind::Down(_) if self.view == View::Runs && self.popup.is_none() => {
-                // rows start below the tab bar (1), the table border (1) and its header (1)
-                let row = m.row as usize;
-                if row >= 3 && row - 3 < self.runs.len() {
-                    self.selected = row - 3;
+            return;
+        }
+        if wheel != 0 {
+            // the pane under the pointer scrolls
+            let l = self.runs_layout();
+            match self.view {
+                View::Runs if inside(l.config) => {
+                    let s = &mut self.runs_view.details_scroll;
+                    *s = (*s as i64 + 3 * wheel).max(0) as usize;
                 }
+                View::Probe | View::Compare => self.page(wheel * 3),
+                _ => self.move_sel(wheel),
             }
-            _ => {}
+            self.sync_samples();
+            return;
+        }
+        if !matches!(m.kind, MouseEventKind::Down(_)) {
+            return;
+        }
+        if m.row == self.viewport.y {
+            // the tab bar: a click on a tab opens its view
+            if let Some(v) = super::views::tab_at(self.viewport, m.column) {
+                self.view = v;
+                self.sync_kernels();
+                self.sync_samples();
+            }
+            return;
+        }
+        if self.view == View::Runs {
+            let l = self.runs_layout();
+            let rs = &self.runs_view;
+            let offset = runs::keep_visible(
+                rs.offset,
+                rs.position(self.selected).unwrap_or(rs.offset),
+                l.rows,
+                rs.order.len(),
+            );
+            if let Some(pos) = runs::row_at(&l, offset, m.column, m.row)
+                && let Some(&i) = rs.order.get(pos)
+            {
+                self.selected = i;
+                self.runs_view.details_scroll = 0;
+            }
         }
     }
 
+    /// Moves the selection `d` rows in the Runs view's display order (filter and sort).
     fn move_sel(&mut self, d: i64) {
-        if self.runs.is_empty() {
+        let order = &self.runs_view.order;
+        if order.is_empty() {
             return;
         }
-        let n = self.runs.len() as i64;
-        self.selected = (self.selected as i64 + d).clamp(0, n - 1) as usize;
+        let n = order.len() as i64;
+        let pos = self.runs_view.position(self.selected).unwrap_or(0) as i64;
+        let new = order[(pos + d).clamp(0, n - 1) as usize];
+        if new != self.selected {
+            self.runs_view.details_scroll = 0;
+        }
+        self.selected = new;
+        self.scroll_runs();
+    }
+
+    /// Typing into the runs filter: characters edit it (the order follows as typed), Enter
+    /// keeps it, Esc clears it.
+    fn on_filter_key(&mut self, k: KeyEvent) {
+        let rs = &mut self.runs_view;
+        match k.code {
+            KeyCode::Enter => rs.filter_editing = false,
+            KeyCode::Esc => {
+                rs.filter_editing = false;
+                rs.filter.clear();
+            }
+            KeyCode::Backspace => {
+                rs.filter.pop();
+            }
+            KeyCode::Char(c)
+                if !k
+                    .modifiers
+                    .contains(crossterm::event::KeyModifiers::CONTROL) =>
+            {
+                rs.filter.push(c)
+            }
+            _ => return,
+        }
+        self.refresh_runs_view();
+    }
+
+    /// Rows a page moves in the current view.
+    fn page_rows(&self) -> i64 {
+        match self.view {
+            View::Runs => self.runs_layout().rows.max(1) as i64,
+            _ => (self.body_area().height as i64 - 4).max(1),
+        }
+    }
+
+    /// PgUp / PgDn / Home / End: the Probe results and the Compare table scroll; elsewhere
+    /// the run selection moves.
+    fn page(&mut self, d: i64) {
+        let scroll = |v: &mut usize, max: usize| *v = (*v as i64 + d).clamp(0, max as i64) as usize;
+        match self.view {
+            View::Probe => {
+                let max = self.probe.line_count();
+                scroll(&mut self.probe.scroll, max)
+            }
+            View::Compare => {
+                let max = super::views::compare::compared(self).len();
+                scroll(&mut self.compare.scroll, max)
+            }
+            _ => self.move_sel(d),
+        }
     }
 
     pub fn on_key(&mut self, k: KeyEvent) -> Effect {
@@ -855,6 +1015,16 @@ impl App {
     fn on_key_inner(&mut self, k: KeyEvent) -> Effect {
         if let Some(p) = self.popup.take() {
             return self.on_popup_key(p, k);
+        }
+        if self.view == View::Runs && self.runs_view.filter_editing {
+            if k.code == KeyCode::Char('c')
+                && k.modifiers
+                    .contains(crossterm::event::KeyModifiers::CONTROL)
+            {
+                return Effect::Quit;
+            }
+            self.on_filter_key(k);
+            return Effect::None;
         }
         if self.view == View::Probe && self.probe.editing {
             if k.code == KeyCode::Char('c')
@@ -868,11 +1038,21 @@ impl App {
         }
         let name = key_name(&k);
         let Some(action) = self.keymap.lookup(self.scope(), &name) else {
+            if let Some((help, scope)) = self.keymap.elsewhere(self.scope(), &name) {
+                self.notices.push(format!(
+                    "{name} ({help}) works in {}, not in {}",
+                    scope.label(),
+                    self.view.title()
+                ));
+            }
             return Effect::None;
         };
         match action {
             Action::Quit => return Effect::Quit,
-            Action::Help => self.popup = Some(Popup::Help),
+            Action::Help => {
+                self.popup_scroll = 0;
+                self.popup = Some(Popup::Help)
+            }
             Action::ViewRuns => self.view = View::Runs,
             Action::ViewCurves => self.view = View::Curves,
             Action::ViewProbe => self.view = View::Probe,
@@ -887,6 +1067,50 @@ impl App {
             }
             Action::Up => self.move_sel(-1),
             Action::Down => self.move_sel(1),
+            Action::PageUp => self.page(-self.page_rows()),
+            Action::PageDown => self.page(self.page_rows()),
+            Action::First => self.page(-(i64::MAX / 4)),
+            Action::Last => self.page(i64::MAX / 4),
+            Action::Filter => {
+                self.runs_view.filter_editing = true;
+                self.refresh_runs_view();
+            }
+            Action::SortNext => {
+                self.runs_view.sort = self.runs_view.sort.next();
+                self.refresh_runs_view();
+            }
+            Action::SortReverse => {
+                self.runs_view.reverse = !self.runs_view.reverse;
+                self.refresh_runs_view();
+            }
+            Action::MarkAll => {
+                let ids: Vec<String> = self
+                    .runs_view
+                    .order
+                    .iter()
+                    .map(|&i| self.runs[i].id.clone())
+                    .collect();
+                self.notices.push(format!("marked {} run(s)", ids.len()));
+                self.marked.extend(ids);
+            }
+            Action::UnmarkAll => {
+                self.notices
+                    .push(format!("unmarked {} run(s)", self.marked.len()));
+                self.marked.clear();
+            }
+            Action::DetailsUp => {
+                let s = &mut self.runs_view.details_scroll;
+                *s = s.saturating_sub(1);
+            }
+            Action::DetailsDown => self.runs_view.details_scroll += 1,
+            // overlay keys act only inside overlays (`on_popup_key`)
+            Action::PopupUp
+            | Action::PopupDown
+            | Action::PopupPageUp
+            | Action::PopupPageDown
+            | Action::PopupTop
+            | Action::PopupBottom
+            | Action::PopupClose => {}
             Action::Mark => {
                 if let Some(id) = self.selected_run().map(|r| r.id.clone())
                     && !self.marked.remove(&id)
@@ -900,7 +1124,9 @@ impl App {
                 ))))
             }
             Action::Stop | Action::CheckpointNow => {
-                if let Some(r) = self.selected_run() {
+                if self.runs.is_empty() {
+                    self.notices.push("no run to stop or checkpoint".into());
+                } else if let Some(r) = self.selected_run() {
                     let running = r.state_label() == "running";
                     if running {
                         let action = if action == Action::Stop {
@@ -920,6 +1146,7 @@ impl App {
             }
             Action::Diff => {
                 if self.marked.len() == 2 {
+                    self.popup_scroll = 0;
                     self.popup = Some(Popup::Diff);
                 } else {
                     self.popup = Some(Popup::Message(
@@ -1097,7 +1324,25 @@ impl App {
                     self.popup = Some(Popup::Launch(form));
                 }
             },
-            Popup::Help | Popup::Diff | Popup::Message(_) => {}
+            Popup::Help | Popup::Diff => {
+                let page = (self.viewport.height as i64 - 8).max(1);
+                let s = self.popup_scroll as i64;
+                let to = match self.keymap.lookup(Scope::Popup, &key_name(&k)) {
+                    Some(Action::PopupUp) => s - 1,
+                    Some(Action::PopupDown) => s + 1,
+                    Some(Action::PopupPageUp) => s - page,
+                    Some(Action::PopupPageDown) => s + page,
+                    Some(Action::PopupTop) => 0,
+                    // drawing clamps to the last page
+                    Some(Action::PopupBottom) => i64::MAX / 4,
+                    _ => return Effect::None, // any other key closes
+                };
+                // the drawn position (clamped there) is where the next move starts
+                let max = super::views::popup_max_scroll(self, &p);
+                self.popup_scroll = to.clamp(0, max as i64) as usize;
+                self.popup = Some(p);
+            }
+            Popup::Message(_) => {}
         }
         Effect::None
     }

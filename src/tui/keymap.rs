@@ -14,6 +14,33 @@ pub enum Scope {
     Kernels,
     Samples,
     Compare,
+    /// Inside the help and config-diff overlays (consulted before any other scope).
+    Popup,
+}
+
+impl Scope {
+    /// Where a binding of this scope is in effect, for the help of keys pressed elsewhere.
+    pub fn label(self) -> &'static str {
+        match self {
+            Global => "every view",
+            Runs => "Runs (1)",
+            Curves => "Curves (2)",
+            Probe => "Probe (3)",
+            Samples => "Samples (4)",
+            Kernels => "Kernels (5)",
+            Compare => "Compare (6)",
+            Popup => "overlays",
+        }
+    }
+
+    /// Whether a key bound in both scopes would be ambiguous: the same scope, or a global key
+    /// that a view's binding would hide (overlays are consulted on their own).
+    fn clashes_with(self, other: Scope) -> bool {
+        match (self, other) {
+            (Popup, o) | (o, Popup) => o == Popup,
+            (a, b) => a == b || a == Global || b == Global,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,6 +58,24 @@ pub enum Action {
     FocusNext,
     Up,
     Down,
+    PageUp,
+    PageDown,
+    First,
+    Last,
+    Filter,
+    SortNext,
+    SortReverse,
+    MarkAll,
+    UnmarkAll,
+    DetailsUp,
+    DetailsDown,
+    PopupUp,
+    PopupDown,
+    PopupPageUp,
+    PopupPageDown,
+    PopupTop,
+    PopupBottom,
+    PopupClose,
     Launch,
     Stop,
     CheckpointNow,
@@ -127,11 +172,29 @@ pub const BINDINGS: &[Binding] = &[
     b(FocusNext,     "focus",         &["tab"],         Global, "next view", false),
     b(Up,            "up",            &["up", "k"],     Global, "select previous run", false),
     b(Down,          "down",          &["down", "j"],   Global, "select next run", false),
-    b(Launch,        "launch",        &["n"],           Runs,   "new run (launch form)", true),
-    b(Stop,          "stop",          &["s"],           Runs,   "stop run (checkpoint, then stop)", true),
-    b(CheckpointNow, "checkpoint",    &["c"],           Runs,   "checkpoint now", true),
+    b(PageUp,        "page_up",       &["pgup"],        Global, "a page up (runs; Probe results, Compare table)", false),
+    b(PageDown,      "page_down",     &["pgdn"],        Global, "a page down (runs; Probe results, Compare table)", false),
+    b(First,         "first",         &["home", "g"],   Global, "first run (Probe, Compare: top)", false),
+    b(Last,          "last",          &["end", "G"],    Global, "last run (Probe, Compare: bottom)", false),
+    b(Stop,          "stop",          &["s"],           Global, "stop run (the selected one, any view: checkpoint, then stop)", true),
+    b(CheckpointNow, "checkpoint",    &["c"],           Global, "checkpoint now (the selected run, any view)", true),
     b(Mark,          "mark",          &["space"],       Global, "mark run (overlay / diff)", true),
+    b(Launch,        "launch",        &["n"],           Runs,   "new run (launch form)", true),
+    b(Filter,        "filter",        &["/"],           Runs,   "filter (name, model or state; Enter keeps, Esc clears)", true),
+    b(SortNext,      "sort",          &["o"],           Runs,   "sort (by the next column)", true),
+    b(SortReverse,   "sort_reverse",  &["O"],           Runs,   "reverse the sort", false),
+    b(MarkAll,       "mark_all",      &["a"],           Runs,   "mark every shown run", false),
+    b(UnmarkAll,     "unmark_all",    &["u"],           Runs,   "unmark every run", false),
+    b(DetailsUp,     "details_up",    &["K"],           Runs,   "scroll the config pane up", false),
+    b(DetailsDown,   "details_down",  &["J"],           Runs,   "scroll the config pane down", false),
     b(Diff,          "diff",          &["d"],           Runs,   "diff configs of marked runs", true),
+    b(PopupUp,       "popup_up",      &["up", "k"],     Popup,  "overlay: scroll up", false),
+    b(PopupDown,     "popup_down",    &["down", "j"],   Popup,  "overlay: scroll down", false),
+    b(PopupPageUp,   "popup_page_up", &["pgup"],        Popup,  "overlay: a page up", false),
+    b(PopupPageDown, "popup_page_down", &["pgdn", "space"], Popup, "overlay: a page down", false),
+    b(PopupTop,      "popup_top",     &["home", "g"],   Popup,  "overlay: top", false),
+    b(PopupBottom,   "popup_bottom",  &["end", "G"],    Popup,  "overlay: bottom", false),
+    b(PopupClose,    "popup_close",   &["esc", "q", "enter", "?"], Popup, "overlay: close (any other key too)", false),
     b(NextMetric,    "metric",        &["m"],           Curves, "next metric", true),
     b(XAxis,         "x_axis",        &["x"],           Curves, "x axis: step / tokens / time", true),
     b(LogScale,      "log_scale",     &["l"],           Curves, "log y axis", true),
@@ -153,8 +216,8 @@ pub const BINDINGS: &[Binding] = &[
     b(KernelLayerNext, "kernel_layer_next", &["]"],     Kernels, "next layer ([ ] layer)", true),
     b(KernelChannelPrev, "kernel_channel_prev", &["left"], Kernels, "previous channel", false),
     b(KernelChannelNext, "kernel_channel_next", &["right"], Kernels, "next channel (per-channel models)", false),
-    b(KernelStepPrev, "kernel_step_prev", &["{"],       Kernels, "previous checkpoint", false),
-    b(KernelStepNext, "kernel_step_next", &["}"],       Kernels, "next checkpoint ({ } step)", true),
+    b(KernelStepPrev, "kernel_step_prev", &["{"],       Kernels, "previous checkpoint or record", false),
+    b(KernelStepNext, "kernel_step_next", &["}"],       Kernels, "next checkpoint or record ({ } step)", true),
     b(KernelExport,  "kernel_export", &["e"],           Kernels, "export PNG (into the run dir, else cwd)", true),
     b(KernelPixelUp, "kernel_pixel_up", &["t"],         Kernels, "receptive field: pixel up a patch row", false),
     b(KernelPixelDown, "kernel_pixel_down", &["g"],     Kernels, "receptive field: pixel down a patch row", false),
@@ -171,13 +234,13 @@ pub const BINDINGS: &[Binding] = &[
     b(TrajNoisier,   "traj_back",     &[","],           Samples, "trajectory: noisier t", false),
     b(TrajCleaner,   "traj_fwd",      &["."],           Samples, "trajectory: cleaner, x₀", true),
     b(SampleNow,     "sample_now",    &["enter"],       Samples, "sample now: this seed", true),
-    b(SampleClass,   "sample_class",  &["c"],           Samples, "sample-now class", false),
+    b(SampleClass,   "sample_class",  &["C"],           Samples, "sample-now class", false),
     b(GuidanceLess,  "guidance_less", &["g"],           Samples, "sample-now guidance −0.5", false),
     b(GuidanceMore,  "guidance_more", &["G"],           Samples, "sample-now guidance +0.5", false),
     b(FullScreen,    "full_screen",   &["f"],           Samples, "full screen (any key back)", true),
     b(ImageProtocol, "image_protocol",&["P"],           Samples, "protocol (kitty, sixel, …)", true),
     b(CompareX,      "compare_x",     &["x"],           Compare, "overlay by tokens / wall time", true),
-    b(CompareScaling, "compare_scaling", &["s"],        Compare, "time both models at L = 128 … 4096", true),
+    b(CompareScaling, "compare_scaling", &["t"],        Compare, "time both models at L = 128 … 4096", true),
 ];
 
 /// Name of a key event as the table writes it ("q", "L", "ctrl-c", "enter", "space", "f1"…).
@@ -229,6 +292,7 @@ impl Keymap {
         let mut errors = Vec::new();
         let mut names: Vec<_> = overrides.iter().collect();
         names.sort();
+        let mut remapped = Vec::new();
         for (name, key) in names {
             match BINDINGS.iter().find(|b| b.name == name) {
                 Some(b) => {
@@ -239,6 +303,7 @@ impl Keymap {
                         key.to_lowercase()
                     };
                     keys.insert(b.action, vec![k]);
+                    remapped.push(b);
                 }
                 None => errors.push(format!(
                     "[keys] `{name}` is not an action (known: {})",
@@ -250,7 +315,37 @@ impl Keymap {
                 )),
             }
         }
+        // a remap that makes a key ambiguous is refused (the action keeps its default keys)
+        for b in remapped {
+            let key = &keys[&b.action][0];
+            let clash = BINDINGS.iter().find(|o| {
+                o.action != b.action
+                    && b.scope.clashes_with(o.scope)
+                    && keys[&o.action].iter().any(|k| k == key)
+            });
+            if let Some(o) = clash {
+                errors.push(format!(
+                    "[keys] `{} = \"{key}\"` refused: `{key}` is already `{}` ({}); `{}` keeps {}",
+                    b.name,
+                    o.name,
+                    o.scope.label(),
+                    b.name,
+                    b.keys.join(" / ")
+                ));
+                keys.insert(b.action, b.keys.iter().map(|k| k.to_string()).collect());
+            }
+        }
         (Keymap { keys }, errors)
+    }
+
+    /// Where a key does something when it does nothing in `scope`: (help, scope) of the first
+    /// binding elsewhere, for a status line that says why the key did nothing here.
+    pub fn elsewhere(&self, scope: Scope, key: &str) -> Option<(&'static str, Scope)> {
+        BINDINGS
+            .iter()
+            .filter(|b| b.scope != scope && b.scope != Global && b.scope != Popup)
+            .find(|b| self.keys[&b.action].iter().any(|k| k == key))
+            .map(|b| (b.help, b.scope))
     }
 
     /// The action of a key in a scope (scope bindings win over global ones; an exact match
@@ -264,6 +359,9 @@ impl Keymap {
                 .map(|b| b.action)
         };
         let lower = key.to_lowercase();
+        if scope == Popup {
+            return find(Popup, key);
+        }
         find(scope, key)
             .or_else(|| find(Global, key))
             .or_else(|| find(scope, &lower))
@@ -283,11 +381,12 @@ impl Keymap {
             .collect()
     }
 
-    /// Short (key, label) pairs for the key bar of a scope.
+    /// Short (key, label) pairs for the key bar of a scope: the view's own keys first, then
+    /// the global ones.
     pub fn bar(&self, scope: Scope) -> Vec<(String, &'static str)> {
-        BINDINGS
-            .iter()
-            .filter(|b| b.bar && (b.scope == scope || b.scope == Global))
+        let own = BINDINGS.iter().filter(|b| b.bar && b.scope == scope);
+        let global = BINDINGS.iter().filter(|b| b.bar && b.scope == Global);
+        own.chain(global)
             .map(|b| {
                 let label = b.help.split(['(', ':']).next().unwrap_or(b.help).trim();
                 (self.keys[&b.action][0].clone(), label)

@@ -92,16 +92,16 @@ fn spawn_compare_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::CompareJob> 
     jtx
 }
 
-/// Computes the kernels of every checkpoint of a model path off the UI thread, one message per
-/// checkpoint (ascending by step). Results are cached by weights file and modification time; a
-/// newer job abandons the current one between checkpoints.
+/// Computes the kernels of a model path's history (its checkpoints and `kernels.jsonl` records)
+/// off the UI thread, one message per entry (ascending by step). Results are cached by weights
+/// file and modification time (records: by file, step and time); a newer job abandons the
+/// current one between entries.
 fn spawn_kernels_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::KernelsJob> {
     use crate::kernels::ModelKernels;
     use std::collections::HashMap;
     let (jtx, jrx) = mpsc::channel::<app::KernelsJob>();
     worker::spawn("kernels", move || {
-        let mut cache: HashMap<(PathBuf, Option<std::time::SystemTime>), ModelKernels> =
-            HashMap::new();
+        let mut cache: HashMap<String, ModelKernels> = HashMap::new();
         let mut next: Option<app::KernelsJob> = None;
         loop {
             let mut job = match next.take() {
@@ -116,10 +116,10 @@ fn spawn_kernels_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::KernelsJob> 
             }
             let generation = job.generation;
             let send = |m: app::KernelsMsg| tx.send(Msg::Kernels(m)).is_ok();
-            let files = worker::guard("kernels", || {
-                crate::kernels::checkpoints(&job.model).map_err(|e| e.to_string())
+            let entries = worker::guard("kernels", || {
+                crate::kernels::snapshots(&job.model).map_err(|e| e.to_string())
             });
-            let files = match files {
+            let entries = match entries {
                 Ok(f) => f,
                 Err(error) => {
                     if !send(app::KernelsMsg::Failed { generation, error }) {
@@ -130,27 +130,24 @@ fn spawn_kernels_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::KernelsJob> 
             };
             if !send(app::KernelsMsg::Started {
                 generation,
-                total: files.len(),
+                total: entries.len(),
             }) {
                 return;
             }
             let mut failed = false;
-            for f in &files {
+            for e in &entries {
                 if let Ok(j) = jrx.try_recv() {
                     next = Some(j);
                     break;
                 }
-                let mtime = std::fs::metadata(&f.weights)
-                    .and_then(|m| m.modified())
-                    .ok();
-                let key = (f.weights.clone(), mtime);
+                let key = e.cache_key();
                 let mk = match cache.get(&key) {
                     Some(mk) => mk.clone(),
                     None => match worker::guard("kernels", || {
-                        crate::kernels::load_kernels(f).map_err(|e| e.to_string())
+                        crate::kernels::load_snapshot(e).map_err(|e| e.to_string())
                     }) {
                         Ok(mk) => {
-                            if cache.len() > 64 {
+                            if cache.len() > 4 * crate::kernels::MAX_HISTORY {
                                 cache.clear();
                             }
                             cache.insert(key, mk.clone());
@@ -239,10 +236,7 @@ fn spawn_probe_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::ProbeJob> {
 
 /// Builds the app state from options and the user's settings (problems become notices).
 pub fn build_app(opts: &TuiOptions) -> App {
-    let (settings, mut notices): (settings::Settings, Vec<String>) = {
-        let (s, n) = settings::load();
-        (s, n.into_iter().collect())
-    };
+    let (settings, mut notices) = settings::load();
     let (keymap, key_errors) = Keymap::new(&settings.keys);
     notices.extend(key_errors);
     let theme_name = opts
@@ -265,6 +259,19 @@ pub fn build_app(opts: &TuiOptions) -> App {
     let mut app = App::new(runs_dir, keymap, theme);
     app.image_choice = choice;
     app.ascii = opts.ascii || settings.ascii;
+    if !notices.is_empty() {
+        // every problem, wrapped, in an overlay that any key closes (the last one stays in
+        // the status line)
+        app.popup = Some(app::Popup::Message(format!(
+            "{} problem(s) with the settings (any key closes):\n\n{}",
+            notices.len(),
+            notices
+                .iter()
+                .map(|n| format!("• {n}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )));
+    }
     app.notices = notices;
     app
 }
@@ -405,6 +412,9 @@ fn event_loop(
             }
         }
         app.tick();
+        if let Ok(size) = terminal.size() {
+            app.set_viewport(ratatui::layout::Rect::new(0, 0, size.width, size.height));
+        }
         if dirty && last_draw.elapsed() >= frame_gap {
             if std::mem::take(&mut app.clear_screen) {
                 terminal.clear()?;

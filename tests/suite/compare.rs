@@ -241,10 +241,10 @@ fn compare_view_shows_the_table_overlay_and_scaling() {
     let mut app = crate::common::app_over(runs);
     app.view = View::Compare;
     let s = render(&app, 80, 24);
-    assert!(s.contains("press s"), "{s}");
-    // `s` with no worker says so; then a finished measurement as the worker leaves it
+    assert!(s.contains("press t"), "{s}");
+    // `t` with no worker says so; then a finished measurement as the worker leaves it
     app.on_key(crossterm::event::KeyEvent::from(
-        crossterm::event::KeyCode::Char('s'),
+        crossterm::event::KeyCode::Char('t'),
     ));
     assert_eq!(
         app.compare.scaling_models,

@@ -22,3 +22,4 @@ mod train;
 mod trust;
 pub(crate) mod tui;
 mod tui_samples;
+mod tui_scale;

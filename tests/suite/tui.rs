@@ -364,19 +364,19 @@ fn bad_theme_and_settings_fall_back_with_a_notice() {
     std::fs::write(&settings, "theme = \"light\"\nascii = yes\n").unwrap();
     let (s, notice) = ssmlab::tui::settings::load_from(&settings);
     assert!(s.theme.is_none(), "defaults after a malformed file");
-    let notice = notice.unwrap();
+    assert_eq!(notice.len(), 1, "{notice:?}");
     assert!(
-        notice.contains("config.toml line 2") && notice.contains("using defaults"),
-        "{notice}"
+        notice[0].contains("config.toml line 2") && notice[0].contains("using defaults"),
+        "{notice:?}"
     );
     std::fs::write(&settings, "theme = \"hc16\"\n[keys]\nquit = \"x\"\n").unwrap();
     let (s, notice) = ssmlab::tui::settings::load_from(&settings);
-    assert_eq!((s.theme.as_deref(), notice), (Some("hc16"), None));
+    assert_eq!((s.theme.as_deref(), notice), (Some("hc16"), vec![]));
     let (_, errs) = Keymap::new(&[("teleport".to_string(), "t".to_string())].into());
     assert!(errs[0].contains("teleport"));
-    let (km, _) = Keymap::new(&[("stop".to_string(), "x".to_string())].into());
+    let (km, _) = Keymap::new(&[("stop".to_string(), "X".to_string())].into());
     assert_eq!(
-        km.lookup(ssmlab::tui::keymap::Scope::Runs, "x"),
+        km.lookup(ssmlab::tui::keymap::Scope::Runs, "X"),
         Some(ssmlab::tui::keymap::Action::Stop)
     );
 }
@@ -422,6 +422,50 @@ fn kernels_app() -> (tempfile::TempDir, App) {
     (tmp, app)
 }
 
+/// The Evolution sub-view on the shipped runs as they are: one checkpoint each, and the
+/// `kernels.jsonl` the trainer wrote at step 0 and at every evaluation.
+#[test]
+fn kernels_evolution_of_the_shipped_runs() {
+    for (name, steps) in [
+        ("bigs-mobydick", vec![0u64, 500, 1000, 1500, 2000, 2500]),
+        (
+            "diffussm-fashion",
+            vec![0, 250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2250, 2500],
+        ),
+    ] {
+        let run = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("checkpoints")
+            .join(name);
+        let snaps = ssmlab::kernels::snapshots(&run).unwrap();
+        assert_eq!(
+            snaps.iter().map(|s| s.step().unwrap()).collect::<Vec<_>>(),
+            steps,
+            "{name}"
+        );
+        let data: Vec<_> = snaps
+            .iter()
+            .map(|s| ssmlab::kernels::load_snapshot(s).unwrap())
+            .collect();
+        assert!(!data.last().unwrap().history, "the last is the checkpoint");
+        let mut app = crate::common::app_over(RunsIndex::new().scan(run.parent().unwrap()));
+        app.kernels.set(run.clone(), data);
+        app.kernels.sel.view = ssmlab::kernels::figure::SubView::Evolution;
+        app.view = View::Kernels;
+        for (w, h) in [(80u16, 24u16), (200, 60)] {
+            let s = render(&app, w, h);
+            assert!(
+                s.contains("over training")
+                    && s.contains(&format!("history {}/{}", steps.len(), steps.len())),
+                "{s}"
+            );
+            if h >= 60 {
+                assert!(s.contains("step 0 (log)") && s.contains("step-2500"), "{s}");
+            }
+            insta::assert_snapshot!(format!("kernels_evolution_shipped_{name}_{w}x{h}"), s);
+        }
+    }
+}
+
 #[test]
 fn kernels_views_render_at_both_sizes() {
     let (_tmp, mut app) = kernels_app();
@@ -430,7 +474,7 @@ fn kernels_views_render_at_both_sizes() {
         "layers × lag",
         "|FFT(K)|",
         "eigenvalues of A",
-        "over checkpoints",
+        "over training",
     ];
     for (w, h) in [(80u16, 24u16), (160, 48)] {
         app.kernels.sel = Default::default();
@@ -766,7 +810,7 @@ fn kernels_end_to_end_in_tmux() {
     t.keys(&["d", "L"]);
     t.wait(&|s| s.contains("· forward") && s.contains("log lag"), 5);
     t.keys(&["v", "v", "v", "v"]);
-    let s = t.wait(&|s| s.contains("over checkpoints"), 5);
+    let s = t.wait(&|s| s.contains("over training"), 5);
     assert!(s.contains("step-0") && s.contains("step-2500"), "{s}");
     t.keys(&["e"]);
     let s = t.wait(&|s| s.contains("exported "), 10);
@@ -866,9 +910,11 @@ fn end_to_end_in_tmux() {
         10,
     );
     assert!(s.contains("bigs-smoke"));
-    keys(&["1", "s"]);
+    // stop from the Curves view (run actions work in every view)
+    keys(&["s"]);
     wait(&|s| s.contains("Stop run bigs-smoke?"), 5);
     keys(&["y"]);
+    keys(&["1"]);
     let run = RunDir {
         path: runs.join("bigs-smoke"),
     };
@@ -893,7 +939,7 @@ fn end_to_end_in_tmux() {
         &|s| s.contains("do we need attention?") && s.contains("MFLOP/tok"),
         10,
     );
-    keys(&["s"]);
+    keys(&["t"]);
     wait(&|s| s.contains("needs a BiGS"), 10);
     keys(&["q"]);
     let s = wait(&|s| s.contains("EXITED=0"), 10);

@@ -238,8 +238,8 @@ fn samples_view_snapshots() {
     app.on_key(code(KeyCode::Down));
     assert_eq!(app.samples.sel, 1, "↓ is +10, clamped");
     // class, guidance, protocol and full screen
-    app.on_key(key('c'));
-    app.on_key(key('c'));
+    app.on_key(key('C'));
+    app.on_key(key('C'));
     assert_eq!(app.samples.class, Some(1));
     app.on_key(KeyEvent::new(KeyCode::Char('G'), KeyModifiers::SHIFT));
     assert_eq!(app.samples.effective_guidance(), 2.5);
@@ -366,7 +366,7 @@ fn sample_now_goes_through_the_worker_and_selects_the_new_folder() {
         }),
         move |e| etx.send(e).is_ok(),
     ));
-    app.on_key(key('c')); // class 0 = T-shirt/top
+    app.on_key(key('C')); // class 0 = T-shirt/top
     app.on_key(code(KeyCode::Enter));
     assert_eq!(app.samples.job, Some(0.0));
     let req = seen_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -403,7 +403,7 @@ fn sample_now_goes_through_the_worker_and_selects_the_new_folder() {
     );
     // a failing sampler: the error is shown, and the job ends
     for _ in 0..7 {
-        app.on_key(key('c'));
+        app.on_key(key('C'));
     }
     assert_eq!(app.samples.class, Some(7));
     app.on_key(code(KeyCode::Enter));

@@ -29,6 +29,8 @@ pub struct CompareState {
     pub error: Option<String>,
     /// Generation of the current measurement (a newer request abandons an older one).
     pub generation: u64,
+    /// First table row shown (PgUp/PgDn, Home/End, the wheel).
+    pub scroll: usize,
 }
 
 /// What the scaling worker reports.
@@ -79,9 +81,14 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
 fn draw_table(f: &mut Frame, app: &App, runs: &[(&RunSummary, RunRow)], area: Rect) {
     let t = &app.theme;
     let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
-    let rows = runs.iter().map(|(_, r)| {
+    let visible = (area.height as usize).saturating_sub(3).max(1);
+    let scroll = app.compare.scroll.min(runs.len().saturating_sub(visible));
+    let name_w = (area.width as usize)
+        .saturating_sub(2 + 9 + 5 + 7 + 10 + 7 + 7 + 6 + 9 + 6)
+        .max(8);
+    let rows = runs.iter().skip(scroll).take(visible).map(|(_, r)| {
         Row::new(vec![
-            sanitize(&r.id).into_owned(),
+            crate::tui::views::runs::fit(&sanitize(&r.id), name_w),
             sanitize(&r.model).into_owned(),
             fmt_num(r.parameters as f64),
             format!("{:.2}", r.flops_per_token / 1e6),
@@ -116,11 +123,22 @@ fn draw_table(f: &mut Frame, app: &App, runs: &[(&RunSummary, RunRow)], area: Re
         Constraint::Length(9),
         Constraint::Length(6),
     ];
+    let pos = if runs.len() > visible {
+        format!(
+            " runs {}–{} of {} (PgUp/PgDn) ",
+            scroll + 1,
+            (scroll + visible).min(runs.len()),
+            runs.len()
+        )
+    } else {
+        String::new()
+    };
     f.render_widget(
         Table::new(rows, widths).header(header).block(
             Block::default()
                 .borders(Borders::ALL)
-                .title(" Compare: do we need attention? (marked runs, else all masked LMs) "),
+                .title(" Compare: do we need attention? (marked runs, else all masked LMs) ")
+                .title_bottom(Line::from(pos).right_aligned()),
         ),
         area,
     );
@@ -198,7 +216,7 @@ fn draw_scaling(f: &mut Frame, app: &App, area: Rect) {
         .title(" µs/token of a training step (s) ");
     let Some((bigs, bert)) = &c.scaling_models else {
         let msg = c.error.clone().unwrap_or_else(|| {
-            "press s to time a training step of a BiGS and an attention run at L = 128 … 4096 \
+            "press t to time a training step of a BiGS and an attention run at L = 128 … 4096 \
              (8192 tokens per step)"
                 .into()
         });
@@ -264,5 +282,5 @@ fn draw_scaling(f: &mut Frame, app: &App, area: Rect) {
 }
 
 fn trunc(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
+    crate::tui::views::runs::fit(s, n)
 }

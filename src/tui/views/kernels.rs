@@ -1,6 +1,7 @@
 //! The Kernels view: what the state-space layers learned, for the selected run's checkpoints.
 //! Sub-views (`v`): kernel vs lag, layers × lag heatmap, |FFT(K)|, Δt and eigenvalues of A
-//! against their initialisation, evolution over checkpoints (`{`/`}`), and for image models
+//! against their initialisation, evolution over training (checkpoints and the `kernels.jsonl`
+//! records, `{`/`}`), and for image models
 //! (DiffuSSM) the receptive field: the kernels folded onto the patch grid around a pixel that
 //! `t`/`g`/`f`/`h` move. The pictures are
 //! [`Figure`]s built by `kernels::figure` (UI-free; `e` exports the same one as a PNG). Weights
@@ -30,8 +31,11 @@ pub struct KernelsState {
     pub sel: Selection,
     /// The run (or model directory) shown.
     pub model: Option<PathBuf>,
-    /// Its checkpoint steps when they were requested (a new checkpoint triggers a reload).
+    /// Its checkpoint steps when they were requested: a new checkpoint triggers a reload.
     pub requested: Vec<u64>,
+    /// The run's last evaluation step when requested (a new one means a new `kernels.jsonl`
+    /// record); `None` when kernels were set directly ([`KernelsState::set`]): not followed.
+    pub requested_eval: Option<Option<u64>>,
     /// Kernels per checkpoint, ascending by step, as the worker delivers them.
     pub data: Vec<ModelKernels>,
     /// Checkpoints the worker is computing.
@@ -47,7 +51,12 @@ pub struct KernelsState {
 impl KernelsState {
     /// Sets the shown model and its kernels at once (what the worker delivers piecewise).
     pub fn set(&mut self, model: PathBuf, data: Vec<ModelKernels>) {
-        self.requested = data.iter().filter_map(|m| m.step).collect();
+        self.requested = data
+            .iter()
+            .filter(|m| !m.history)
+            .filter_map(|m| m.step)
+            .collect();
+        self.requested_eval = None;
         self.model = Some(model);
         self.total = data.len();
         self.data = data;
@@ -554,11 +563,17 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         .map(|e| format!(" · {}", sanitize(e)))
         .unwrap_or_default();
     let cur = k.sel.checkpoint.min(steps.len().saturating_sub(1));
+    // with kernels.jsonl records among them the entries are not all checkpoints
+    let noun = if k.data.iter().any(|m| m.history) {
+        "history"
+    } else {
+        "checkpoint"
+    };
     f.render_widget(
         Paragraph::new(Line::from(vec![
             Span::styled(
                 format!(
-                    " checkpoint {}/{} ({}){}{}",
+                    " {noun} {}/{} ({}){}{}",
                     cur + 1,
                     steps.len(),
                     steps.get(cur).cloned().unwrap_or_default(),

@@ -59,16 +59,40 @@ pub fn draw(f: &mut Frame, app: &App) {
     }
 }
 
+/// The tab labels and where each starts and ends on the tab bar (for drawing and clicks).
+fn tab_spans() -> Vec<(View, String, u16, u16)> {
+    let mut x = " ssmlab ".len() as u16;
+    View::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let label = format!(" {} {} ", i + 1, v.title());
+            let w = label.chars().count() as u16;
+            let span = (*v, label, x, x + w);
+            x += w;
+            span
+        })
+        .collect()
+}
+
+/// The view whose tab is at column `col` of the tab bar (the top row of `area`).
+pub fn tab_at(area: Rect, col: u16) -> Option<View> {
+    tab_spans()
+        .into_iter()
+        .find(|(_, _, a, b)| col >= area.x + a && col < area.x + b)
+        .map(|(v, ..)| v)
+}
+
 fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
     let mut spans = vec![Span::styled(" ssmlab ", t.accent())];
-    for (i, v) in View::ALL.iter().enumerate() {
-        let style = if *v == app.view {
+    for (v, label, ..) in tab_spans() {
+        let style = if v == app.view {
             t.selected()
         } else {
             t.muted()
         };
-        spans.push(Span::styled(format!(" {} {} ", i + 1, v.title()), style));
+        spans.push(Span::styled(label, style));
     }
     let right = format!(" {} ", app.runs_dir.display());
     let used: usize = spans.iter().map(|s| s.width()).sum();
@@ -86,7 +110,16 @@ fn draw_status(f: &mut Frame, app: &App, area: Rect) {
     let text = match app.notices.last() {
         Some(n) => Span::styled(format!(" {n}"), t.warn_style()),
         None => Span::styled(
-            format!(" {} run(s), {} marked", app.runs.len(), app.marked.len()),
+            if app.runs_view.order.len() < app.runs.len() {
+                format!(
+                    " {} run(s), {} shown, {} marked",
+                    app.runs.len(),
+                    app.runs_view.order.len(),
+                    app.marked.len()
+                )
+            } else {
+                format!(" {} run(s), {} marked", app.runs.len(), app.marked.len())
+            },
             t.muted(),
         ),
     };
@@ -96,42 +129,124 @@ fn draw_status(f: &mut Frame, app: &App, area: Rect) {
 fn draw_bar(f: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
     let mut spans = Vec::new();
-    for (k, label) in app.keymap.bar(app.scope()) {
+    let mut items = app.keymap.bar(app.scope());
+    // the help key always shows, last: what does not fit is in the help overlay
+    let help = items
+        .iter()
+        .position(|(_, l)| *l == "help")
+        .map(|i| items.remove(i));
+    let item_w = |(k, l): &(String, &str)| k.chars().count() + l.chars().count() + 4;
+    let room = (area.width as usize).saturating_sub(help.as_ref().map_or(0, item_w) + 2);
+    let mut used = 0usize;
+    let mut cut = false;
+    for it in &items {
+        if used + item_w(it) > room {
+            cut = true;
+            break;
+        }
+        used += item_w(it);
+        spans.push(Span::styled(format!(" {} ", it.0), t.selected()));
+        spans.push(Span::styled(format!(" {} ", it.1), t.muted()));
+    }
+    if cut {
+        spans.push(Span::styled("… ", t.muted()));
+    }
+    if let Some((k, l)) = help {
         spans.push(Span::styled(format!(" {k} "), t.selected()));
-        spans.push(Span::styled(format!(" {label} "), t.muted()));
+        spans.push(Span::styled(format!(" {l} "), t.muted()));
     }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
-/// The help overlay in two columns (scopes with many keys on short terminals).
-fn draw_help_columns(f: &mut Frame, app: &App, area: Rect) {
+/// The help overlay's geometry in `area`: its rectangle, whether it uses two columns, the rows
+/// it shows and the rows it has.
+fn help_layout(app: &App, area: Rect) -> (Rect, bool, usize, usize) {
+    let n = app.keymap.help(app.scope()).len();
+    let one = centered(area, 70, n as u16 + 3);
+    if n + 3 <= one.height as usize {
+        return (one, false, n, n);
+    }
+    // too many keys for the height: two columns, then scrolling
+    let half = n.div_ceil(2);
+    let r = centered(area, 120, half as u16 + 3);
+    (r, true, (r.height as usize).saturating_sub(3), half)
+}
+
+/// How far an overlay can scroll at the current terminal size.
+pub fn popup_max_scroll(app: &App, p: &Popup) -> usize {
+    let area = app.viewport;
+    match p {
+        Popup::Help => {
+            let (_, _, visible, total) = help_layout(app, area);
+            total.saturating_sub(visible)
+        }
+        Popup::Diff => {
+            let marked: Vec<_> = app
+                .runs
+                .iter()
+                .filter(|r| app.marked.contains(&r.id))
+                .collect();
+            let n = match marked.as_slice() {
+                [a, b] => runs::config_diff(&a.config_text, &b.config_text).len(),
+                _ => 0,
+            };
+            let visible = (diff_area(area).height as usize).saturating_sub(4);
+            n.saturating_sub(visible)
+        }
+        _ => 0,
+    }
+}
+
+fn diff_area(area: Rect) -> Rect {
+    centered(area, 100, 30)
+}
+
+/// The help overlay: every key of the view (and the global ones), in one or two columns,
+/// scrolled by the overlay keys when even two columns do not fit.
+fn draw_help(f: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
     let items = app.keymap.help(app.scope());
+    let (r, two, visible, total) = help_layout(app, area);
+    let scroll = app.popup_scroll.min(total.saturating_sub(visible));
     let kw = items
         .iter()
         .map(|(k, _)| k.chars().count())
         .max()
-        .unwrap_or(4);
-    let half = items.len().div_ceil(2);
-    let r = centered(area, 120, half as u16 + 3);
-    let col_w = (r.width.saturating_sub(2) / 2) as usize;
+        .unwrap_or(4)
+        .min(16);
+    let col_w = if two {
+        (r.width.saturating_sub(2) / 2) as usize
+    } else {
+        r.width.saturating_sub(2) as usize
+    };
     let cell = |i: usize| -> Vec<Span> {
         match items.get(i) {
             Some((k, h)) => {
                 let room = col_w.saturating_sub(kw + 3);
-                let h: String = h.chars().take(room).collect();
                 vec![
-                    Span::styled(format!("{k:>kw$}  "), t.accent()),
-                    Span::styled(format!("{h:<room$} "), t.text()),
+                    Span::styled(format!("{:>kw$}  ", runs::fit(k, kw)), t.accent()),
+                    Span::styled(format!("{:<room$} ", runs::fit(h, room)), t.text()),
                 ]
             }
             None => vec![],
         }
     };
-    let mut lines = vec![Line::from(Span::styled("keys (any key closes)", t.muted()))];
-    for i in 0..half {
+    let head = if total > visible {
+        format!(
+            "keys {}–{} of {} · j/k PgUp/PgDn scroll · Esc closes",
+            scroll + 1,
+            (scroll + visible).min(total),
+            total
+        )
+    } else {
+        "keys (Esc or any other key closes)".to_string()
+    };
+    let mut lines = vec![Line::from(Span::styled(head, t.muted()))];
+    for i in scroll..(scroll + visible).min(total) {
         let mut spans = cell(i);
-        spans.extend(cell(i + half));
+        if two {
+            spans.extend(cell(i + total));
+        }
         lines.push(Line::from(spans));
     }
     f.render_widget(Clear, r);
@@ -157,25 +272,7 @@ fn draw_popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
     let t = &app.theme;
     match p {
         Popup::Launch(form) => form.draw(f, centered(area, 76, 20), t),
-        Popup::Help => {
-            let mut lines = vec![Line::from(Span::styled("keys (any key closes)", t.muted()))];
-            for (k, h) in app.keymap.help(app.scope()) {
-                lines.push(Line::from(vec![
-                    Span::styled(format!("{k:>12}  "), t.accent()),
-                    Span::styled(h, t.text()),
-                ]));
-            }
-            let r = centered(area, 60, lines.len() as u16 + 2);
-            if lines.len() as u16 + 2 > r.height {
-                // too many keys for the height: two columns
-                return draw_help_columns(f, app, area);
-            }
-            f.render_widget(Clear, r);
-            f.render_widget(
-                Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" help ")),
-                r,
-            );
-        }
+        Popup::Help => draw_help(f, app, area),
         Popup::Confirm { action, run } => {
             let what = match action {
                 crate::runs::Control::Stop => "Stop",
@@ -202,9 +299,16 @@ fn draw_popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
                 r,
             );
         }
-        Popup::Diff => runs::draw_diff(f, app, centered(area, 100, 30)),
+        Popup::Diff => runs::draw_diff(f, app, diff_area(area)),
         Popup::Message(m) => {
-            let r = centered(area, 60, 5);
+            // tall enough for the text wrapped at the overlay's width
+            let w = area.width.saturating_sub(4).min(90);
+            let inner = w.saturating_sub(2).max(1) as usize;
+            let rows: usize = m
+                .lines()
+                .map(|l| l.chars().count().div_ceil(inner).max(1))
+                .sum();
+            let r = centered(area, w, rows as u16 + 2);
             f.render_widget(Clear, r);
             f.render_widget(
                 Paragraph::new(m.as_str())

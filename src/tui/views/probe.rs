@@ -31,6 +31,27 @@ pub struct ProbeState {
     pub history_pos: Option<usize>,
     pub a: ProbeSlot,
     pub b: ProbeSlot,
+    /// First result line shown (PgUp/PgDn, Home/End, the wheel): every mask is reachable.
+    pub scroll: usize,
+}
+
+impl ProbeState {
+    /// Result lines of the longer side (what the results pane can scroll through).
+    pub fn line_count(&self) -> usize {
+        [&self.a, &self.b]
+            .iter()
+            .filter_map(|s| match &s.result {
+                Some(Ok(o)) => Some(
+                    o.masks
+                        .iter()
+                        .map(|m| 1 + m.top.len() + m.targets.len())
+                        .sum::<usize>(),
+                ),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 fn slot_title(s: &ProbeSlot, name: &str) -> String {
@@ -123,12 +144,29 @@ fn draw_slot(f: &mut Frame, app: &App, s: &ProbeSlot, other: &ProbeSlot, name: &
             result_lines(app, out, o, area.width as usize)
         }
     };
+    let visible = (area.height as usize).saturating_sub(2);
+    let scroll = app.probe.scroll.min(lines.len().saturating_sub(visible));
+    let pos = if lines.len() > visible {
+        format!(
+            " lines {}–{} of {} (PgUp/PgDn) ",
+            scroll + 1,
+            (scroll + visible).min(lines.len()),
+            lines.len()
+        )
+    } else {
+        String::new()
+    };
+    let title_w = (area.width as usize).saturating_sub(2);
     f.render_widget(
-        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title(slot_title(s, name)),
-        ),
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .scroll((scroll as u16, 0))
+            .block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(crate::tui::views::runs::fit(&slot_title(s, name), title_w))
+                    .title_bottom(Line::from(pos).right_aligned()),
+            ),
         area,
     );
 }

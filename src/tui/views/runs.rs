@@ -3,11 +3,16 @@
 
 use crate::text::sanitize;
 use ratatui::Frame;
+use ratatui::layout::Margin;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{
+    Block, Borders, Cell, Clear, Paragraph, Row, Scrollbar, ScrollbarOrientation, ScrollbarState,
+    Table, Wrap,
+};
 
+use crate::runs::index::RunSummary;
 use crate::tui::app::App;
 use crate::tui::chart::fmt_num;
 
@@ -21,11 +26,221 @@ fn age(s: Option<f64>) -> String {
     }
 }
 
+/// `s` cut to `w` characters, ending in `…` when cut (never a silent cut).
+pub fn fit(s: &str, w: usize) -> String {
+    if s.chars().count() <= w {
+        return s.to_string();
+    }
+    if w == 0 {
+        return String::new();
+    }
+    let mut out: String = s.chars().take(w - 1).collect();
+    out.push('…');
+    out
+}
+
+/// The column the runs table is sorted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortKey {
+    #[default]
+    Name,
+    Model,
+    State,
+    Step,
+    Loss,
+    Eval,
+    Acc,
+    Speed,
+    Age,
+}
+
+impl SortKey {
+    pub const ALL: [SortKey; 9] = [
+        SortKey::Name,
+        SortKey::Model,
+        SortKey::State,
+        SortKey::Step,
+        SortKey::Loss,
+        SortKey::Eval,
+        SortKey::Acc,
+        SortKey::Speed,
+        SortKey::Age,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            SortKey::Name => "run",
+            SortKey::Model => "model",
+            SortKey::State => "state",
+            SortKey::Step => "step",
+            SortKey::Loss => "loss",
+            SortKey::Eval => "eval",
+            SortKey::Acc => "acc/CAS",
+            SortKey::Speed => "tok/s",
+            SortKey::Age => "age",
+        }
+    }
+    pub fn next(self) -> Self {
+        let i = Self::ALL.iter().position(|k| *k == self).unwrap_or(0);
+        Self::ALL[(i + 1) % Self::ALL.len()]
+    }
+}
+
+/// The latest eval accuracy (masked LM) or CAS (diffusion) of a run.
+pub fn acc_or_cas(r: &RunSummary) -> Option<f64> {
+    r.metrics
+        .iter()
+        .rev()
+        .find_map(|m| m.eval_acc.or(m.eval_cas))
+}
+
+/// Whether a run matches a filter: every whitespace-separated term is part of its name or
+/// model family, or the start of its state (case-insensitive).
+pub fn matches(r: &RunSummary, filter: &str) -> bool {
+    let (id, family, state) = (
+        r.id.to_lowercase(),
+        crate::runs::family_label(&r.model).to_lowercase(),
+        r.state_label().to_lowercase(),
+    );
+    filter.split_whitespace().all(|t| {
+        let t = t.to_lowercase();
+        id.contains(&t) || family.contains(&t) || state.starts_with(&t)
+    })
+}
+
+/// The Runs view's state: filter, sort, the display order and the scroll positions. Input
+/// changes it (`App`); drawing only reads it.
+#[derive(Debug, Clone, Default)]
+pub struct RunsState {
+    pub filter: String,
+    /// Typing into the filter (`/`).
+    pub filter_editing: bool,
+    pub sort: SortKey,
+    pub reverse: bool,
+    /// Indices into `App::runs` in display order (the filter and sort applied).
+    pub order: Vec<usize>,
+    /// First table row shown.
+    pub offset: usize,
+    /// First line of the config pane shown.
+    pub details_scroll: usize,
+}
+
+impl RunsState {
+    /// Recomputes the display order of `runs`.
+    pub fn refresh(&mut self, runs: &[RunSummary]) {
+        let mut order: Vec<usize> = (0..runs.len())
+            .filter(|&i| matches(&runs[i], &self.filter))
+            .collect();
+        let key = |r: &RunSummary| -> Option<f64> {
+            match self.sort {
+                SortKey::Step => Some(r.step() as f64),
+                SortKey::Loss => r.last_loss(),
+                SortKey::Eval => r.last_eval().map(|e| e.0),
+                SortKey::Acc => acc_or_cas(r),
+                SortKey::Speed => r.tokens_per_s(),
+                SortKey::Age => r.age_s,
+                _ => None,
+            }
+        };
+        let text = |r: &RunSummary| -> String {
+            match self.sort {
+                SortKey::Model => crate::runs::family_label(&r.model).to_string(),
+                SortKey::State => r.state_label(),
+                _ => String::new(),
+            }
+        };
+        order.sort_by(|&a, &b| {
+            let (ra, rb) = (&runs[a], &runs[b]);
+            let by = match (key(ra), key(rb)) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                // runs without the value go last either way
+                (Some(_), None) => return std::cmp::Ordering::Less,
+                (None, Some(_)) => return std::cmp::Ordering::Greater,
+                (None, None) => text(ra).cmp(&text(rb)),
+            };
+            let by = if self.reverse { by.reverse() } else { by };
+            by.then_with(|| ra.id.cmp(&rb.id))
+        });
+        self.order = order;
+    }
+
+    /// The display position of run `selected` (None: filtered out).
+    pub fn position(&self, selected: usize) -> Option<usize> {
+        self.order.iter().position(|&i| i == selected)
+    }
+
+    /// "sorted by eval ↓ · filter `bigs` (3 of 30)" for the table's title.
+    pub fn describe(&self, total: usize) -> String {
+        let mut parts = Vec::new();
+        if self.sort != SortKey::Name || self.reverse {
+            parts.push(format!(
+                "sorted by {} {}",
+                self.sort.label(),
+                if self.reverse { "↓" } else { "↑" }
+            ));
+        }
+        if !self.filter.is_empty() || self.filter_editing {
+            parts.push(format!(
+                "filter `{}`{} ({} of {total})",
+                sanitize(&self.filter),
+                if self.filter_editing { "▏" } else { "" },
+                self.order.len()
+            ));
+        }
+        parts.join(" · ")
+    }
+}
+
+/// The offset that keeps row `pos` of `len` visible in `rows` rows, moving `offset` as little
+/// as possible.
+pub fn keep_visible(offset: usize, pos: usize, rows: usize, len: usize) -> usize {
+    let rows = rows.max(1);
+    let max = len.saturating_sub(rows);
+    let o = if pos < offset {
+        pos
+    } else if pos >= offset + rows {
+        pos + 1 - rows
+    } else {
+        offset
+    };
+    o.min(max)
+}
+
+/// Where the Runs view draws, from the body area and the number of shown runs: shared by
+/// drawing and by input (mouse hits, paging).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunsLayout {
+    pub table: Rect,
+    /// Data rows the table shows.
+    pub rows: usize,
+    pub config: Rect,
+    pub info: Rect,
+}
+
+pub fn layout(body: Rect, shown: usize) -> RunsLayout {
+    let table_h = (shown.max(1) as u16 + 3).clamp(4, body.height / 2 + 1);
+    let [table, bottom] =
+        Layout::vertical([Constraint::Length(table_h), Constraint::Min(3)]).areas(body);
+    let [config, info] =
+        Layout::horizontal([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(bottom);
+    RunsLayout {
+        table,
+        rows: table.height.saturating_sub(3) as usize,
+        config,
+        info,
+    }
+}
+
+/// The table row (display position) under a screen cell, if any.
+pub fn row_at(l: &RunsLayout, offset: usize, col: u16, row: u16) -> Option<usize> {
+    let t = l.table;
+    let first = t.y + 2; // border, header
+    (col > t.x && col + 1 < t.x + t.width && row >= first && row + 1 < t.y + t.height)
+        .then(|| offset + (row - first) as usize)
+}
+
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
-    let table_h = (app.runs.len() as u16 + 3).clamp(4, area.height / 2 + 1);
-    let [top, bottom] =
-        Layout::vertical([Constraint::Length(table_h), Constraint::Min(3)]).areas(area);
+    let rs = &app.runs_view;
     if app.runs.is_empty() {
         let msg = vec![
             Line::from(Span::styled(
@@ -45,15 +260,74 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         );
         return;
     }
-    let header = Row::new([
-        "", "run", "state", "step", "loss", "eval", "acc", "tok/s", "age",
-    ])
-    .style(t.muted());
-    let rows: Vec<Row> = app
-        .runs
+    let l = layout(area, rs.order.len());
+    let len = rs.order.len();
+    let pos = rs.position(app.selected);
+    let offset = keep_visible(rs.offset, pos.unwrap_or(rs.offset), l.rows, len);
+    let shown = &rs.order[offset.min(len)..(offset + l.rows).min(len)];
+    // column widths from the content shown, the name column gets what is left
+    let inner = l.table.width.saturating_sub(2) as usize;
+    let steps: Vec<String> = shown
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
+        .map(|&i| format!("{}/{}", app.runs[i].step(), app.runs[i].total_steps()))
+        .collect();
+    let step_w = steps.iter().map(|s| s.len()).max().unwrap_or(4).max(4);
+    let state_w = shown
+        .iter()
+        .map(|&i| app.runs[i].state_label().len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    // (header, width, priority: dropped first when the name would get under 10 columns)
+    let mut cols: Vec<(&str, usize, u8)> = vec![
+        ("model", 8, 2),
+        ("state", state_w, 9),
+        ("step", step_w, 8),
+        ("loss", 6, 7),
+        ("eval", 6, 5),
+        ("acc/CAS", 7, 6),
+        ("tok/s", 6, 3),
+        ("age", 4, 4),
+    ];
+    let name_max = shown
+        .iter()
+        .map(|&i| sanitize(&app.runs[i].id).chars().count())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    let fixed =
+        |cols: &[(&str, usize, u8)]| -> usize { cols.iter().map(|c| c.1 + 1).sum::<usize>() + 2 };
+    while inner.saturating_sub(fixed(&cols)) < 10.min(name_max) && cols.len() > 2 {
+        let drop = cols
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, c)| c.2)
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        cols.remove(drop);
+    }
+    let name_w = inner
+        .saturating_sub(fixed(&cols))
+        .min(name_max.max(8))
+        .max(3);
+    let has = |h: &str| cols.iter().any(|c| c.0 == h);
+    let mut header = vec!["".to_string(), "run".to_string()];
+    header.extend(cols.iter().map(|c| {
+        if rs.sort.label() == c.0 {
+            format!("{}{}", c.0, if rs.reverse { "↓" } else { "↑" })
+        } else {
+            c.0.to_string()
+        }
+    }));
+    if rs.sort == SortKey::Name && rs.reverse {
+        header[1] = "run↓".into();
+    }
+    let header = Row::new(header).style(t.muted());
+    let rows: Vec<Row> = shown
+        .iter()
+        .zip(&steps)
+        .map(|(&i, step)| {
+            let r = &app.runs[i];
             let mark = if app.marked.contains(&r.id) {
                 "●"
             } else {
@@ -61,23 +335,42 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             };
             let eval = r.last_eval();
             let state = r.state_label();
-            let row = Row::new(vec![
-                Cell::from(Span::styled(mark, Style::default().fg(t.run_color(&r.id)))),
-                Cell::from(Span::styled(
-                    sanitize(&r.id).into_owned(),
-                    Style::default().fg(t.run_color(&r.id)),
-                )),
-                Cell::from(Span::styled(state.clone(), t.state_style(&state))),
-                Cell::from(format!("{}/{}", r.step(), r.total_steps())),
-                Cell::from(r.last_loss().map_or("-".into(), |v| format!("{v:.3}"))),
-                Cell::from(eval.map_or("-".into(), |e| format!("{:.3}", e.0))),
-                Cell::from(
-                    eval.and_then(|e| e.1)
-                        .map_or("-".into(), |a| format!("{:.1}%", a * 100.0)),
-                ),
-                Cell::from(r.tokens_per_s().map_or("-".into(), fmt_num)),
-                Cell::from(age(r.age_s)),
-            ]);
+            let color = Style::default().fg(t.run_color(&r.id));
+            let mut cells = vec![
+                Cell::from(Span::styled(mark, color)),
+                Cell::from(Span::styled(fit(&sanitize(&r.id), name_w), color)),
+            ];
+            if has("model") {
+                cells.push(Cell::from(crate::runs::family_label(&r.model)));
+            }
+            cells.push(Cell::from(Span::styled(
+                state.clone(),
+                t.state_style(&state),
+            )));
+            cells.push(Cell::from(step.clone()));
+            if has("loss") {
+                cells.push(Cell::from(
+                    r.last_loss()
+                        .map_or("-".into(), |v| fit(&format!("{v:.3}"), 6)),
+                ));
+            }
+            if has("eval") {
+                cells.push(Cell::from(
+                    eval.map_or("-".into(), |e| fit(&format!("{:.3}", e.0), 6)),
+                ));
+            }
+            if has("acc/CAS") {
+                cells.push(Cell::from(
+                    acc_or_cas(r).map_or("-".into(), |a| format!("{:.1}%", a * 100.0)),
+                ));
+            }
+            if has("tok/s") {
+                cells.push(Cell::from(r.tokens_per_s().map_or("-".into(), fmt_num)));
+            }
+            if has("age") {
+                cells.push(Cell::from(age(r.age_s)));
+            }
+            let row = Row::new(cells);
             if i == app.selected {
                 row.style(t.selected())
             } else {
@@ -85,32 +378,65 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             }
         })
         .collect();
-    let widths = [
-        Constraint::Length(1),
-        Constraint::Min(10),
-        Constraint::Length(8),
-        Constraint::Length(11),
-        Constraint::Length(6),
-        Constraint::Length(6),
-        Constraint::Length(6),
-        Constraint::Length(6),
-        Constraint::Length(4),
-    ];
-    f.render_widget(
-        Table::new(rows, widths)
-            .header(header)
-            .column_spacing(1)
-            .block(Block::default().borders(Borders::ALL).title(" runs ")),
-        top,
-    );
-    draw_details(f, app, bottom);
+    let mut widths = vec![Constraint::Length(1), Constraint::Length(name_w as u16)];
+    widths.extend(cols.iter().map(|c| Constraint::Length(c.1 as u16)));
+    let range = if len == 0 {
+        "none".to_string()
+    } else if len > l.rows {
+        format!("{}–{} of {len}", offset + 1, (offset + l.rows).min(len))
+    } else {
+        format!("{len}")
+    };
+    let extra = rs.describe(app.runs.len());
+    let title = if extra.is_empty() {
+        format!(" runs {range} ")
+    } else {
+        format!(" runs {range} · {extra} ")
+    };
+    let mut table = Table::new(rows, widths)
+        .header(header)
+        .column_spacing(1)
+        .block(Block::default().borders(Borders::ALL).title(title));
+    if len == 0 {
+        table = Table::new(
+            vec![Row::new(vec![Cell::from(Span::styled(
+                format!(
+                    "no run matches `{}` (Esc in the filter clears it)",
+                    sanitize(&rs.filter)
+                ),
+                t.warn_style(),
+            ))])],
+            [Constraint::Min(10)],
+        )
+        .block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(format!(" runs · {} ", rs.describe(app.runs.len()))),
+        );
+    }
+    f.render_widget(table, l.table);
+    if len > l.rows {
+        let mut sb = ScrollbarState::new(len.saturating_sub(l.rows)).position(offset);
+        f.render_stateful_widget(
+            Scrollbar::new(ScrollbarOrientation::VerticalRight)
+                .begin_symbol(None)
+                .end_symbol(None),
+            l.table.inner(Margin {
+                vertical: 1,
+                horizontal: 0,
+            }),
+            &mut sb,
+        );
+    }
+    if pos.is_some() {
+        draw_details(f, app, &l);
+    }
 }
 
-fn draw_details(f: &mut Frame, app: &App, area: Rect) {
+fn draw_details(f: &mut Frame, app: &App, l: &RunsLayout) {
     let t = &app.theme;
     let Some(r) = app.selected_run() else { return };
-    let [left, right] =
-        Layout::horizontal([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(area);
+    let (left, right) = (l.config, l.info);
     let cfg: Vec<Line> = r
         .config_text
         .lines()
@@ -124,11 +450,31 @@ fn draw_details(f: &mut Frame, app: &App, area: Rect) {
             }
         })
         .collect();
+    let visible = left.height.saturating_sub(2) as usize;
+    let scroll = app
+        .runs_view
+        .details_scroll
+        .min(cfg.len().saturating_sub(visible));
+    let more = if cfg.len() > visible {
+        format!(
+            "lines {}–{} of {} (J/K) ",
+            scroll + 1,
+            (scroll + visible).min(cfg.len()),
+            cfg.len()
+        )
+    } else {
+        String::new()
+    };
+    let title_w = (left.width as usize).saturating_sub(18);
     f.render_widget(
-        Paragraph::new(cfg).block(
+        Paragraph::new(cfg).scroll((scroll as u16, 0)).block(
             Block::default()
                 .borders(Borders::ALL)
-                .title(format!(" {} · config.toml ", sanitize(&r.id))),
+                .title(format!(
+                    " {} · config.toml ",
+                    fit(&sanitize(&r.id), title_w)
+                ))
+                .title_bottom(Line::from(more).right_aligned()),
         ),
         left,
     );
@@ -230,6 +576,7 @@ pub fn config_diff(a: &str, b: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The config-diff overlay: one row per differing key, scrolled by the overlay keys.
 pub fn draw_diff(f: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
     let runs: Vec<_> = app
@@ -243,27 +590,58 @@ pub fn draw_diff(f: &mut Frame, app: &App, area: Rect) {
         _ => return,
     };
     let diff = config_diff(&a.config_text, &b.config_text);
+    let inner = area.width.saturating_sub(2) as usize;
+    let kw = (inner * 34 / 100).saturating_sub(1);
+    let vw = (inner * 33 / 100).saturating_sub(1);
+    let visible = area.height.saturating_sub(4) as usize; // borders, header, bottom title
+    let scroll = app.popup_scroll.min(diff.len().saturating_sub(visible));
     let mut rows: Vec<Row> = diff
         .iter()
-        .map(|(k, va, vb)| Row::new(vec![k.clone(), va.clone(), vb.clone()]))
+        .skip(scroll)
+        .take(visible)
+        .map(|(k, va, vb)| {
+            Row::new(vec![
+                fit(&sanitize(k), kw),
+                fit(&sanitize(va), vw),
+                fit(&sanitize(vb), vw),
+            ])
+        })
         .collect();
     if rows.is_empty() {
         rows.push(Row::new(vec!["(identical configurations)".to_string()]));
     }
+    let pos = if diff.len() > visible {
+        format!(
+            " keys {}–{} of {} · j/k PgUp/PgDn scroll ",
+            scroll + 1,
+            (scroll + visible).min(diff.len()),
+            diff.len()
+        )
+    } else {
+        format!(" {} differing keys ", diff.len())
+    };
     f.render_widget(
         Table::new(
             rows,
             [
-                Constraint::Percentage(34),
-                Constraint::Percentage(33),
-                Constraint::Percentage(33),
+                Constraint::Length(kw as u16),
+                Constraint::Length(vw as u16),
+                Constraint::Length(vw as u16),
             ],
         )
-        .header(Row::new(vec!["key".to_string(), a.id.clone(), b.id.clone()]).style(t.accent()))
+        .header(
+            Row::new(vec![
+                "key".to_string(),
+                fit(&sanitize(&a.id), vw),
+                fit(&sanitize(&b.id), vw),
+            ])
+            .style(t.accent()),
+        )
         .block(
             Block::default()
                 .borders(Borders::ALL)
-                .title(" config diff (any key closes) "),
+                .title(" config diff (Esc closes) ")
+                .title_bottom(Line::from(pos).right_aligned()),
         ),
         area,
     );
