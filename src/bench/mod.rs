@@ -124,7 +124,6 @@ pub fn bench_tui_frame(
     use crate::tui::app::{App, View};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
-    use std::sync::Arc;
 
     let (keymap, _) = crate::tui::keymap::Keymap::new(&Default::default());
     let theme = crate::tui::theme::Theme::builtin("dark").expect("theme");
@@ -152,7 +151,8 @@ pub fn bench_tui_frame(
                 config_text: String::new(),
                 model: "bigs".into(),
                 checkpoints: vec![],
-                metrics: Arc::new(metrics),
+                metrics: metrics.into(),
+                loading: false,
                 bad_lines: vec![],
                 age_s: None,
             }
@@ -379,6 +379,10 @@ pub struct TuiOpen {
     pub runs: usize,
     pub lines_per_run: u64,
     pub first_frame_s: f64,
+    /// Until every metrics file is read whole (scans as the TUI's worker makes them).
+    pub full_load_s: f64,
+    /// A Curves frame (the dashboard of every metric) of the selected run, loaded whole.
+    pub curves_frame_s: f64,
     pub scroll_frame_median_s: f64,
     pub rss_before: Option<u64>,
     pub rss_after: Option<u64>,
@@ -409,6 +413,17 @@ pub fn bench_tui_open(runs: usize, lines: u64, reps: usize) -> anyhow::Result<Tu
     let mut term = Terminal::new(TestBackend::new(200, 60))?;
     term.draw(|f| crate::tui::views::draw(f, &app))?;
     let first_frame_s = t0.elapsed().as_secs_f64();
+    let mut runs_now = index.scan(&scratch.0);
+    while runs_now.iter().any(|r| r.loading) {
+        runs_now = index.scan(&scratch.0);
+    }
+    app.set_runs(runs_now);
+    let full_load_s = t0.elapsed().as_secs_f64();
+    app.view = crate::tui::app::View::Curves;
+    let t1 = Instant::now();
+    term.draw(|f| crate::tui::views::draw(f, &app))?;
+    let curves_frame_s = t1.elapsed().as_secs_f64();
+    app.view = crate::tui::app::View::Runs;
     let rss_after = rss_bytes();
     let mut ts = Vec::new();
     for _ in 0..reps.max(1) {
@@ -422,6 +437,8 @@ pub fn bench_tui_open(runs: usize, lines: u64, reps: usize) -> anyhow::Result<Tu
         runs,
         lines_per_run: lines,
         first_frame_s,
+        full_load_s,
+        curves_frame_s,
         scroll_frame_median_s: ts[ts.len() / 2],
         rss_before,
         rss_after,

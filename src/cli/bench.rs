@@ -228,7 +228,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({"bench": "tui-log", "lines": log_lines,
-                        "first_frame_s": o.first_frame_s,
+                        "first_frame_s": o.first_frame_s, "full_load_s": o.full_load_s,
+                        "curves_frame_s": o.curves_frame_s,
                         "rss_mb": mb(o.rss_after), "rss_before_mb": mb(o.rss_before),
                         "frame_after_j_ms": o.scroll_frame_median_s * 1e3})
                 );

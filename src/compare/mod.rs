@@ -48,6 +48,7 @@ pub fn run_row(run: &RunSummary) -> Option<RunRow> {
     let mut rates: Vec<f64> = run.metrics.iter().filter_map(|m| m.tokens_per_s).collect();
     rates.sort_by(f64::total_cmp);
     let last = run.metrics.last();
+    let last = last.as_ref();
     let eval = run.last_eval();
     Some(RunRow {
         id: run.id.clone(),

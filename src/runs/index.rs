@@ -2,11 +2,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{Metric, MetricsTail, RunDir, RunState, Status, unix_now};
+use super::metrics::MetricsLog;
+use super::{MetricsTail, RunDir, RunState, Status, unix_now};
 
 /// What a viewer knows about one run.
 #[derive(Debug, Clone, Serialize)]
@@ -25,7 +25,9 @@ pub struct RunSummary {
     pub model: String,
     pub checkpoints: Vec<u64>,
     #[serde(skip)]
-    pub metrics: Arc<Vec<Metric>>,
+    pub metrics: MetricsLog,
+    /// The head of a large metrics.jsonl is still being read (`metrics` holds its end).
+    pub loading: bool,
     /// Lines of `metrics.jsonl` that did not parse.
     pub bad_lines: Vec<usize>,
     /// Seconds since the last heartbeat (or since the status was written).
@@ -68,7 +70,6 @@ impl RunSummary {
 #[derive(Default)]
 pub struct RunsIndex {
     tails: HashMap<PathBuf, MetricsTail>,
-    cache: HashMap<PathBuf, Arc<Vec<Metric>>>,
     /// config.toml text by run, with the (length, mtime) it was read at.
     configs: HashMap<PathBuf, (u64, Option<std::time::SystemTime>, String)>,
 }
@@ -106,11 +107,7 @@ impl RunsIndex {
                 .tails
                 .entry(path.clone())
                 .or_insert_with(|| MetricsTail::new(&run.metrics_path()));
-            let changed = tail.poll().unwrap_or(0) > 0 || !self.cache.contains_key(&path);
-            if changed || tail.records.len() != self.cache[&path].len() {
-                self.cache
-                    .insert(path.clone(), Arc::new(tail.records.clone()));
-            }
+            let _ = tail.poll();
             let model = status
                 .as_ref()
                 .map(|s| s.model.clone())
@@ -118,7 +115,8 @@ impl RunsIndex {
             out.push(RunSummary {
                 id: run.id(),
                 checkpoints: run.checkpoints().into_iter().map(|c| c.0).collect(),
-                metrics: self.cache[&path].clone(),
+                metrics: tail.records.clone(),
+                loading: tail.loading(),
                 bad_lines: tail.bad_lines.clone(),
                 age_s: status.as_ref().map(|s| (now - s.heartbeat).max(0.0)),
                 path,

@@ -131,39 +131,12 @@ impl RunDir {
         if !p.exists() {
             return Ok(());
         }
-        let f = crate::text::open_regular(&p).map_err(io_err(&p))?;
-        let tmp = self.path.join(format!("{KERNELS_FILE}.tmp"));
-        let mut out =
-            std::io::BufWriter::new(open_nofollow(&tmp, false).map_err(|e| nofollow_err(&tmp, e))?);
-        let mut r = BufReader::new(f);
-        let mut buf = Vec::new();
-        let mut dropped = false;
-        loop {
-            buf.clear();
-            let n = (&mut r)
-                .take(MAX_LINE + 1)
-                .read_until(b'\n', &mut buf)
-                .map_err(io_err(&p))?;
-            if n == 0 || buf.last() != Some(&b'\n') {
-                dropped |= n > 0;
-                break;
-            }
-            #[derive(Deserialize)]
-            struct Step {
-                step: u64,
-            }
-            match serde_json::from_slice::<Step>(&buf) {
-                Ok(s) if s.step <= last_step => out.write_all(&buf).map_err(io_err(&tmp))?,
-                _ => dropped = true,
-            }
+        #[derive(Deserialize)]
+        struct Step {
+            step: u64,
         }
-        if !dropped {
-            drop(out);
-            let _ = std::fs::remove_file(&tmp);
-            return Ok(());
-        }
-        out.flush().map_err(io_err(&tmp))?;
-        drop(out);
-        std::fs::rename(&tmp, &p).map_err(io_err(&p))
+        self.keep_lines(&p, MAX_LINE, |l| {
+            serde_json::from_slice::<Step>(l).is_ok_and(|s| s.step <= last_step)
+        })
     }
 }

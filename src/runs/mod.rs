@@ -20,14 +20,14 @@ pub mod export;
 pub mod index;
 pub mod kernels;
 mod lock;
-mod metrics;
+pub mod metrics;
 pub mod model;
 pub mod os;
 pub mod samples;
 mod status;
 
 pub use lock::{LOCK_FILE, LockState, RunLock};
-pub use metrics::{Metric, MetricsTail, read_metrics};
+pub use metrics::{Metric, MetricsLog, MetricsTail, read_metrics};
 pub use os::pid_alive;
 pub use status::{Control, HEARTBEAT_STALE_S, RunState, Status, unix_now};
 
@@ -231,15 +231,63 @@ impl RunDir {
         if !p.exists() {
             return Ok(());
         }
-        let text = crate::text::read_file(&p, crate::text::SMALL_FILE_MAX).map_err(io_err(&p))?;
-        let kept: String = text
-            .split_inclusive('\n')
-            .filter(|l| l.ends_with('\n'))
-            .filter(|l| {
-                serde_json::from_str::<Metric>(l.trim_end()).is_ok_and(|m| m.step <= last_step)
-            })
-            .collect();
-        write_atomic(&p, kept.as_bytes())
+        self.keep_lines(&p, 64 << 20, |l| {
+            serde_json::from_slice::<Metric>(l).is_ok_and(|m| m.step <= last_step)
+        })
+    }
+
+    /// Streams the complete lines of an append-only run file through a temporary, keeping
+    /// those `keep` accepts (lines longer than `max_line`, and an unfinished last line, are
+    /// dropped), and renames it over the file when anything was dropped. Memory stays bounded
+    /// whatever the file's size.
+    pub(crate) fn keep_lines(
+        &self,
+        p: &Path,
+        max_line: u64,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<()> {
+        use std::io::{BufRead, Read};
+        let f = crate::text::open_regular(p).map_err(io_err(p))?;
+        let name = p.file_name().map_or("file".into(), |n| n.to_string_lossy());
+        let tmp = self.path.join(format!("{name}.tmp"));
+        let mut out =
+            std::io::BufWriter::new(open_nofollow(&tmp, false).map_err(|e| nofollow_err(&tmp, e))?);
+        let mut r = std::io::BufReader::new(f);
+        let mut buf = Vec::new();
+        let mut dropped = false;
+        loop {
+            buf.clear();
+            let n = (&mut r)
+                .take(max_line + 1)
+                .read_until(b'\n', &mut buf)
+                .map_err(io_err(p))?;
+            if n == 0 {
+                break;
+            }
+            if buf.last() != Some(&b'\n') {
+                // an unfinished last line, or one longer than `max_line`: skip to its end
+                dropped = true;
+                if n as u64 > max_line {
+                    let mut rest = Vec::new();
+                    r.read_until(b'\n', &mut rest).map_err(io_err(p))?;
+                    continue;
+                }
+                break;
+            }
+            if keep(&buf[..buf.len() - 1]) {
+                out.write_all(&buf).map_err(io_err(&tmp))?;
+            } else {
+                dropped = true;
+            }
+        }
+        if !dropped {
+            drop(out);
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(());
+        }
+        out.flush().map_err(io_err(&tmp))?;
+        drop(out);
+        std::fs::rename(&tmp, p).map_err(io_err(p))
     }
 
     pub fn write_status(&self, s: &Status) -> Result<()> {

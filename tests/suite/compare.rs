@@ -237,7 +237,8 @@ fn compare_view_shows_the_table_overlay_and_scaling() {
         (row.model.as_str(), row.tokens, row.tokens_per_s),
         ("bert", 81920, Some(8000.0))
     );
-    assert!((row.eval_acc.unwrap() - 0.19).abs() < 1e-12);
+    // the index keeps logged values as f32 (7 significant digits)
+    assert!((row.eval_acc.unwrap() - 0.19).abs() < 1e-7);
     let mut app = crate::common::app_over(runs);
     app.view = View::Compare;
     let s = render(&app, 80, 24);

@@ -182,3 +182,110 @@ fn overrides_and_schedule() {
     assert!((lr_at(60, 1.0, 10, 110, 0.1) - 0.55).abs() < 1e-12);
     assert!((lr_at(110, 1.0, 10, 110, 0.1) - 0.1).abs() < 1e-12);
 }
+
+/// A metrics file over the tail-first threshold: the first poll gives its end (the first frame
+/// does not wait), later polls read the head and put it in front; every record arrives once and
+/// in order, bad lines keep their line numbers, and appends go on after.
+#[test]
+fn a_large_metrics_file_is_read_tail_first_then_whole() {
+    use ssmlab::runs::metrics::TAIL_FIRST;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("metrics.jsonl");
+    let mut text = String::new();
+    let mut n = 0u64;
+    let mut bad_at = Vec::new();
+    while (text.len() as u64) < TAIL_FIRST + (1 << 20) {
+        n += 1;
+        let m = Metric {
+            step: n,
+            tokens: n * 2048,
+            wall_s: n as f64 * 0.5,
+            loss: Some(3.0 + 1.0 / n as f64),
+            lr: Some(2e-3),
+            eval_acc: n.is_multiple_of(100).then_some(0.25),
+            images: n.is_multiple_of(7).then_some(n),
+            ..Default::default()
+        };
+        text += &serde_json::to_string(&m).unwrap();
+        text.push('\n');
+        // one bad line in the head, one in the last MiB (the tail read first)
+        if n == 10 || (bad_at.len() == 1 && text.len() as u64 > TAIL_FIRST) {
+            text += "{\"step\": oops\n";
+            bad_at.push(n as usize + bad_at.len() + 1);
+        }
+    }
+    std::fs::write(&p, &text).unwrap();
+    let mut tail = MetricsTail::new(&p);
+    let first = tail.poll().unwrap();
+    assert!(tail.loading(), "a large file starts with its tail");
+    assert!(first > 0 && (first as u64) < n / 2, "{first} of {n}");
+    assert_eq!(tail.records.last().unwrap().step, n);
+    let mut polls = 0;
+    while tail.loading() {
+        tail.poll().unwrap();
+        polls += 1;
+        assert!(polls < 1000);
+    }
+    let steps: Vec<u64> = tail.records.iter().map(|m| m.step).collect();
+    assert_eq!(steps, (1..=n).collect::<Vec<_>>());
+    assert_eq!(tail.bad_lines, bad_at, "line numbers of the whole file");
+    // values: f32 of what was logged; absent fields stay absent
+    let m = tail.records.get(699).unwrap();
+    assert_eq!(m.step, 700);
+    assert_eq!(m.eval_acc, Some(0.25f32 as f64));
+    assert_eq!(m.images, Some(700));
+    assert_eq!(m.grad_norm, None);
+    assert_eq!(m.loss.unwrap() as f32, (3.0 + 1.0 / 700.0) as f32);
+    assert_eq!(tail.records.get(700).unwrap().images, None);
+    // a snapshot is not changed by appends to the log
+    let snapshot = tail.records.clone();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    writeln!(
+        f,
+        "{}",
+        serde_json::to_string(&Metric {
+            step: n + 1,
+            ..Default::default()
+        })
+        .unwrap()
+    )
+    .unwrap();
+    assert_eq!(tail.poll().unwrap(), 1);
+    assert_eq!(tail.records.len(), snapshot.len() + 1);
+    assert_eq!(snapshot.last().unwrap().step, n);
+    assert_eq!(tail.records.last().unwrap().step, n + 1);
+    // the full-precision reader agrees on what is a record
+    let (all, bad) = ssmlab::runs::read_metrics(&p).unwrap();
+    assert_eq!(all.len() as u64, n + 1);
+    assert_eq!(bad, bad_at);
+}
+
+/// A resume truncates metrics.jsonl of any size (it streams; it used to stop at 16 MiB): the
+/// records after the checkpoint and an unfinished last line go, the rest stays byte for byte.
+#[test]
+fn truncating_a_large_metrics_file_streams_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = ssmlab::runs::RunDir {
+        path: dir.path().to_path_buf(),
+    };
+    let mut text = String::new();
+    let mut n = 0u64;
+    while text.len() < 20 << 20 {
+        n += 1;
+        text += &serde_json::to_string(&Metric {
+            step: n,
+            loss: Some(1.0 / n as f64),
+            tokens_per_s: Some(3300.5),
+            ..Default::default()
+        })
+        .unwrap();
+        text.push('\n');
+    }
+    text += "{\"step\": 9999999, \"lo";
+    std::fs::write(run.metrics_path(), &text).unwrap();
+    run.truncate_metrics(1000).unwrap();
+    let kept = std::fs::read_to_string(run.metrics_path()).unwrap();
+    assert_eq!(kept.lines().count(), 1000);
+    assert!(text.starts_with(&kept));
+    assert!(!dir.path().join("metrics.jsonl.tmp").exists());
+}

@@ -1014,7 +1014,10 @@ fn latest_is_the_last_logged_value_at_any_width() {
     use ssmlab::tui::app::Metric as M;
     use ssmlab::tui::chart::fmt_value;
     let mut app = shipped_curves_app();
-    let metrics = app.runs[0].metrics.clone();
+    // the values as logged in the file, in full precision (the view keeps them as f32)
+    let (metrics, bad) =
+        ssmlab::runs::read_metrics(&app.runs[0].path.join("metrics.jsonl")).unwrap();
+    assert!(bad.is_empty());
     for metric in M::ALL {
         app.curves.metric = metric;
         let want = metrics.iter().rev().find_map(|m| metric.get(m)).unwrap();

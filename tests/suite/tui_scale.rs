@@ -506,3 +506,77 @@ fn thirty_runs_in_tmux_at_80x24() {
     let alt = t.run(&["display-message", "-p", "-t", &t.session, "#{alternate_on}"]);
     assert_eq!(alt.trim(), "0", "alternate screen left");
 }
+
+/// The streamed series (two passes over the compact log) is the smoothing and min/max
+/// downsampling of the whole series, point for point, with and without zoom and log y.
+#[test]
+fn streamed_series_equal_smoothing_and_downsampling_of_the_whole() {
+    use ssmlab::tui::app::{CurvesState, Metric as M, XAxis};
+    use ssmlab::tui::chart::{ema_debiased, minmax_downsample};
+    let metrics: Vec<Metric> = (1..=20_000u64)
+        .map(|s| Metric {
+            step: s,
+            tokens: s * 3,
+            wall_s: s as f64 * 0.25,
+            loss: (s % 13 != 0).then(|| 2.0 + ((s * 7919) % 1000) as f64 / 300.0 + 5.0 / s as f64),
+            ..Default::default()
+        })
+        .collect();
+    let run = ssmlab::runs::index::RunSummary {
+        id: "r".into(),
+        path: "r".into(),
+        status: None,
+        state: None,
+        lost: false,
+        config_text: String::new(),
+        model: "bigs".into(),
+        checkpoints: vec![],
+        metrics: metrics.clone().into(),
+        loading: false,
+        bad_lines: vec![],
+        age_s: None,
+    };
+    for (zoom, log_y, x) in [
+        (false, false, XAxis::Step),
+        (true, false, XAxis::Tokens),
+        (false, true, XAxis::Wall),
+    ] {
+        let c = CurvesState {
+            metric: M::Loss,
+            x,
+            log_y,
+            smoothing: 0.6,
+            zoom_recent: zoom,
+            ..Default::default()
+        };
+        let s = ssmlab::tui::views::curves::series(&run, &c, 150);
+        // the same from the whole series, as f32 as the log keeps it
+        let pts: Vec<(f64, f64)> = metrics
+            .iter()
+            .filter_map(|m| m.loss.map(|y| (x.get(m), (y as f32) as f64)))
+            .collect();
+        let ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
+        let sm = ema_debiased(&ys, 0.6);
+        let tr = |y: f64| if log_y { y.log10() } else { y };
+        let keep = if zoom {
+            (pts.len() / 5).max(10)
+        } else {
+            pts.len()
+        };
+        let from = pts.len() - keep;
+        let raw: Vec<(f64, f64)> = pts[from..].iter().map(|(x, y)| (*x, tr(*y))).collect();
+        let smooth: Vec<(f64, f64)> = pts[from..]
+            .iter()
+            .zip(&sm[from..])
+            .map(|((x, _), s)| (*x, tr(*s)))
+            .collect();
+        assert_eq!(s.raw, minmax_downsample(&raw, 150), "raw {zoom} {log_y}");
+        assert_eq!(
+            s.smooth,
+            minmax_downsample(&smooth, 150),
+            "smooth {zoom} {log_y}"
+        );
+        assert_eq!(s.logged.len(), keep);
+        assert_eq!(s.logged.last().unwrap().1, *ys.last().unwrap());
+    }
+}

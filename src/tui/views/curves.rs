@@ -14,7 +14,7 @@ use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, Gauge, GraphType, P
 
 use crate::runs::index::RunSummary;
 use crate::tui::app::{App, CurvesState};
-use crate::tui::chart::{ema_debiased, fmt_num, fmt_value, log_ticks, minmax_downsample};
+use crate::tui::chart::{fmt_num, fmt_value, log_ticks};
 use ratatui::widgets::LegendPosition;
 
 /// One run's plotted series: (raw, smoothed) points in plot coordinates (log10 y if log),
@@ -23,7 +23,8 @@ pub struct Series {
     pub id: String,
     pub raw: Vec<(f64, f64)>,
     pub smooth: Vec<(f64, f64)>,
-    /// Every logged point shown (x, value as logged, smoothed value), not downsampled.
+    /// The logged points shown (x, value as logged, smoothed value): every one, or every k-th
+    /// and the last beyond [`LOGGED_MAX`].
     pub logged: Vec<(f64, f64, f64)>,
     /// The run's latest eval baseline accuracy (most-frequent target), on the accuracy chart.
     pub baseline: Option<f64>,
@@ -89,33 +90,133 @@ impl SeriesCache {
     }
 }
 
-/// Builds the series of a run for the current settings, `buckets` wide.
+/// At most this many logged points are kept per series for the cursor's readout (a longer
+/// log keeps every k-th point and the last: still logged points, never made up).
+pub const LOGGED_MAX: usize = 50_000;
+
+/// A point and its index among the points shown.
+type Indexed = (usize, (f64, f64));
+
+/// Min/max per bucket of equal x width, streamed (the same points as
+/// [`crate::tui::chart::minmax_downsample`] over the whole series, without holding it).
+struct Buckets {
+    x0: f64,
+    width: f64,
+    buckets: usize,
+    /// Every point when there are few (as `minmax_downsample` keeps them).
+    all: bool,
+    b: usize,
+    /// The current bucket's (first index, min, max) as (index, point).
+    cur: Option<(Indexed, Indexed)>,
+    n: usize,
+    out: Vec<(f64, f64)>,
+}
+
+impl Buckets {
+    fn new(x0: f64, x1: f64, buckets: usize, count: usize) -> Self {
+        Self {
+            x0,
+            width: (x1 - x0) / buckets.max(1) as f64,
+            buckets,
+            all: count <= 2 * buckets || buckets == 0,
+            b: 0,
+            cur: None,
+            n: 0,
+            out: Vec::with_capacity((2 * buckets).min(count)),
+        }
+    }
+    fn flush(&mut self) {
+        if let Some(((il, lo), (ih, hi))) = self.cur.take() {
+            let (a, b) = if il <= ih { (lo, hi) } else { (hi, lo) };
+            self.out.push(a);
+            if il != ih {
+                self.out.push(b);
+            }
+        }
+    }
+    fn push(&mut self, p: (f64, f64)) {
+        if self.all {
+            self.out.push(p);
+            return;
+        }
+        while self.b + 1 < self.buckets && p.0 >= self.x0 + self.width * (self.b + 1) as f64 {
+            self.flush();
+            self.b += 1;
+        }
+        let i = self.n;
+        self.n += 1;
+        match &mut self.cur {
+            None => self.cur = Some(((i, p), (i, p))),
+            Some((lo, hi)) => {
+                if p.1 < lo.1.1 {
+                    *lo = (i, p);
+                }
+                if p.1 > hi.1.1 {
+                    *hi = (i, p);
+                }
+            }
+        }
+    }
+    fn finish(mut self) -> Vec<(f64, f64)> {
+        self.flush();
+        self.out
+    }
+}
+
+/// Builds the series of a run for the current settings, `buckets` wide: two passes over the
+/// run's compact log that hold only the downsampled points (a million-line log costs no
+/// million-point copies).
 pub fn series(r: &RunSummary, c: &CurvesState, buckets: usize) -> Series {
-    let pts: Vec<(f64, f64)> = r
-        .metrics
-        .iter()
-        .filter_map(|m| c.metric.get(m).map(|y| (c.x.get(m), y)))
-        .filter(|(_, y)| y.is_finite() && (!c.log_y || *y > 0.0))
-        .collect();
-    let ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
-    let sm = ema_debiased(&ys, c.smoothing);
+    let point = |m: &crate::runs::Metric| {
+        c.metric
+            .get(m)
+            .map(|y| (c.x.get(m), y))
+            .filter(|(_, y)| y.is_finite() && (!c.log_y || *y > 0.0))
+    };
     let tr = |y: f64| if c.log_y { y.log10() } else { y };
-    let mut raw: Vec<(f64, f64)> = pts.iter().map(|(x, y)| (*x, tr(*y))).collect();
-    let mut smooth: Vec<(f64, f64)> = pts
-        .iter()
-        .zip(&sm)
-        .map(|((x, _), s)| (*x, tr(*s)))
-        .collect();
-    let mut logged: Vec<(f64, f64, f64)> = pts
-        .iter()
-        .zip(&sm)
-        .map(|((x, y), s)| (*x, *y, *s))
-        .collect();
-    if c.zoom_recent && raw.len() > 10 {
-        let keep = (raw.len() / 5).max(10);
-        raw.drain(..raw.len() - keep);
-        smooth.drain(..smooth.len() - keep);
-        logged.drain(..logged.len() - keep);
+    // pass 1: how many points, and the x range of those shown
+    let mut n = 0usize;
+    for m in r.metrics.iter() {
+        n += usize::from(point(&m).is_some());
+    }
+    let skip = if c.zoom_recent && n > 10 {
+        n - (n / 5).max(10)
+    } else {
+        0
+    };
+    let (mut x0, mut x1) = (0.0, 0.0);
+    let mut i = 0usize;
+    for m in r.metrics.iter() {
+        if let Some((x, _)) = point(&m) {
+            if i == skip {
+                x0 = x;
+            }
+            x1 = x;
+            i += 1;
+        }
+    }
+    let kept = n - skip;
+    let stride = kept.div_ceil(LOGGED_MAX).max(1);
+    // pass 2: the smoothing runs over every point, the shown ones are bucketed
+    let w = c.smoothing.clamp(0.0, 0.999);
+    let (mut ema, mut wn) = (0.0, 1.0);
+    let mut raw = Buckets::new(x0, x1, buckets, kept);
+    let mut smooth = Buckets::new(x0, x1, buckets, kept);
+    let mut logged = Vec::with_capacity(kept.min(LOGGED_MAX + 1));
+    let mut i = 0usize;
+    for m in r.metrics.iter() {
+        let Some((x, y)) = point(&m) else { continue };
+        ema = w * ema + (1.0 - w) * y;
+        wn *= w;
+        let s = ema / (1.0 - wn);
+        if i >= skip {
+            raw.push((x, tr(y)));
+            smooth.push((x, tr(s)));
+            if (i - skip).is_multiple_of(stride) || i + 1 == n {
+                logged.push((x, y, s));
+            }
+        }
+        i += 1;
     }
     let baseline = if c.metric == crate::tui::app::Metric::EvalAcc {
         r.metrics
@@ -128,8 +229,8 @@ pub fn series(r: &RunSummary, c: &CurvesState, buckets: usize) -> Series {
     };
     Series {
         id: r.id.clone(),
-        raw: minmax_downsample(&raw, buckets),
-        smooth: minmax_downsample(&smooth, buckets),
+        raw: raw.finish(),
+        smooth: smooth.finish(),
         logged,
         baseline,
     }
@@ -505,7 +606,10 @@ fn draw_gauge(f: &mut Frame, app: &App, area: Rect) {
         let m = &r.metrics;
         let n = m.len();
         if n >= 2 && r.state_label() == "running" {
-            let (a, b) = (&m[n.saturating_sub(20)], &m[n - 1]);
+            let (a, b) = (
+                m.get(n.saturating_sub(20)).unwrap_or_default(),
+                m.get(n - 1).unwrap_or_default(),
+            );
             let rate = (b.step - a.step) as f64 / (b.wall_s - a.wall_s).max(1e-9);
             if rate > 0.0 {
                 let s = (total - step.min(total)) as f64 / rate;

@@ -500,6 +500,15 @@ fn draw_details(f: &mut Frame, app: &App, l: &RunsLayout) {
             t.warn_style(),
         )));
     }
+    if r.loading {
+        info.push(Line::from(Span::styled(
+            format!(
+                "metrics.jsonl is large: its last {} records are shown, the rest is being read",
+                r.metrics.len()
+            ),
+            t.muted(),
+        )));
+    }
     if !r.bad_lines.is_empty() {
         info.push(Line::from(Span::styled(
             format!(
