@@ -619,7 +619,7 @@ impl App {
     }
 
     /// After a frame: encode the shown image for a graphics protocol at the pane's size (the
-    /// size is known only once drawn).
+    /// same layout function as drawing, at the terminal's size).
     pub fn after_draw(&mut self) {
         let s = &self.samples;
         let protocol = s.output.active();
@@ -629,7 +629,7 @@ impl App {
         let Some((path, _)) = s.current_image() else {
             return;
         };
-        let pane = s.pane.get();
+        let pane = super::views::samples::image_rect(self, self.body_area()).unwrap_or_default();
         let key = EncodeKey {
             path: path.clone(),
             cols: pane.width,

@@ -264,6 +264,7 @@ fn samples_view_snapshots() {
     );
     // graphics protocols: after a frame the shown grid is encoded for the pane (inline here,
     // on the image worker in the TUI) and drawn through ratatui-image instead of half blocks
+    app.set_viewport(ratatui::layout::Rect::new(0, 0, 120, 40));
     for proto in [Protocol::Kitty, Protocol::Sixel, Protocol::Iterm2] {
         app.samples.output.forced = Some(proto);
         render(&app, 120, 40);
@@ -271,7 +272,9 @@ fn samples_view_snapshots() {
         let (k, r) = app.samples.encoded.as_ref().expect("encoded");
         assert_eq!(k.protocol, proto);
         let size = r.as_ref().expect("encodes").size();
-        let pane = app.samples.pane.get();
+        // the pane as drawing lays it out at the terminal's size (nothing stored by drawing)
+        let pane = ssmlab::tui::views::samples::image_rect(&app, app.body_area()).unwrap();
+        assert!(pane.width > 40 && pane.height > 20, "{pane:?}");
         assert!(size.width <= pane.width && size.height <= pane.height && size.width > 0);
         let (s, _) = render(&app, 120, 40);
         assert!(s.contains(proto.name()), "{s}");

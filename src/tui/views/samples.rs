@@ -3,7 +3,6 @@
 //! Folders follow the contract in `runs::samples`; PNGs are decoded (and encoded for kitty /
 //! sixel / iTerm2) by the image worker (`tui::image`), never on the UI thread.
 
-use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,8 +90,6 @@ pub struct SamplesState {
         Result<Box<ratatui_image::protocol::Protocol>, String>,
     )>,
     pub encoding: Option<EncodeKey>,
-    /// The image area of the last frame (protocol images are encoded for it).
-    pub pane: Cell<Rect>,
     pub output: ImageOutput,
 }
 
@@ -356,19 +353,61 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         }
         return;
     }
+    let [list, caption, pane, now] = main_layout(area);
+    draw_list(f, app, list);
+    draw_caption(f, app, &run.id, caption);
+    draw_pane(f, app, pane);
+    draw_sample_now(f, app, now);
+}
+
+/// The view's areas when it shows samples: the list of steps, the caption, the image pane
+/// and the sample-now line.
+fn main_layout(area: Rect) -> [Rect; 4] {
     let list_w = if area.width >= 100 { 18 } else { 14 };
     let [list, main] =
         Layout::horizontal([Constraint::Length(list_w), Constraint::Min(20)]).areas(area);
-    draw_list(f, app, list);
     let [caption, pane, now] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Min(4),
         Constraint::Length(1),
     ])
     .areas(main);
-    draw_caption(f, app, &run.id, caption);
-    draw_pane(f, app, pane);
-    draw_sample_now(f, app, now);
+    [list, caption, pane, now]
+}
+
+/// Where the image goes inside the pane's frame `inner`: less a column of class names on the
+/// left (one class per tile row; its width is returned) or a row of them on top.
+fn image_area(set: &SampleSet, inner: Rect) -> (Rect, u16) {
+    let names = &set.meta.class_names;
+    let rows = uniform_lines(set, true);
+    let mut img_area = inner;
+    if let Some(r) = &rows {
+        let longest = r
+            .iter()
+            .map(|c| class_name(names, *c).chars().count())
+            .max()
+            .unwrap_or(0);
+        let label_w = (longest.min(12) + 1) as u16;
+        if inner.width >= label_w + 20 {
+            img_area.x += label_w;
+            img_area.width -= label_w;
+            return (img_area, label_w);
+        }
+    } else if uniform_lines(set, false).is_some() && inner.height >= 6 {
+        img_area.y += 1;
+        img_area.height -= 1;
+    }
+    (img_area, 0)
+}
+
+/// The image's area in the view's body `area`, as [`draw`] lays it out (None: no image shown).
+/// Input and the encoder use it; drawing computes the same, nothing is stored.
+pub fn image_rect(app: &App, area: Rect) -> Option<Rect> {
+    let s = &app.samples;
+    let set = s.current()?;
+    s.current_image()?;
+    let [_, _, pane, _] = main_layout(area);
+    Some(image_area(set, Block::default().borders(Borders::ALL).inner(pane)).0)
 }
 
 fn draw_list(f: &mut Frame, app: &App, area: Rect) {
@@ -501,7 +540,6 @@ fn draw_pane(f: &mut Frame, app: &App, area: Rect) {
                 Paragraph::new(Span::styled(format!("decoding {file}…"), t.muted())),
                 inner,
             );
-            s.pane.set(inner);
             return;
         }
         Some(Err(e)) => {
@@ -522,25 +560,7 @@ fn draw_pane(f: &mut Frame, app: &App, area: Rect) {
     } else {
         None
     };
-    let mut img_area = inner;
-    let mut label_w = 0u16;
-    if let Some(r) = &rows {
-        let longest = r
-            .iter()
-            .map(|c| class_name(names, *c).chars().count())
-            .max()
-            .unwrap_or(0);
-        label_w = (longest.min(12) + 1) as u16;
-        if inner.width >= label_w + 20 {
-            img_area.x += label_w;
-            img_area.width -= label_w;
-        } else {
-            label_w = 0;
-        }
-    } else if cols.is_some() && inner.height >= 6 {
-        img_area.y += 1;
-        img_area.height -= 1;
-    }
+    let (img_area, label_w) = image_area(set, inner);
     // Half blocks at small sizes: a page of tiles at least half their pixel size (a 28×28
     // tile 14 cells wide), paged with PgUp/PgDn, instead of the whole grid too small to judge.
     let win = (s.output.active() == Protocol::Halfblocks)
@@ -582,7 +602,6 @@ fn draw_pane(f: &mut Frame, app: &App, area: Rect) {
             ),
         );
     }
-    s.pane.set(img_area);
     // the image: a protocol image once encoded for this pane, else half blocks
     let key = EncodeKey {
         path: path.clone(),
