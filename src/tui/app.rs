@@ -483,6 +483,7 @@ impl App {
             KernelsMsg::Done { .. } => k.busy = false,
         }
         k.sel.clamp(&k.data);
+        k.update_figure();
     }
 
     /// Writes the Kernels view's picture as a PNG into the run directory (else the current
@@ -1280,6 +1281,7 @@ impl App {
         }
         let k = &mut self.kernels;
         k.sel.clamp(&k.data);
+        k.update_figure();
         self.sync_kernels();
         Effect::None
     }

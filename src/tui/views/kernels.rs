@@ -46,6 +46,9 @@ pub struct KernelsState {
     pub generation: u64,
     /// Show the latest checkpoint as it arrives (until `{`/`}` pick one).
     pub follow_latest: bool,
+    /// The figure shown, computed when the kernels or the selection change (never per frame),
+    /// with the (selection, entries, generation) it was computed for.
+    shown: Option<(Selection, usize, u64, Figure)>,
 }
 
 impl KernelsState {
@@ -64,11 +67,41 @@ impl KernelsState {
         self.error = None;
         self.sel.checkpoint = self.data.len().saturating_sub(1);
         self.sel.clamp(&self.data);
+        self.update_figure();
     }
 
-    /// The figure the view shows now (None before any kernels arrived).
-    pub fn figure(&self) -> Option<Figure> {
-        (!self.data.is_empty()).then(|| figure(&self.data, &self.sel))
+    /// Recomputes the figure if the kernels or the selection changed since it was computed
+    /// (called after input and worker messages, not by drawing).
+    pub fn update_figure(&mut self) {
+        if self.data.is_empty() {
+            self.shown = None;
+            return;
+        }
+        let key = (self.sel, self.data.len(), self.generation);
+        if self
+            .shown
+            .as_ref()
+            .is_some_and(|(s, n, g, _)| (*s, *n, *g) == key)
+        {
+            return;
+        }
+        let fig = figure(&self.data, &self.sel);
+        self.shown = Some((key.0, key.1, key.2, fig));
+    }
+
+    /// The figure the view shows now (None before any kernels arrived). The one computed on
+    /// the last change; should the state have changed without [`Self::update_figure`], it is
+    /// computed here (a fallback, not the path the TUI takes).
+    pub fn figure(&self) -> Option<std::borrow::Cow<'_, Figure>> {
+        if self.data.is_empty() {
+            return None;
+        }
+        match &self.shown {
+            Some((s, n, g, f)) if (*s, *n, *g) == (self.sel, self.data.len(), self.generation) => {
+                Some(std::borrow::Cow::Borrowed(f))
+            }
+            _ => Some(std::borrow::Cow::Owned(figure(&self.data, &self.sel))),
+        }
     }
 }
 
