@@ -123,16 +123,8 @@ fn draw_table(f: &mut Frame, app: &App, runs: &[(&RunSummary, RunRow)], area: Re
         Constraint::Length(9),
         Constraint::Length(6),
     ];
-    let pos = if runs.len() > visible {
-        format!(
-            " runs {}–{} of {} (PgUp/PgDn) ",
-            scroll + 1,
-            (scroll + visible).min(runs.len()),
-            runs.len()
-        )
-    } else {
-        String::new()
-    };
+    let pos = crate::tui::views::scroll_position("runs", scroll, visible, runs.len())
+        .map_or_else(String::new, |p| format!(" {p} (PgUp/PgDn) "));
     f.render_widget(
         Table::new(rows, widths).header(header).block(
             Block::default()

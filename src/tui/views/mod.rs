@@ -231,16 +231,10 @@ fn draw_help(f: &mut Frame, app: &App, area: Rect) {
             None => vec![],
         }
     };
-    let head = if total > visible {
-        format!(
-            "keys {}–{} of {} · j/k PgUp/PgDn scroll · Esc closes",
-            scroll + 1,
-            (scroll + visible).min(total),
-            total
-        )
-    } else {
-        "keys (Esc or any other key closes)".to_string()
-    };
+    let head = scroll_position("keys", scroll, visible, total).map_or_else(
+        || "keys (Esc or any other key closes)".to_string(),
+        |p| format!("{p} · j/k PgUp/PgDn scroll · Esc closes"),
+    );
     let mut lines = vec![Line::from(Span::styled(head, t.muted()))];
     for i in scroll..(scroll + visible).min(total) {
         let mut spans = cell(i);
@@ -254,6 +248,18 @@ fn draw_help(f: &mut Frame, app: &App, area: Rect) {
         Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" help ")),
         r,
     );
+}
+
+/// Where a scrolled list is: "lines 4–11 of 54" (`what` = "lines"), or None when all of it
+/// shows. One wording for every scrollable pane and overlay.
+pub fn scroll_position(what: &str, first: usize, visible: usize, total: usize) -> Option<String> {
+    (total > visible).then(|| {
+        format!(
+            "{what} {}–{} of {total}",
+            first + 1,
+            (first + visible).min(total)
+        )
+    })
 }
 
 /// A centred rectangle of at most `w`×`h` inside `area`.

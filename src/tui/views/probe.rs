@@ -146,16 +146,8 @@ fn draw_slot(f: &mut Frame, app: &App, s: &ProbeSlot, other: &ProbeSlot, name: &
     };
     let visible = (area.height as usize).saturating_sub(2);
     let scroll = app.probe.scroll.min(lines.len().saturating_sub(visible));
-    let pos = if lines.len() > visible {
-        format!(
-            " lines {}–{} of {} (PgUp/PgDn) ",
-            scroll + 1,
-            (scroll + visible).min(lines.len()),
-            lines.len()
-        )
-    } else {
-        String::new()
-    };
+    let pos = crate::tui::views::scroll_position("lines", scroll, visible, lines.len())
+        .map_or_else(String::new, |p| format!(" {p} (PgUp/PgDn) "));
     let title_w = (area.width as usize).saturating_sub(2);
     f.render_widget(
         Paragraph::new(lines)

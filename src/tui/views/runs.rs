@@ -455,16 +455,8 @@ fn draw_details(f: &mut Frame, app: &App, l: &RunsLayout) {
         .runs_view
         .details_scroll
         .min(cfg.len().saturating_sub(visible));
-    let more = if cfg.len() > visible {
-        format!(
-            "lines {}–{} of {} (J/K) ",
-            scroll + 1,
-            (scroll + visible).min(cfg.len()),
-            cfg.len()
-        )
-    } else {
-        String::new()
-    };
+    let more = super::scroll_position("lines", scroll, visible, cfg.len())
+        .map_or_else(String::new, |p| format!("{p} (J/K) "));
     let title_w = (left.width as usize).saturating_sub(18);
     f.render_widget(
         Paragraph::new(cfg).scroll((scroll as u16, 0)).block(
@@ -619,16 +611,10 @@ pub fn draw_diff(f: &mut Frame, app: &App, area: Rect) {
     if rows.is_empty() {
         rows.push(Row::new(vec!["(identical configurations)".to_string()]));
     }
-    let pos = if diff.len() > visible {
-        format!(
-            " keys {}–{} of {} · j/k PgUp/PgDn scroll ",
-            scroll + 1,
-            (scroll + visible).min(diff.len()),
-            diff.len()
-        )
-    } else {
-        format!(" {} differing keys ", diff.len())
-    };
+    let pos = super::scroll_position("keys", scroll, visible, diff.len()).map_or_else(
+        || format!(" {} differing keys ", diff.len()),
+        |p| format!(" {p} · j/k PgUp/PgDn scroll "),
+    );
     f.render_widget(
         Table::new(
             rows,
