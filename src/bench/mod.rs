@@ -161,13 +161,16 @@ pub fn bench_tui_frame(
     app.set_runs(summaries);
     app.marked = (0..runs).map(|r| format!("run-{r}")).collect();
     app.view = View::Curves;
+    app.set_viewport(ratatui::layout::Rect::new(0, 0, w, h));
     let mut term = Terminal::new(TestBackend::new(w, h)).expect("test backend");
     let mut ts: Vec<f64> = (0..reps + 1)
         .map(|_| {
             if cold {
                 app.series_cache.clear();
             }
+            // as the event loop does: compute what changed, then draw
             let t0 = Instant::now();
+            app.prepare_frame();
             term.draw(|f| crate::tui::views::draw(f, &app))
                 .expect("draw");
             t0.elapsed().as_secs_f64()

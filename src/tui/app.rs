@@ -330,6 +330,21 @@ impl App {
         }
     }
 
+    /// Before a frame: computes what the frame shows and is not yet computed (the Curves
+    /// series for the current settings and size), so drawing only reads. Costs nothing when
+    /// nothing changed.
+    pub fn prepare_frame(&mut self) {
+        if self.view != View::Curves {
+            return;
+        }
+        let wanted = super::views::curves::series_wanted(self, self.body_area());
+        for (i, cs, buckets) in wanted {
+            if let Some(r) = self.runs.get(i) {
+                self.series_cache.ensure(r, &cs, buckets);
+            }
+        }
+    }
+
     /// The area the views draw in (the terminal less the tab bar, status line and key bar).
     pub fn body_area(&self) -> ratatui::layout::Rect {
         let v = self.viewport;

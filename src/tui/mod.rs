@@ -419,6 +419,7 @@ fn event_loop(
             if std::mem::take(&mut app.clear_screen) {
                 terminal.clear()?;
             }
+            app.prepare_frame();
             execute!(std::io::stdout(), BeginSynchronizedUpdate)?;
             terminal.draw(|f| {
                 views::draw(f, app);

@@ -580,3 +580,26 @@ fn streamed_series_equal_smoothing_and_downsampling_of_the_whole() {
         assert_eq!(s.logged.last().unwrap().1, *ys.last().unwrap());
     }
 }
+
+/// Drawing reads the series that `prepare_frame` computed before the frame: after it, the
+/// cache holds every series the frame shows (dashboard and one-metric chart), and a frame
+/// drawn without it shows the same picture (computed, not kept).
+#[test]
+fn series_are_computed_before_the_frame_not_by_drawing() {
+    let (_tmp, mut app) = app_with(3, 200, 60);
+    app.view = View::Curves;
+    app.marked = ["run-01".to_string(), "run-02".to_string()].into();
+    let unprepared = render(&app, 200, 60);
+    app.prepare_frame();
+    let wanted = ssmlab::tui::views::curves::series_wanted(&app, app.body_area());
+    assert_eq!(wanted.len(), 6 * 2, "six panels × two runs");
+    for (i, cs, buckets) in &wanted {
+        assert!(app.series_cache.contains(&app.runs[*i], cs, *buckets));
+    }
+    assert_eq!(render(&app, 200, 60), unprepared);
+    press(&mut app, &["D"]);
+    app.prepare_frame();
+    for (i, cs, buckets) in ssmlab::tui::views::curves::series_wanted(&app, app.body_area()) {
+        assert!(app.series_cache.contains(&app.runs[i], &cs, buckets));
+    }
+}

@@ -55,12 +55,43 @@ pub struct SeriesKey {
     buckets: usize,
 }
 
-/// Series computed for earlier frames; recomputed only when a run's data or a setting changes.
+/// The series the view shows, computed when a run's data, a setting or the terminal's size
+/// changed ([`App::prepare_frame`](crate::tui::app::App::prepare_frame), before a frame);
+/// drawing only reads them (and computes, without keeping, one that is missing).
 #[derive(Default)]
-pub struct SeriesCache(std::cell::RefCell<Vec<(SeriesKey, std::rc::Rc<Series>)>>);
+pub struct SeriesCache(Vec<(SeriesKey, std::rc::Rc<Series>)>);
+
+fn series_key(r: &RunSummary, c: &CurvesState, buckets: usize) -> SeriesKey {
+    SeriesKey {
+        id: r.id.clone(),
+        points: r.metrics.len(),
+        metric: c.metric,
+        x: c.x,
+        log_y: c.log_y,
+        smoothing: c.smoothing.to_bits(),
+        zoom: c.zoom_recent,
+        buckets,
+    }
+}
 
 impl SeriesCache {
-    fn get(&self, r: &RunSummary, c: &CurvesState, buckets: usize) -> std::rc::Rc<Series> {
+    /// The series for a run and settings: the cached one, else computed now (not kept).
+    pub fn get(&self, r: &RunSummary, c: &CurvesState, buckets: usize) -> std::rc::Rc<Series> {
+        let key = series_key(r, c, buckets);
+        match self.0.iter().find(|(k, _)| *k == key) {
+            Some((_, s)) => s.clone(),
+            None => std::rc::Rc::new(series(r, c, buckets)),
+        }
+    }
+
+    /// Whether the series for a run and settings is cached.
+    pub fn contains(&self, r: &RunSummary, c: &CurvesState, buckets: usize) -> bool {
+        let key = series_key(r, c, buckets);
+        self.0.iter().any(|(k, _)| *k == key)
+    }
+
+    /// Computes and keeps the series unless it is cached.
+    pub fn ensure(&mut self, r: &RunSummary, c: &CurvesState, buckets: usize) {
         let key = SeriesKey {
             id: r.id.clone(),
             points: r.metrics.len(),
@@ -71,9 +102,9 @@ impl SeriesCache {
             zoom: c.zoom_recent,
             buckets,
         };
-        let mut v = self.0.borrow_mut();
-        if let Some((_, s)) = v.iter().find(|(k, _)| *k == key) {
-            return s.clone();
+        let v = &mut self.0;
+        if v.iter().any(|(k, _)| *k == key) {
+            return;
         }
         let s = std::rc::Rc::new(series(r, c, buckets));
         // One entry per run and metric (the dashboard shows every metric at once).
@@ -81,13 +112,89 @@ impl SeriesCache {
         if v.len() >= 256 {
             v.remove(0);
         }
-        v.push((key, s.clone()));
-        s
+        v.push((key, s));
     }
 
-    pub fn clear(&self) {
-        self.0.borrow_mut().clear();
+    pub fn clear(&mut self) {
+        self.0.clear();
     }
+}
+
+/// The dashboard's panels in the view's `area`: (metric, panel) in table order, then the
+/// readout and gauge lines.
+fn dashboard_layout(area: Rect) -> (Vec<(crate::tui::app::Metric, Rect)>, Rect, Rect) {
+    let [grid, readout, gauge] = Layout::vertical([
+        Constraint::Min(6),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    let rows = Layout::vertical([Constraint::Ratio(1, 2); 2]).split(grid);
+    let cells = crate::tui::app::Metric::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let cols = Layout::horizontal([Constraint::Ratio(1, 3); 3]).split(rows[i / 3]);
+            (*m, cols[i % 3])
+        })
+        .collect();
+    (cells, readout, gauge)
+}
+
+/// A dashboard panel's settings: linear, over the whole run (log y, the recent window and
+/// the cursor belong to the one-metric chart).
+fn panel_state(c: &CurvesState, metric: crate::tui::app::Metric) -> CurvesState {
+    CurvesState {
+        metric,
+        cursor: None,
+        dashboard: false,
+        log_y: false,
+        zoom_recent: false,
+        ..c.clone()
+    }
+}
+
+fn panel_buckets(cell: Rect) -> usize {
+    (cell.width as usize).saturating_sub(8).max(2) * 2
+}
+
+/// The one-metric chart's areas in the view's `area`: chart, readout, gauge.
+fn chart_layout(area: Rect) -> [Rect; 3] {
+    Layout::vertical([
+        Constraint::Min(6),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area)
+}
+
+fn chart_buckets(chart: Rect) -> usize {
+    ((chart.width as usize).saturating_sub(10) * 2).max(2)
+}
+
+/// Every (run, settings, buckets) the view draws in its `area`: what
+/// [`App::prepare_frame`](crate::tui::app::App::prepare_frame) computes before a frame.
+pub fn series_wanted(app: &App, area: Rect) -> Vec<(usize, CurvesState, usize)> {
+    let c = &app.curves;
+    let plotted: Vec<usize> = app
+        .plotted()
+        .iter()
+        .filter_map(|r| app.runs.iter().position(|x| x.id == r.id))
+        .collect();
+    let mut out = Vec::new();
+    if c.dashboard {
+        for (m, cell) in dashboard_layout(area).0 {
+            for &i in &plotted {
+                out.push((i, panel_state(c, m), panel_buckets(cell)));
+            }
+        }
+    } else {
+        let [chart, ..] = chart_layout(area);
+        for &i in &plotted {
+            out.push((i, c.clone(), chart_buckets(chart)));
+        }
+    }
+    out
 }
 
 /// At most this many logged points are kept per series for the cursor's readout (a longer
@@ -283,34 +390,18 @@ fn diffusion_of(runs: &[&RunSummary]) -> Option<bool> {
 fn draw_dashboard(f: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
     let c = &app.curves;
-    let [grid, readout, gauge] = Layout::vertical([
-        Constraint::Min(6),
-        Constraint::Length(1),
-        Constraint::Length(1),
-    ])
-    .areas(area);
+    let (cells, readout, gauge) = dashboard_layout(area);
     let runs = app.plotted();
     let diffusion = diffusion_of(&runs);
-    let rows = Layout::vertical([Constraint::Ratio(1, 2); 2]).split(grid);
     let marker = if app.ascii {
         Marker::Dot
     } else {
         Marker::Braille
     };
-    for (i, metric) in crate::tui::app::Metric::ALL.iter().enumerate() {
-        let cols = Layout::horizontal([Constraint::Ratio(1, 3); 3]).split(rows[i / 3]);
-        let cell = cols[i % 3];
-        // Panels are linear, over the whole run: log y, the recent window and the cursor
-        // belong to the one-metric chart.
-        let cs = CurvesState {
-            metric: *metric,
-            cursor: None,
-            dashboard: false,
-            log_y: false,
-            zoom_recent: false,
-            ..c.clone()
-        };
-        let buckets = (cell.width as usize).saturating_sub(8).max(2) * 2;
+    for (i, (metric, cell)) in cells.iter().enumerate() {
+        let (metric, cell) = (metric, *cell);
+        let cs = panel_state(c, *metric);
+        let buckets = panel_buckets(cell);
         let all: Vec<std::rc::Rc<Series>> = runs
             .iter()
             .map(|r| app.series_cache.get(r, &cs, buckets))
@@ -400,17 +491,12 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     }
     let t = &app.theme;
     let c = &app.curves;
-    let [chart_area, readout, gauge] = Layout::vertical([
-        Constraint::Min(6),
-        Constraint::Length(1),
-        Constraint::Length(1),
-    ])
-    .areas(area);
+    let [chart_area, readout, gauge] = chart_layout(area);
     let runs = app.plotted();
-    let buckets = (chart_area.width as usize).saturating_sub(10) * 2;
+    let buckets = chart_buckets(chart_area);
     let all: Vec<std::rc::Rc<Series>> = runs
         .iter()
-        .map(|r| app.series_cache.get(r, c, buckets.max(2)))
+        .map(|r| app.series_cache.get(r, c, buckets))
         .collect();
     let diffusion = diffusion_of(&runs);
     let label = c.metric.label_for(diffusion);
