@@ -92,16 +92,7 @@ impl SeriesCache {
 
     /// Computes and keeps the series unless it is cached.
     pub fn ensure(&mut self, r: &RunSummary, c: &CurvesState, buckets: usize) {
-        let key = SeriesKey {
-            id: r.id.clone(),
-            points: r.metrics.len(),
-            metric: c.metric,
-            x: c.x,
-            log_y: c.log_y,
-            smoothing: c.smoothing.to_bits(),
-            zoom: c.zoom_recent,
-            buckets,
-        };
+        let key = series_key(r, c, buckets);
         let v = &mut self.0;
         if v.iter().any(|(k, _)| *k == key) {
             return;
