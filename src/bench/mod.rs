@@ -142,20 +142,12 @@ pub fn bench_tui_frame(
                     ..Default::default()
                 })
                 .collect();
-            RunSummary {
-                id: format!("run-{r}"),
-                path: format!("checkpoints/run-{r}").into(),
-                status: None,
-                state: None,
-                lost: false,
-                config_text: String::new(),
-                model: "bigs".into(),
-                checkpoints: vec![],
-                metrics: metrics.into(),
-                loading: false,
-                bad_lines: vec![],
-                age_s: None,
-            }
+            RunSummary::of_metrics(
+                &format!("run-{r}"),
+                format!("checkpoints/run-{r}").into(),
+                "bigs",
+                metrics,
+            )
         })
         .collect();
     app.set_runs(summaries);

@@ -35,6 +35,25 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// A summary of `metrics` alone (no status, config or checkpoints): for benches and tests
+    /// of the views.
+    pub fn of_metrics(id: &str, path: PathBuf, model: &str, metrics: Vec<super::Metric>) -> Self {
+        Self {
+            id: id.into(),
+            path,
+            status: None,
+            state: None,
+            lost: false,
+            config_text: String::new(),
+            model: model.into(),
+            checkpoints: vec![],
+            metrics: metrics.into(),
+            loading: false,
+            bad_lines: vec![],
+            age_s: None,
+        }
+    }
+
     pub fn step(&self) -> u64 {
         self.metrics
             .last()

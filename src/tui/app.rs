@@ -1032,24 +1032,20 @@ impl App {
         if let Some(p) = self.popup.take() {
             return self.on_popup_key(p, k);
         }
-        if self.view == View::Runs && self.runs_view.filter_editing {
+        // insert modes (the runs filter, the probe prompt) take every key but Ctrl-C
+        let filtering = self.view == View::Runs && self.runs_view.filter_editing;
+        if filtering || (self.view == View::Probe && self.probe.editing) {
             if k.code == KeyCode::Char('c')
                 && k.modifiers
                     .contains(crossterm::event::KeyModifiers::CONTROL)
             {
                 return Effect::Quit;
             }
-            self.on_filter_key(k);
-            return Effect::None;
-        }
-        if self.view == View::Probe && self.probe.editing {
-            if k.code == KeyCode::Char('c')
-                && k.modifiers
-                    .contains(crossterm::event::KeyModifiers::CONTROL)
-            {
-                return Effect::Quit;
+            if filtering {
+                self.on_filter_key(k);
+            } else {
+                self.on_probe_edit_key(k);
             }
-            self.on_probe_edit_key(k);
             return Effect::None;
         }
         let name = key_name(&k);

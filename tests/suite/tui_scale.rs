@@ -522,20 +522,7 @@ fn streamed_series_equal_smoothing_and_downsampling_of_the_whole() {
             ..Default::default()
         })
         .collect();
-    let run = ssmlab::runs::index::RunSummary {
-        id: "r".into(),
-        path: "r".into(),
-        status: None,
-        state: None,
-        lost: false,
-        config_text: String::new(),
-        model: "bigs".into(),
-        checkpoints: vec![],
-        metrics: metrics.clone().into(),
-        loading: false,
-        bad_lines: vec![],
-        age_s: None,
-    };
+    let run = ssmlab::runs::index::RunSummary::of_metrics("r", "r".into(), "bigs", metrics.clone());
     for (zoom, log_y, x) in [
         (false, false, XAxis::Step),
         (true, false, XAxis::Tokens),
