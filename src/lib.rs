@@ -15,12 +15,14 @@
 //! - [`kernels`]: what the SSM layers learned, from the weights alone (UI-free).
 //! - [`compare`]: BiGS against its attention twin — comparison rows, FLOPs per token, and the
 //!   scaling of a training step with sequence length (the step timer is `compare::step`).
+//! - [`sweep`]: sweeps — a preset over a grid or random ranges of values, as ordinary runs
+//!   recorded in `NAME.sweep.toml`; the plan of a (re)run and the sweep's table.
 //! - [`sample`]: sampling from trained diffusion models (grids, sample folders, CAS).
 //! - [`tui`]: the terminal UI — app state, views, and the worker threads behind them.
 //! - [`bench`]: benchmarks that print JSON.
 //! - [`cli`]: the `ssmlab` command line.
 //!
-//! The layer rule: text < engine < data, runs < train < probe, kernels, compare, sample < tui < bench,
+//! The layer rule: text < engine < data, runs < train < probe, kernels, compare, sample, sweep < tui < bench,
 //! cli. Imports only point down: a module imports only modules on a lower layer, except that
 //! `cli` imports `bench` (the only module that does); nothing imports `cli`.
 //! `tests/suite/layers.rs` checks this on `src/` (and that `tui` names no candle or engine type).
@@ -34,6 +36,7 @@ pub mod kernels;
 pub mod probe;
 pub mod runs;
 pub mod sample;
+pub mod sweep;
 pub mod text;
 pub mod train;
 pub mod tui;

@@ -1,11 +1,11 @@
 //! `ssmlab compare`: launch a BiGS/attention preset pair, compare runs, measure the scaling.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 use clap::Args;
+
+use super::child::TrainChild;
 
 use crate::compare::{LENGTHS, RunRow, crossover, preset_pair, run_row, scaling};
 use crate::engine::bigs::{BigsConfig, Encoder};
@@ -82,53 +82,27 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
 
 /// Starts both runs as `ssmlab train` processes sharing the cores, and waits for them.
 fn launch(a: &CompareArgs, presets: &[String; 2]) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find the ssmlab executable")?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / 2).max(1);
+    let threads = (crate::train::parallel::thread_budget() / 2).max(1);
     let mut children = Vec::new();
     for p in presets {
-        let mut cmd = Command::new(&exe);
-        cmd.args(["--threads", &threads.to_string(), "train", "--preset", p])
-            .arg("--runs-dir")
-            .arg(&a.runs_dir);
+        let mut args: Vec<String> = vec!["--preset".into(), p.clone(), "--runs-dir".into()];
+        args.push(a.runs_dir.to_string_lossy().into_owned());
         for s in &a.sets {
-            cmd.args(["--set", s]);
+            args.extend(["--set".into(), s.clone()]);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null());
-        cmd.stderr(if a.detach {
-            Stdio::null()
-        } else {
-            Stdio::piped()
-        });
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", exe.display()))?;
+        let child = TrainChild::spawn(p, threads, &args, !a.detach)?;
         eprintln!("started {p} (pid {}, {threads} thread(s))", child.id());
-        // Keep the last lines of the child's log, draining the pipe so it never blocks.
-        let tail = child.stderr.take().map(|e| {
-            std::thread::spawn(move || {
-                let mut last: Vec<String> = Vec::new();
-                for line in BufReader::new(e).lines().map_while(Result::ok) {
-                    last.push(crate::text::sanitize(&line).into_owned());
-                    if last.len() > 5 {
-                        last.remove(0);
-                    }
-                }
-                last
-            })
-        });
-        children.push((p.clone(), child, tail));
+        children.push(child);
     }
     if a.detach {
         eprintln!("watch them in the TUI (ssmlab, Compare view) or: ssmlab compare --runs ...");
         return Ok(());
     }
     let mut failed = Vec::new();
-    for (p, mut child, tail) in children {
+    for mut child in children {
         let status = child.wait()?;
-        let last = tail
-            .map(|t| t.join().unwrap_or_default())
-            .unwrap_or_default();
+        let p = child.label.clone();
+        let last = child.last_lines();
         if status.success() {
             eprintln!("{p}: {}", last.last().map_or("done", String::as_str));
         } else {

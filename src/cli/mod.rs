@@ -4,11 +4,13 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod child;
 mod compare;
 mod export;
 mod kernels;
 mod probe;
 mod sample;
+mod sweep;
 mod train;
 
 /// A terminal lab for attention-free deep learning (BiGS, DiffuSSM, S4D).
@@ -26,8 +28,8 @@ pub struct Cli {
     /// ASCII chart markers instead of braille.
     #[arg(long)]
     pub ascii: bool,
-    /// Threads of candle's CPU ops (default: all cores; the same as CANDLE_NUM_THREADS and
-    /// RAYON_NUM_THREADS, which it sets).
+    /// Threads this process uses (default: all cores): candle's CPU ops, or the shards of
+    /// data-parallel diffusion training. Sets CANDLE_NUM_THREADS and RAYON_NUM_THREADS.
     #[arg(long, global = true)]
     pub threads: Option<usize>,
     /// Refuse models and batches whose memory estimate exceeds SIZE (e.g. 8G, 512M; default:
@@ -45,6 +47,9 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// Train a model into a run directory (headless; the TUI attaches to it).
     Train(train::TrainArgs),
+    /// Train a preset over a grid or random ranges of values (runs NAME-1, NAME-2, …); a rerun
+    /// skips finished runs and resumes stopped ones.
+    Sweep(sweep::SweepArgs),
     /// Masked-token predictions from a checkpoint ("call me [MASK] .").
     Probe(probe::ProbeArgs),
     /// Images from a DiffuSSM checkpoint: a PNG grid (--show also prints it), or --cas N.
@@ -76,6 +81,7 @@ pub fn run() -> anyhow::Result<()> {
         crate::runs::os::set_env_at_startup(&[
             ("CANDLE_NUM_THREADS", &n),
             ("RAYON_NUM_THREADS", &n),
+            (crate::train::parallel::THREADS_ENV, &n),
         ]);
     }
     if let Some(m) = &cli.max_memory {
@@ -89,6 +95,7 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Train(args)) => train::run(args),
+        Some(Command::Sweep(args)) => sweep::run(args),
         Some(Command::Compare(args)) => compare::run(args),
         Some(Command::Tokenizer(cmd)) => train::tokenizer(cmd),
         Some(Command::Probe(args)) => probe::run(args),

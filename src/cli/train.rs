@@ -123,7 +123,7 @@ fn resolve_run(arg: &str, runs_dir: &Path) -> anyhow::Result<RunDir> {
 /// to happen before the first candle op of the process.
 fn shard_threads(cfg: &DiffusionRunConfig) {
     if resolve_shards(cfg.train.data_parallel, cfg.train.batch_size) > 1 {
-        // A user's CANDLE_NUM_THREADS / RAYON_NUM_THREADS (or --threads) is kept.
+        // A user's CANDLE_NUM_THREADS / RAYON_NUM_THREADS is kept; --threads is the shards' budget.
         single_threaded_ops();
     }
 }

@@ -112,45 +112,51 @@ impl RunsIndex {
         paths.sort();
         let now = unix_now();
         for path in paths {
-            let run = RunDir { path: path.clone() };
-            let status = run.read_status().ok();
-            let (state, lost) = match &status {
-                Some(s) => {
-                    let (st, lost) = run.effective_state(s, now);
-                    (Some(st), lost)
-                }
-                None => (None, false),
-            };
-            let config_text = self.config_text(&run);
-            let tail = self
-                .tails
-                .entry(path.clone())
-                .or_insert_with(|| MetricsTail::new(&run.metrics_path()));
-            let _ = tail.poll();
-            let model = status
-                .as_ref()
-                .map(|s| s.model.clone())
-                .unwrap_or_else(|| "?".into());
-            out.push(RunSummary {
-                id: run.id(),
-                checkpoints: run.checkpoints().into_iter().map(|c| c.0).collect(),
-                metrics: tail.records.clone(),
-                loading: tail.loading(),
-                bad_lines: tail.bad_lines.clone(),
-                age_s: status.as_ref().map(|s| (now - s.heartbeat).max(0.0)),
-                path,
-                status,
-                state,
-                lost,
-                config_text,
-                model,
-            });
+            out.push(self.summary(path, now));
         }
         out
     }
 }
 
 impl RunsIndex {
+    /// The summary of the run directory at `path` (which holds a config.toml), reading only
+    /// what is new since the last call.
+    pub fn summary(&mut self, path: PathBuf, now: f64) -> RunSummary {
+        let run = RunDir { path: path.clone() };
+        let status = run.read_status().ok();
+        let (state, lost) = match &status {
+            Some(s) => {
+                let (st, lost) = run.effective_state(s, now);
+                (Some(st), lost)
+            }
+            None => (None, false),
+        };
+        let config_text = self.config_text(&run);
+        let tail = self
+            .tails
+            .entry(path.clone())
+            .or_insert_with(|| MetricsTail::new(&run.metrics_path()));
+        let _ = tail.poll();
+        let model = status
+            .as_ref()
+            .map(|s| s.model.clone())
+            .unwrap_or_else(|| "?".into());
+        RunSummary {
+            id: run.id(),
+            checkpoints: run.checkpoints().into_iter().map(|c| c.0).collect(),
+            metrics: tail.records.clone(),
+            loading: tail.loading(),
+            bad_lines: tail.bad_lines.clone(),
+            age_s: status.as_ref().map(|s| (now - s.heartbeat).max(0.0)),
+            path,
+            status,
+            state,
+            lost,
+            config_text,
+            model,
+        }
+    }
+
     /// A run's config.toml, re-read only when its size or modification time changed.
     fn config_text(&mut self, run: &RunDir) -> String {
         let p = run.config_path();

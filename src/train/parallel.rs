@@ -15,11 +15,25 @@ use candle_core::{Tensor, Var};
 
 use crate::engine::{EngineError, Result};
 
-/// Resolve a configured shard count: 0 = one per available core; never more shards than
-/// images.
+/// The thread budget `ssmlab --threads N` gives the process (read by [`resolve_shards`]: a
+/// sweep running runs side by side gives each its share of the cores).
+pub const THREADS_ENV: &str = "SSMLAB_THREADS";
+
+/// The cores this process may use: `--threads` ([`THREADS_ENV`]) if given, else every core.
+pub fn thread_budget() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::env::var(THREADS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(cores)
+}
+
+/// Resolve a configured shard count: 0 = one per core of the [`thread_budget`]; never more
+/// shards than images.
 pub fn resolve_shards(configured: usize, batch: usize) -> usize {
     let n = if configured == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        thread_budget()
     } else {
         configured
     };
@@ -116,10 +130,12 @@ where
 /// Make candle's CPU ops single-threaded (element-wise pool and matmuls), for sharded training.
 /// Must run before the first candle op of the process (candle sizes its element-wise pool
 /// once) and before other threads exist; a value the user set in `CANDLE_NUM_THREADS` or
-/// `RAYON_NUM_THREADS` is kept. Returns false when the user's setting was kept.
+/// `RAYON_NUM_THREADS` is kept (one that `--threads` set is the shards' budget, not the ops':
+/// it is replaced). Returns false when the user's setting was kept.
 pub fn single_threaded_ops() -> bool {
-    let user_set = std::env::var_os("CANDLE_NUM_THREADS").is_some()
-        || std::env::var_os("RAYON_NUM_THREADS").is_some();
+    let user_set = (std::env::var_os("CANDLE_NUM_THREADS").is_some()
+        || std::env::var_os("RAYON_NUM_THREADS").is_some())
+        && std::env::var_os(THREADS_ENV).is_none();
     if user_set {
         return false;
     }

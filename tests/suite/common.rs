@@ -243,24 +243,31 @@ impl Drop for TmuxCleanup {
         let _ = std::process::Command::new("tmux")
             .args(["-S", &self.sock, "kill-server"])
             .output();
-        let Some(runs) = &self.runs else { return };
-        let Ok(dirs) = std::fs::read_dir(runs) else {
-            return;
-        };
-        for d in dirs.flatten() {
-            let run = ssmlab::runs::RunDir { path: d.path() };
-            let Ok(s) = run.read_status() else { continue };
-            if s.state != ssmlab::runs::RunState::Running || !ssmlab::runs::pid_alive(s.pid) {
-                continue;
-            }
-            ssmlab::runs::os::signal(s.pid, libc::SIGTERM);
-            let t0 = std::time::Instant::now();
-            while ssmlab::runs::pid_alive(s.pid) && t0.elapsed().as_secs() < 10 {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            if ssmlab::runs::pid_alive(s.pid) {
-                ssmlab::runs::os::signal(s.pid, libc::SIGKILL);
-            }
+        if let Some(runs) = &self.runs {
+            stop_trainers(runs);
+        }
+    }
+}
+
+/// Stops every trainer that a run under `runs` names as running (SIGTERM, then SIGKILL after
+/// 10 s): the cleanup of tests that start trainers through another process.
+pub fn stop_trainers(runs: &std::path::Path) {
+    let Ok(dirs) = std::fs::read_dir(runs) else {
+        return;
+    };
+    for d in dirs.flatten() {
+        let run = ssmlab::runs::RunDir { path: d.path() };
+        let Ok(s) = run.read_status() else { continue };
+        if s.state != ssmlab::runs::RunState::Running || !ssmlab::runs::pid_alive(s.pid) {
+            continue;
+        }
+        ssmlab::runs::os::signal(s.pid, libc::SIGTERM);
+        let t0 = std::time::Instant::now();
+        while ssmlab::runs::pid_alive(s.pid) && t0.elapsed().as_secs() < 10 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if ssmlab::runs::pid_alive(s.pid) {
+            ssmlab::runs::os::signal(s.pid, libc::SIGKILL);
         }
     }
 }

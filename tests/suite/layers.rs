@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 /// The floors, bottom (0) to top.
-const LAYERS: [(&str, u8); 12] = [
+const LAYERS: [(&str, u8); 13] = [
     ("text", 0),
     ("engine", 1),
     ("data", 2),
@@ -15,6 +15,7 @@ const LAYERS: [(&str, u8); 12] = [
     ("kernels", 4),
     ("compare", 4),
     ("sample", 4),
+    ("sweep", 4),
     ("tui", 5),
     ("bench", 6),
     ("cli", 6),

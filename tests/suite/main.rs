@@ -18,6 +18,7 @@ mod kernels;
 mod layers;
 mod probe;
 mod props;
+mod sweep;
 mod train;
 mod trust;
 pub(crate) mod tui;

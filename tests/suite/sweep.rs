@@ -1,0 +1,423 @@
+//! `ssmlab sweep`: grid expansion, random ranges, the sweep record, reruns that skip finished
+//! runs and resume stopped ones, a sweep stopped by a signal, and one-line errors.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ssmlab::sweep::{
+    Action, GridAxis, SweepFile, SweepSpec, parse_grid, parse_range, plan, sweep_file_name,
+};
+
+use crate::common::{Reap, assert_ok, ssmlab, stop_trainers};
+
+fn spec(grid: &[&str], random: usize, ranges: &[&str]) -> SweepSpec {
+    SweepSpec {
+        preset: "bigs-smoke".into(),
+        sets: vec![],
+        grid: grid.iter().map(|g| parse_grid(g).unwrap()).collect(),
+        random,
+        ranges: ranges.iter().map(|r| parse_range(r).unwrap()).collect(),
+        seed: 7,
+    }
+}
+
+#[test]
+fn grid_expands_as_a_product_first_axis_slowest() {
+    let s = spec(
+        &["optim.lr=1e-3,3e-3", "model.num_hidden_layers=1,2,3"],
+        0,
+        &[],
+    );
+    assert_eq!(s.count(), 6);
+    let runs = s.expand();
+    assert_eq!(runs.len(), 6);
+    assert_eq!(runs[0], ["optim.lr=1e-3", "model.num_hidden_layers=1"]);
+    assert_eq!(runs[2], ["optim.lr=1e-3", "model.num_hidden_layers=3"]);
+    assert_eq!(runs[3], ["optim.lr=3e-3", "model.num_hidden_layers=1"]);
+    let f = SweepFile::new("g", s).unwrap();
+    let ids: Vec<&str> = f.runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["g-1", "g-2", "g-3", "g-4", "g-5", "g-6"]);
+    assert_eq!(f.runs[4].value("model.num_hidden_layers"), Some("2"));
+}
+
+#[test]
+fn random_ranges_are_seeded_in_bounds_and_typed() {
+    let s = spec(
+        &["model.num_hidden_layers=1,2"],
+        5,
+        &[
+            "optim.lr=1e-4:1e-2:log",
+            "train.steps=10:30",
+            "optim.beta1=0.8:0.95",
+        ],
+    );
+    let a = s.expand();
+    assert_eq!(a.len(), 10);
+    assert_eq!(a, s.expand(), "the same seed draws the same values");
+    let mut other = s.clone();
+    other.seed = 8;
+    assert_ne!(a, other.expand());
+    let mut lrs = Vec::new();
+    for run in &a {
+        let get = |k: &str| {
+            run.iter()
+                .find_map(|x| x.strip_prefix(&format!("{k}=")))
+                .unwrap()
+                .to_string()
+        };
+        let lr: f64 = get("optim.lr").parse().unwrap();
+        assert!((1e-4..=1e-2).contains(&lr), "{lr}");
+        lrs.push(lr);
+        let steps = get("train.steps");
+        let n: i64 = steps.parse().expect("integer bounds draw integers");
+        assert!((10..=30).contains(&n));
+        let b: f64 = get("optim.beta1").parse().unwrap();
+        assert!((0.8..=0.95).contains(&b));
+    }
+    // log-uniform over two decades: some draws fall in each
+    assert!(lrs.iter().any(|&l| l < 1e-3) && lrs.iter().any(|&l| l > 1e-3));
+    // every drawn run is a valid configuration
+    SweepFile::new("r", s).unwrap();
+}
+
+#[test]
+fn bad_sweeps_are_one_line_errors_naming_the_key() {
+    let cases: Vec<(Result<(), String>, &str)> = vec![
+        (
+            parse_grid("optim.lr")
+                .map(|_| ())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "expected KEY=V1,V2",
+        ),
+        (
+            parse_grid("optim.lr=1e-3,,2")
+                .map(|_| ())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "non-empty values",
+        ),
+        (
+            parse_grid("optim.lr=1,1")
+                .map(|_| ())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "given twice",
+        ),
+        (
+            parse_range("optim.lr=1:0")
+                .map(|_| ())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "LO must be below HI",
+        ),
+        (
+            parse_range("optim.lr=0:1:log")
+                .map(|_| ())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "LO > 0",
+        ),
+        (
+            parse_range("optim.lr=a:b")
+                .map(|_| ())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "expected KEY=LO:HI",
+        ),
+        (
+            SweepFile::new("b", spec(&["optim.lrx=1e-3"], 0, &[]))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "optim.lrx: no such key",
+        ),
+        (
+            SweepFile::new("b", spec(&["optim.lr=fast"], 0, &[]))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "expected float",
+        ),
+        (
+            SweepFile::new("b", spec(&["model.num_hidden_layers=1.5"], 0, &[]))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "expected integer",
+        ),
+        (
+            SweepFile::new("b", spec(&["optim.lr=1e-3", "optim.lr=2e-3"], 0, &[]))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "swept twice",
+        ),
+        (
+            SweepFile::new("b", spec(&["run.name=x,y"], 0, &[]))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "run.name cannot be swept",
+        ),
+        (
+            SweepFile::new("b", spec(&[], 3, &[]))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "--random needs",
+        ),
+        (
+            SweepFile::new("../b", spec(&["optim.lr=1e-3"], 0, &[]))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "refused",
+        ),
+        (
+            SweepFile::new(
+                "b",
+                spec(
+                    &["optim.lr=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17"; 1],
+                    20,
+                    &["optim.beta1=0.8:0.9"],
+                ),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+            "more than 256",
+        ),
+    ];
+    for (got, want) in cases {
+        let e = got.expect_err("an error");
+        assert!(e.contains(want), "{e:?} should say {want:?}");
+        assert!(!e.contains('\n'), "one line: {e:?}");
+    }
+    let mut s = spec(&["optim.lr=1e-3"], 0, &[]);
+    s.preset = "nope".into();
+    let e = SweepFile::new("b", s).unwrap_err().to_string();
+    assert!(e.contains("no such preset"), "{e}");
+}
+
+/// The JSON lines of a sweep's output, one object per run.
+fn json_rows(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn config_lr(run: &Path) -> f64 {
+    let t: toml::Table =
+        toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+    t["optim"]["lr"].as_float().unwrap()
+}
+
+#[test]
+fn a_sweep_makes_its_runs_prints_the_table_and_a_rerun_skips_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("runs");
+    let ds = d.to_str().unwrap();
+    let args = [
+        "sweep",
+        "--preset",
+        "bigs-smoke",
+        "--name",
+        "sw",
+        "--grid",
+        "optim.lr=1e-3,3e-3",
+        "--runs-dir",
+        ds,
+        "--json",
+    ];
+    let out = ssmlab(&args, tmp.path());
+    assert_ok(&out);
+    let rows = json_rows(&out);
+    assert_eq!(rows.len(), 2);
+    for (r, (id, lr)) in rows.iter().zip([("sw-1", 1e-3), ("sw-2", 3e-3)]) {
+        assert_eq!(r["id"], id);
+        assert_eq!(r["state"], "finished");
+        assert!(r["best_eval_loss"].as_f64().unwrap().is_finite());
+        assert!(r["acc_or_cas"].as_f64().is_some());
+        assert!(r["tokens"].as_u64().unwrap() > 0);
+        assert_eq!(config_lr(&d.join(id)), lr);
+    }
+    assert_eq!(rows[0]["values"]["optim.lr"], "1e-3");
+    let rec = SweepFile::read(&d.join(sweep_file_name("sw"))).unwrap();
+    assert_eq!(rec.runs.len(), 2);
+    assert_eq!(
+        rec.spec.grid,
+        [GridAxis {
+            key: "optim.lr".into(),
+            values: vec!["1e-3".into(), "3e-3".into()]
+        }]
+    );
+    // The rerun trains nothing: same table, metrics untouched.
+    let before = std::fs::read(d.join("sw-1/metrics.jsonl")).unwrap();
+    let again = ssmlab(&args, tmp.path());
+    assert_ok(&again);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(err.matches("skip (finished)").count(), 2, "{err}");
+    assert!(!err.contains("started"), "{err}");
+    assert_eq!(json_rows(&again), rows);
+    assert_eq!(std::fs::read(d.join("sw-1/metrics.jsonl")).unwrap(), before);
+    // The text table marks the best run.
+    let text = ssmlab(&["sweep", "--name", "sw", "--runs-dir", ds], tmp.path());
+    assert_ok(&text);
+    let t = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        t.starts_with("run ") && t.contains("optim.lr") && t.contains("best eval"),
+        "{t}"
+    );
+    assert_eq!(t.matches("\n*sw-").count(), 1, "{t}");
+    // Another grid under the same name is refused, naming the record.
+    let other = ssmlab(
+        &[
+            "sweep",
+            "--preset",
+            "bigs-smoke",
+            "--name",
+            "sw",
+            "--grid",
+            "optim.lr=1e-3",
+            "--runs-dir",
+            ds,
+        ],
+        tmp.path(),
+    );
+    assert!(!other.status.success());
+    let e = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        e.contains("sw.sweep.toml") && e.contains("choose another --name"),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+}
+
+#[test]
+fn a_stopped_sweep_resumes_to_the_same_result_as_one_straight_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = "optim.lr=2e-3,4e-3";
+    let straight = tmp.path().join("a");
+    let stopped = tmp.path().join("b");
+    let run = |dir: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "sweep",
+            "--preset",
+            "bigs-smoke",
+            "--name",
+            "s",
+            "--grid",
+            grid,
+            "--parallel",
+            "2",
+            "--runs-dir",
+            dir.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = ssmlab(&args, tmp.path());
+        assert_ok(&out);
+        json_rows(&out)
+    };
+    let full = run(&straight, &[]);
+    let part = run(&stopped, &["--stop-at", "10"]);
+    assert!(part.iter().all(|r| r["state"] == "stopped"), "{part:?}");
+    let p = plan(&stopped, "s", None).unwrap();
+    assert_eq!(p.actions, [Action::Resume, Action::Resume]);
+    let resumed = run(&stopped, &[]);
+    for (a, b) in full.iter().zip(&resumed) {
+        assert_eq!(b["state"], "finished");
+        assert_eq!(a["best_eval_loss"], b["best_eval_loss"], "bitwise resume");
+        assert_eq!(a["acc_or_cas"], b["acc_or_cas"]);
+        assert_eq!(a["tokens"], b["tokens"]);
+    }
+}
+
+#[test]
+fn a_signal_stops_the_sweep_and_its_runs_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("runs");
+    struct Stop<'a>(&'a Path);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            stop_trainers(self.0);
+        }
+    }
+    let _stop = Stop(&d);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ssmlab"))
+        .args([
+            "sweep",
+            "--preset",
+            "bigs-smoke",
+            "--name",
+            "k",
+            "--set",
+            "train.steps=100000",
+            "--grid",
+            "optim.lr=1e-3,3e-3",
+            "--parallel",
+            "2",
+            "--runs-dir",
+            d.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Reap(child);
+    // Wait until both runs have logged a step.
+    let t0 = Instant::now();
+    while !["k-1", "k-2"].iter().all(|id| {
+        d.join(id)
+            .join("metrics.jsonl")
+            .metadata()
+            .is_ok_and(|m| m.len() > 0)
+    }) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the runs never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ssmlab::runs::os::signal(child.0.id(), libc::SIGTERM);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the sweep did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("continue it with: ssmlab sweep --name k"),
+        "{err}"
+    );
+    for id in ["k-1", "k-2"] {
+        let run = ssmlab::runs::RunDir::open(&d.join(id)).unwrap();
+        let s = run.read_status().unwrap();
+        assert_eq!(s.state, ssmlab::runs::RunState::Stopped, "{id}: {err}");
+        assert!(run.latest_checkpoint().is_some());
+    }
+    let p = plan(&d, "k", None).unwrap();
+    assert_eq!(p.actions, [Action::Resume, Action::Resume]);
+}
+
+#[test]
+fn a_new_sweep_refuses_run_ids_that_exist_and_a_rerun_needs_a_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("runs");
+    std::fs::create_dir_all(d.join("x-2")).unwrap();
+    let e = plan(&d, "x", Some(spec(&["optim.lr=1e-3,2e-3"], 0, &[])))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("x-2") && e.contains("not part of a sweep"),
+        "{e}"
+    );
+    let e = plan(&d, "y", None).unwrap_err().to_string();
+    assert!(e.contains("no sweep y") && e.contains("--preset"), "{e}");
+    // A damaged record is an error of one line naming it.
+    std::fs::write(d.join(sweep_file_name("z")), "name = 3\n").unwrap();
+    let e = plan(&d, "z", None).unwrap_err().to_string();
+    assert!(e.contains("z.sweep.toml") && !e.contains('\n'), "{e}");
+}
