@@ -149,7 +149,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             bail!("--name cannot rename a run that is resumed");
         }
         let run = resolve_run(r, &a.runs_dir)?;
-        if model_family(&run.config_path())? == "diffussm" {
+        if crate::runs::is_diffusion(&model_family(&run.config_path())?) {
             let cfg =
                 DiffusionRunConfig::from_toml_file(&run.config_path())?.with_overrides(&sets)?;
             shard_threads(&cfg);
@@ -170,7 +170,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     } else {
         let base = match (&a.preset, &a.config) {
             (Some(p), _) => any_preset(p)?,
-            (None, Some(c)) if model_family(c)? == "diffussm" => {
+            (None, Some(c)) if crate::runs::is_diffusion(&model_family(c)?) => {
                 AnyConfig::Diffusion(Box::new(DiffusionRunConfig::from_toml_file(c)?))
             }
             (None, Some(c)) => AnyConfig::Mlm(RunConfig::from_toml_file(c)?),

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::conv::{ConvPath, FUSED_PER_CHANNEL_DENSE_MAX_L, SHARED_DENSE_MAX_L};
 use super::cpu::diffussm_block::{BlockSpec, DiffussmBlockOp};
+use super::dit::DitBlock;
 use super::error::{EngineError, Result};
 use super::init::{AInit, a_init_full, a_init_half, normal, tensor_f64, uniform};
 use super::memory;
@@ -71,6 +72,25 @@ pub struct DiffussmConfig {
     /// Initialisation of the conditioning (timestep MLP and label table).
     #[serde(default)]
     pub cond_init: CondInit,
+    /// What mixes the stream tokens: the gated bidirectional SSM block (DiffuSSM), or its
+    /// attention twin, a DiT block ([`super::dit`]). With `attention`, `fusion_width` is the
+    /// width of the block's MLP and the SSM fields are unused.
+    #[serde(default)]
+    pub encoder: DiffusionEncoder,
+    /// Attention heads of a DiT block (`encoder = "attention"`; must divide hidden_size).
+    #[serde(default)]
+    pub num_heads: usize,
+}
+
+/// The token mixer of a diffusion backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiffusionEncoder {
+    /// DiffuSSM's gated bidirectional SSM block with its hourglass MLP.
+    #[default]
+    Ssm,
+    /// DiT's block: multi-head self-attention and an MLP, both adaLN-Zero gated.
+    Attention,
 }
 
 /// How the conditioning embeddings start.
@@ -120,6 +140,8 @@ impl Default for DiffussmConfig {
             conv: ConvPath::Auto,
             pos_embed: PosEmbed::None,
             cond_init: CondInit::Dit,
+            encoder: DiffusionEncoder::Ssm,
+            num_heads: 0,
         }
     }
 }
@@ -197,6 +219,17 @@ impl DiffussmConfig {
                 "per-channel kernels store N/2 conjugate modes: N must be even".into(),
             );
         }
+        if self.encoder == DiffusionEncoder::Attention
+            && (self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads))
+        {
+            return bad(
+                "num_heads",
+                format!(
+                    "encoder = \"attention\" needs num_heads ≥ 1 dividing hidden_size = {}, got {}",
+                    self.hidden_size, self.num_heads
+                ),
+            );
+        }
         if !self.frequency_size.is_multiple_of(2) {
             return bad("frequency_size", "must be even ([cos, sin] halves)".into());
         }
@@ -243,9 +276,14 @@ impl DiffussmConfig {
             .plus(Bytes::f32s(&[self.num_classes, h]))
             .plus(Bytes::f32s(&[self.frequency_size, h]));
         let kernels = Bytes::f32s(&[l, 2, h, tokens]);
-        let act = Bytes::f32s(&[batch, tokens, 2 * h])
+        let mut act = Bytes::f32s(&[batch, tokens, 2 * h])
             .plus(pixels.times(batch))
             .plus(Bytes::f32s(&[batch, tokens, self.state_size.min(2 * h)]));
+        if self.encoder == DiffusionEncoder::Attention {
+            // the attention weights of every head, (B, heads, J, J)
+            let j = tokens / self.hourglass.max(1);
+            act = act.plus(Bytes::f32s(&[batch, self.num_heads.max(1), j, j]));
+        }
         if training {
             weights.times(4).plus(kernels).plus(act.times(l))
         } else {
@@ -291,8 +329,8 @@ impl DiffussmConfig {
     }
 
     /// Multiply-accumulates of one forward pass for one image (matmuls, the convolutions at
-    /// 2·L·log₂(2L)·channels per FFT direction counted as the paper does; elementwise ops
-    /// excluded).
+    /// 2·L·log₂(2L)·channels per FFT direction counted as the paper does, attention's scores
+    /// and weighted sums; elementwise ops excluded).
     pub fn macs_per_image(&self) -> f64 {
         let (l, j, d, f) = (
             self.seq_len() as f64,
@@ -306,6 +344,12 @@ impl DiffussmConfig {
             + j * d * f + j * 2.0 * d * f + j * f * d // W1, W2, W3
             + 2.0 * 2.0 * l * (2.0 * l).log2() * d; // two FFT convolutions
         let io = j * self.token_values() as f64 * d * 2.0;
+        let block = match self.encoder {
+            DiffusionEncoder::Ssm => block,
+            DiffusionEncoder::Attention => {
+                super::dit::block_macs(self.hidden_size, self.fusion_width, self.stream_len())
+            }
+        };
         self.num_layers as f64 * block + io
     }
 }
@@ -542,7 +586,33 @@ impl DiffussmBlock {
     }
 }
 
-/// The DiffuSSM noise predictor.
+/// A block of the backbone: DiffuSSM's or its attention twin.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a handful per model
+pub enum Block {
+    Ssm(DiffussmBlock),
+    Attention(DitBlock),
+}
+
+impl Block {
+    /// x (B, J, D), c (B, D) → (B, J, D).
+    pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        match self {
+            Block::Ssm(b) => b.forward(x, c),
+            Block::Attention(b) => b.forward(x, c),
+        }
+    }
+
+    /// The SSM block, if this is one.
+    pub fn ssm(&self) -> Option<&DiffussmBlock> {
+        match self {
+            Block::Ssm(b) => Some(b),
+            Block::Attention(_) => None,
+        }
+    }
+}
+
+/// The DiffuSSM noise predictor (or, with `encoder = "attention"`, its DiT twin).
 #[derive(Debug, Clone)]
 pub struct Diffussm {
     pub cfg: DiffussmConfig,
@@ -550,7 +620,7 @@ pub struct Diffussm {
     t_mlp0: Linear,
     t_mlp2: Linear,
     y_table: Tensor,
-    pub blocks: Vec<DiffussmBlock>,
+    pub blocks: Vec<Block>,
     final_ada: Linear,
     final_linear: Linear,
     /// Fixed (J, D) positional table, when `pos_embed` asks for one.
@@ -562,7 +632,15 @@ impl Diffussm {
         cfg.validate()?;
         let d = cfg.hidden_size;
         let blocks = (0..cfg.num_layers)
-            .map(|i| DiffussmBlock::new(cfg, vb.pp(format!("blocks.{i}"))))
+            .map(|i| {
+                let vb = vb.pp(format!("blocks.{i}"));
+                Ok(match cfg.encoder {
+                    DiffusionEncoder::Ssm => Block::Ssm(DiffussmBlock::new(cfg, vb)?),
+                    DiffusionEncoder::Attention => {
+                        Block::Attention(DitBlock::new(d, cfg.num_heads, cfg.fusion_width, vb)?)
+                    }
+                })
+            })
             .collect::<Result<_>>()?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -598,7 +676,12 @@ impl Diffussm {
             blocks: self
                 .blocks
                 .iter()
-                .map(|b| b.frozen(l))
+                .map(|b| {
+                    Ok(match b {
+                        Block::Ssm(b) => Block::Ssm(b.frozen(l)?),
+                        Block::Attention(b) => Block::Attention(b.detached()),
+                    })
+                })
                 .collect::<Result<_>>()?,
             final_ada: detached(&self.final_ada),
             final_linear: detached(&self.final_linear),

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod device;
 pub mod diffusion;
 pub mod diffussm;
+pub mod dit;
 pub mod error;
 pub mod init;
 pub mod memory;

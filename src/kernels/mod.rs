@@ -80,7 +80,7 @@ pub enum KernelsError {
     )]
     UnknownFamily { path: PathBuf, model_type: String },
     #[error(
-        "{path}: an attention model (BERT baseline) has no SSM kernels; the kernel view is for \
+        "{path}: an attention model (the BERT or DiT baseline) has no SSM kernels; the kernel view is for \
          BiGS and DiffuSSM models"
     )]
     Attention { path: PathBuf },

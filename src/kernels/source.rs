@@ -395,7 +395,15 @@ pub fn detect_family(files: &ModelFiles) -> Result<String> {
     let image = json
         .as_ref()
         .is_some_and(|v| v.get("image_height").is_some() && v.get("patch_size").is_some());
-    Ok(if image { "diffussm" } else { "bigs" }.into())
+    let attention = json
+        .as_ref()
+        .is_some_and(|v| v.get("encoder").and_then(|e| e.as_str()) == Some("attention"));
+    Ok(match (image, attention) {
+        (true, true) => "dit",
+        (true, false) => "diffussm",
+        (false, _) => "bigs",
+    }
+    .into())
 }
 
 /// The kernel source of a checkpoint, by its family ([`detect_family`]).
@@ -411,7 +419,7 @@ pub fn open_source(files: &ModelFiles) -> Result<Box<dyn KernelSource>> {
                 &files.weights,
             )?))
         }
-        "bert" => Err(KernelsError::Attention {
+        "bert" | "dit" => Err(KernelsError::Attention {
             path: files.config.clone(),
         }),
         other => Err(KernelsError::UnknownFamily {

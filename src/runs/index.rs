@@ -73,6 +73,13 @@ impl RunSummary {
             .rev()
             .find_map(|m| m.eval_loss.map(|l| (l, m.eval_acc)))
     }
+    /// The latest eval accuracy (masked LM) or CAS (diffusion).
+    pub fn acc_or_cas(&self) -> Option<f64> {
+        self.metrics
+            .iter()
+            .rev()
+            .find_map(|m| m.eval_acc.or(m.eval_cas))
+    }
     pub fn tokens_per_s(&self) -> Option<f64> {
         self.metrics.iter().rev().find_map(|m| m.tokens_per_s)
     }
@@ -187,21 +194,21 @@ pub fn runs_table(runs: &[RunSummary], dir: &Path) -> String {
         );
     }
     let mut s = format!(
-        "{:<24} {:<9} {:<6} {:>13} {:>9} {:>9} {:>8} {:>9}\n",
-        "RUN", "STATE", "MODEL", "STEP", "LOSS", "EVAL", "ACC", "TOK/S"
+        "{:<24} {:<9} {:<8} {:>13} {:>9} {:>9} {:>8} {:>9}\n",
+        "RUN", "STATE", "MODEL", "STEP", "LOSS", "EVAL", "ACC/CAS", "TOK/S"
     );
     let f = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
     for r in runs {
         let eval = r.last_eval();
         s += &format!(
-            "{:<24} {:<9} {:<6} {:>13} {:>9} {:>9} {:>8} {:>9}\n",
+            "{:<24} {:<9} {:<8} {:>13} {:>9} {:>9} {:>8} {:>9}\n",
             crate::text::sanitize(&r.id),
             r.state_label(),
             crate::text::sanitize(&r.model),
             format!("{}/{}", r.step(), r.total_steps()),
             f(r.last_loss(), 4),
             f(eval.map(|e| e.0), 4),
-            eval.and_then(|e| e.1)
+            r.acc_or_cas()
                 .map_or("-".into(), |a| format!("{:.1}%", a * 100.0)),
             f(r.tokens_per_s(), 0),
         );

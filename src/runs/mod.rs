@@ -388,11 +388,17 @@ pub fn is_masked_lm(model: &str) -> bool {
     m.contains("bigs") || m == "bert"
 }
 
-/// How a run's family is written for people: BiGS, BERT, DiffuSSM.
+/// Whether a run's `run.model` is a diffusion model (DiffuSSM or its attention twin, DiT).
+pub fn is_diffusion(model: &str) -> bool {
+    matches!(model.to_lowercase().as_str(), "diffussm" | "dit")
+}
+
+/// How a run's family is written for people: BiGS, BERT, DiffuSSM, DiT.
 pub fn family_label(model: &str) -> &'static str {
     match model.to_lowercase().as_str() {
         "bert" => "BERT",
         "diffussm" => "DiffuSSM",
+        "dit" => "DiT",
         _ => "BiGS",
     }
 }

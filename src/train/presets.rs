@@ -10,7 +10,7 @@ use crate::data::mlm::MaskingConfig;
 use crate::engine::bigs::{BigsConfig, DenseInit, Encoder};
 use crate::engine::conv::ConvPath;
 use crate::engine::diffusion::DiffusionConfig;
-use crate::engine::diffussm::{CondInit, DiffussmConfig, PosEmbed};
+use crate::engine::diffussm::{CondInit, DiffusionEncoder, DiffussmConfig, PosEmbed};
 use crate::engine::init::AInit;
 use crate::engine::nn::Gelu;
 use crate::engine::ssm::KernelMode;
@@ -42,6 +42,14 @@ pub const PRESETS: &[(&str, &str)] = &[
         "DiffuSSM 4×128 on Fashion-MNIST 28×28 (shipped 10k test split, 4×4 patches), class-conditional with CFG, 2500 steps: the shipped checkpoint's recipe (~25 min on 2 cores)",
     ),
     (
+        "dit-fashion",
+        "attention twin of diffussm-fashion: DiT 4×128 (4 heads, MLP 512; equal parameters), same patches, conditioning, sampler, data and budget",
+    ),
+    (
+        "dit-smoke",
+        "attention twin of diffussm-smoke: seconds, for tests",
+    ),
+    (
         "diffussm-smoke",
         "DiffuSSM 2×16 on Fashion-MNIST, a few steps: seconds, for tests",
     ),
@@ -65,7 +73,7 @@ pub enum AnyConfig {
 
 /// Whether a preset trains a diffusion model.
 pub fn is_diffusion_preset(name: &str) -> bool {
-    name.starts_with("diffussm")
+    name.starts_with("diffussm") || name.starts_with("dit-")
 }
 
 /// The configuration of a preset of either kind.
@@ -143,6 +151,22 @@ pub fn diffusion_preset(name: &str) -> Result<DiffusionRunConfig, ConfigError> {
             lr: 2e-3,
         },
     };
+    if let Some(twin) = name.strip_prefix("dit-") {
+        let mut c = diffusion_preset(&format!("diffussm-{twin}"))?;
+        c.run.name = name.into();
+        c.run.preset = name.into();
+        c.run.model = "dit".into();
+        let m = &mut c.model;
+        m.encoder = DiffusionEncoder::Attention;
+        // Parameters equal to the DiffuSSM twin within 2% (tests/suite/dit.rs): a DiT block has
+        // 10·D² + 2·D·F weights, a DiffuSSM block (M = 1, F = 2D) 18·D² plus its SSMs, so
+        // F = 4D (DiT's MLP ratio); the smoke twin (M = 4) needs F = 6D.
+        (m.num_heads, m.fusion_width) = match twin {
+            "fashion" => (4, 4 * m.hidden_size),
+            _ => (2, 6 * m.hidden_size),
+        };
+        return Ok(c);
+    }
     match name {
         "diffussm-fashion" => {}
         "diffussm-smoke" => {

@@ -384,7 +384,7 @@ impl App {
     /// default diffusion run (`diffussm-fashion`, else the first one), else the selected run
     /// (the view then says it has no images).
     pub fn samples_run(&self) -> Option<&RunSummary> {
-        let diffusion = |r: &&RunSummary| r.model == "diffussm";
+        let diffusion = |r: &&RunSummary| crate::runs::is_diffusion(&r.model);
         self.selected_run()
             .filter(diffusion)
             .or_else(|| self.runs.iter().find(|r| r.id == "diffussm-fashion"))

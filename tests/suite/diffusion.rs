@@ -18,7 +18,7 @@ use ssmlab::runs::samples::list_sample_sets;
 use crate::common::ssmlab;
 use crate::common::{fd_check, fixture, max_abs};
 
-fn tiny(kernel: KernelMode, patch: usize, hourglass: usize) -> DiffussmConfig {
+pub(crate) fn tiny(kernel: KernelMode, patch: usize, hourglass: usize) -> DiffussmConfig {
     DiffussmConfig {
         image_height: 4,
         image_width: 6,
@@ -38,7 +38,7 @@ fn tiny(kernel: KernelMode, patch: usize, hourglass: usize) -> DiffussmConfig {
 
 /// Replaces every all-zero variable (adaLN-Zero modulations, final layer) by small noise, as
 /// after some training, so that gradients reach the whole network.
-fn wake(varmap: &VarMap, rng: &mut ChaCha8Rng) {
+pub(crate) fn wake(varmap: &VarMap, rng: &mut ChaCha8Rng) {
     let data = varmap.data().lock().unwrap();
     let mut names: Vec<&String> = data.keys().collect();
     names.sort(); // name order: the same draws every run (a HashMap's order is not)
@@ -226,7 +226,7 @@ fn adaln_zero_makes_every_block_the_identity_and_the_output_zero_at_init() {
     }
 }
 
-fn mse_loss(model: &Diffussm, x: &Tensor, eps: &Tensor) -> Tensor {
+pub(crate) fn mse_loss(model: &Diffussm, x: &Tensor, eps: &Tensor) -> Tensor {
     let out = model.forward(x, &[3.0, 700.0], &[2, 3]).unwrap();
     (out - eps).unwrap().sqr().unwrap().mean_all().unwrap()
 }

@@ -413,6 +413,7 @@ fn diffussm_model_kernels(run: &Path, ema: bool) -> (Vec<(Kernels2, Kernels2)>, 
         .model
         .blocks
         .iter()
+        .filter_map(|b| b.ssm())
         .map(|b| {
             (
                 v(b.ssm_fwd.kernel(l).unwrap()),

@@ -7,6 +7,7 @@ mod compare;
 mod data;
 mod data_images;
 mod diffusion;
+mod dit;
 mod engine_bigs;
 mod engine_bigs_fused;
 mod engine_conv;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::diffusion::{DiffusionConfig, NoiseSchedule};
-use crate::engine::diffussm::DiffussmConfig;
+use crate::engine::diffussm::{DiffusionEncoder, DiffussmConfig};
 use crate::train::config::{ConfigError, OptimSection, RunSection, load_toml, one_line, overrides};
 
 /// `[data]` of a diffusion run.
@@ -101,10 +101,20 @@ impl DiffusionRunConfig {
                 msg: msg.into(),
             })
         };
-        if self.run.model != "diffussm" {
+        let want = match self.model.encoder {
+            DiffusionEncoder::Ssm => "diffussm",
+            DiffusionEncoder::Attention => "dit",
+        };
+        if self.run.model != want {
             return f(
                 "run.model",
-                "must be `diffussm` in a diffusion run configuration",
+                &format!(
+                    "must be `{want}` for a diffusion model with model.encoder = \"{}\" (`diffussm`: ssm, `dit`: attention)",
+                    match self.model.encoder {
+                        DiffusionEncoder::Ssm => "ssm",
+                        DiffusionEncoder::Attention => "attention",
+                    }
+                ),
             );
         }
         let t = &self.train;

@@ -365,7 +365,10 @@ fn bounds(all: &[&Series], log_y: bool) -> Option<([f64; 2], [f64; 2])> {
 
 /// Whether `runs` are all diffusion runs (`Some(true)`), all MLM runs, or a mix (`None`).
 fn diffusion_of(runs: &[&RunSummary]) -> Option<bool> {
-    let d: Vec<bool> = runs.iter().map(|r| r.model == "diffussm").collect();
+    let d: Vec<bool> = runs
+        .iter()
+        .map(|r| crate::runs::is_diffusion(&r.model))
+        .collect();
     if d.iter().all(|x| *x) {
         Some(true)
     } else if d.iter().any(|x| *x) {

@@ -85,14 +85,6 @@ impl SortKey {
     }
 }
 
-/// The latest eval accuracy (masked LM) or CAS (diffusion) of a run.
-pub fn acc_or_cas(r: &RunSummary) -> Option<f64> {
-    r.metrics
-        .iter()
-        .rev()
-        .find_map(|m| m.eval_acc.or(m.eval_cas))
-}
-
 /// Whether a run matches a filter: every whitespace-separated term is part of its name or
 /// model family, or the start of its state (case-insensitive).
 pub fn matches(r: &RunSummary, filter: &str) -> bool {
@@ -135,7 +127,7 @@ impl RunsState {
                 SortKey::Step => Some(r.step() as f64),
                 SortKey::Loss => r.last_loss(),
                 SortKey::Eval => r.last_eval().map(|e| e.0),
-                SortKey::Acc => acc_or_cas(r),
+                SortKey::Acc => r.acc_or_cas(),
                 SortKey::Speed => r.tokens_per_s(),
                 SortKey::Age => r.age_s,
                 _ => None,
@@ -361,7 +353,8 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             }
             if has("acc/CAS") {
                 cells.push(Cell::from(
-                    acc_or_cas(r).map_or("-".into(), |a| format!("{:.1}%", a * 100.0)),
+                    r.acc_or_cas()
+                        .map_or("-".into(), |a| format!("{:.1}%", a * 100.0)),
                 ));
             }
             if has("tok/s") {
