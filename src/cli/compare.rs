@@ -23,6 +23,12 @@ pub struct CompareArgs {
     /// Override a configuration key of both runs (repeatable), e.g. --set train.steps=500.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Compare sweeps (`ssmlab sweep`), one arm each: the best run of each arm (lowest eval
+    /// loss), the spread over its runs, and the best runs at equal tokens and at equal wall
+    /// time. An arm of several sweeps joins them with `+`, e.g.
+    /// --sweeps bigs-lr+bigs-lr2,bert-lr+bert-lr2.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub sweeps: Vec<String>,
     /// Compare these runs (ids under --runs-dir, comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub runs: Vec<String>,
@@ -43,6 +49,9 @@ pub struct CompareArgs {
 }
 
 pub fn run(a: CompareArgs) -> anyhow::Result<()> {
+    if !a.sweeps.is_empty() {
+        return compare_sweeps(&a);
+    }
     let mut models: Vec<(String, BigsConfig)> = Vec::new();
     let mut ids: Vec<String> = a.runs.clone();
     if let Some(pair) = &a.preset_pair {
@@ -177,4 +186,36 @@ fn print_scaling(a: &CompareArgs, models: &[(String, BigsConfig)]) -> anyhow::Re
         }
     }
     Ok(())
+}
+
+/// `--sweeps A,B`: each arm's best run and spread, and the best runs at a shared budget.
+fn compare_sweeps(a: &CompareArgs) -> anyhow::Result<()> {
+    if a.sweeps.len() < 2 {
+        bail!("--sweeps needs two arms or more, e.g. --sweeps bigs-tiny-lr,bert-tiny-lr");
+    }
+    let mut arms = Vec::new();
+    for arm in &a.sweeps {
+        let mut files = Vec::new();
+        let mut runs = Vec::new();
+        for name in arm.split('+').map(str::trim) {
+            let p = crate::sweep::plan(&a.runs_dir, name, None)
+                .with_context(|| format!("--sweeps {arm}"))?;
+            runs.extend(crate::sweep::scan(&a.runs_dir, &p.file));
+            files.push(p.file);
+        }
+        arms.push((arm.clone(), files, runs));
+    }
+    let (budget, reports) = crate::sweep::compare_arms(&arms)?;
+    if a.json {
+        let mut text = String::new();
+        for r in &reports {
+            let mut v = serde_json::to_value(r)?;
+            v["budget"] = serde_json::to_value(budget)?;
+            text.push_str(&serde_json::to_string(&v)?);
+            text.push('\n');
+        }
+        super::out(&text)
+    } else {
+        super::out(&crate::sweep::compare_table(&budget, &reports))
+    }
 }

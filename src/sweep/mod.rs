@@ -649,18 +649,216 @@ pub fn table(rows: &[SweepRow]) -> String {
         });
         lines.push(l);
     }
-    let cols = lines[0].len();
+    let mut out = aligned(&lines);
+    if best.is_some() {
+        out.push_str("* lowest eval loss\n");
+    }
+    out
+}
+
+/// One arm of a comparison of sweeps (e.g. BiGS against BERT, each tuned by the same grid):
+/// its best run, the spread over its runs, and the best run's evaluation at a shared budget.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArmReport {
+    /// The arm's sweeps, joined with `+`.
+    pub arm: String,
+    /// The model family of its runs (`run.model`).
+    pub model: String,
+    pub runs: usize,
+    pub finished: usize,
+    /// The run with the lowest best eval loss, and its swept values.
+    pub best: SweepRow,
+    /// The lowest and highest final accuracy (or CAS) over the arm's runs.
+    pub spread: Option<(f64, f64)>,
+    /// The lowest and highest best eval loss over the arm's runs.
+    pub loss_spread: Option<(f64, f64)>,
+    /// The best run at the budget both arms' best runs reached: (eval loss, accuracy or CAS,
+    /// step of that evaluation), at equal tokens and at equal wall time.
+    pub at_tokens: Option<(f64, Option<f64>, u64)>,
+    pub at_wall: Option<(f64, Option<f64>, u64)>,
+}
+
+/// The shared budgets of a comparison: tokens and wall seconds that every arm's best run
+/// reached (the smallest of their totals).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Budget {
+    pub tokens: u64,
+    pub wall_s: f64,
+}
+
+/// The last evaluation of `run` within `within` (a metric's budget test): eval loss, accuracy
+/// or CAS (the latest logged at or before it), step.
+fn eval_within(
+    run: &RunSummary,
+    within: impl Fn(&crate::runs::Metric) -> bool,
+) -> Option<(f64, Option<f64>, u64)> {
+    let mut out = None;
+    let mut acc = None;
+    for m in run.metrics.iter() {
+        if !within(&m) {
+            break;
+        }
+        if let Some(a) = m.eval_acc.or(m.eval_cas) {
+            acc = Some(a);
+        }
+        if let Some(l) = m.eval_loss {
+            out = Some((l, m.eval_acc.or(m.eval_cas).or(acc), m.step));
+        }
+    }
+    out
+}
+
+/// Compares arms, each the runs of one or more sweeps (`(arm name, sweeps, scanned runs)`).
+/// Errors when an arm has no run with an evaluation yet.
+pub fn compare_arms(
+    arms: &[(String, Vec<SweepFile>, Vec<RunSummary>)],
+) -> Result<(Budget, Vec<ArmReport>)> {
+    let mut picked = Vec::new();
+    for (name, sweeps, runs) in arms {
+        let rows: Vec<SweepRow> = sweeps.iter().flat_map(|s| self::rows(s, runs)).collect();
+        let Some(best) = best_row(&rows).cloned() else {
+            return err(format!(
+                "sweep {name}: no run has an evaluation yet (see ssmlab sweep --name {name})"
+            ));
+        };
+        let summary = runs
+            .iter()
+            .find(|r| r.id == best.id)
+            .cloned()
+            .ok_or_else(|| SweepError(format!("sweep {name}: run {} not found", best.id)))?;
+        picked.push((name, rows, best, summary));
+    }
+    let budget = Budget {
+        tokens: picked.iter().map(|p| p.2.tokens).min().unwrap_or(0),
+        wall_s: picked
+            .iter()
+            .map(|p| p.2.wall_s)
+            .fold(f64::INFINITY, f64::min),
+    };
+    let range = |v: Vec<f64>| -> Option<(f64, f64)> {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (!v.is_empty()).then_some((lo, hi))
+    };
+    let reports = picked
+        .into_iter()
+        .map(|(name, rows, best, summary)| {
+            let finals: Vec<f64> = rows
+                .iter()
+                .filter_map(|r| {
+                    let run = arms
+                        .iter()
+                        .flat_map(|a| a.2.iter())
+                        .find(|s| s.id == r.id)?;
+                    run.metrics
+                        .iter()
+                        .rev()
+                        .find_map(|m| m.eval_acc.or(m.eval_cas))
+                })
+                .collect();
+            ArmReport {
+                arm: name.clone(),
+                model: summary.model.clone(),
+                runs: rows.len(),
+                finished: rows.iter().filter(|r| r.state == "finished").count(),
+                spread: range(finals),
+                loss_spread: range(rows.iter().filter_map(|r| r.best_eval_loss).collect()),
+                at_tokens: eval_within(&summary, |m| m.tokens <= budget.tokens),
+                at_wall: eval_within(&summary, |m| m.wall_s <= budget.wall_s + 1e-9),
+                best,
+            }
+        })
+        .collect();
+    Ok((budget, reports))
+}
+
+/// The comparison as two plain-text tables: each arm's best run and spread, then every arm's
+/// best run at equal tokens and at equal wall time.
+pub fn compare_table(budget: &Budget, reports: &[ArmReport]) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}%", v * 100.0));
+    let images = reports.iter().any(|r| r.best.images.is_some());
+    let metric = if images { "CAS" } else { "acc" };
+    let mut a: Vec<Vec<String>> = vec![
+        [
+            "arm",
+            "model",
+            "runs",
+            "best run",
+            "values",
+            "best eval",
+            metric,
+            "eval spread",
+            &format!("{metric} spread"),
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for r in reports {
+        a.push(vec![
+            r.arm.clone(),
+            r.model.clone(),
+            format!("{} ({} finished)", r.runs, r.finished),
+            r.best.id.clone(),
+            r.best
+                .values
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            r.best_eval_loss_text(),
+            pct(r.best.acc_or_cas),
+            r.loss_spread
+                .map_or("-".into(), |(lo, hi)| format!("{lo:.4}–{hi:.4}")),
+            r.spread.map_or("-".into(), |(lo, hi)| {
+                format!("{:.2}–{:.2}%", lo * 100.0, hi * 100.0)
+            }),
+        ]);
+    }
+    let mut b: Vec<Vec<String>> = vec![vec![
+        "arm".into(),
+        format!("at {} tokens: eval", budget.tokens),
+        metric.into(),
+        "step".into(),
+        format!("at {:.0} s: eval", budget.wall_s),
+        metric.into(),
+        "step".into(),
+    ]];
+    let cell = |v: &Option<(f64, Option<f64>, u64)>| match v {
+        Some((l, acc, s)) => [format!("{l:.4}"), pct(*acc), s.to_string()],
+        None => ["-".into(), "-".into(), "-".into()],
+    };
+    for r in reports {
+        let mut l = vec![r.arm.clone()];
+        l.extend(cell(&r.at_tokens));
+        l.extend(cell(&r.at_wall));
+        b.push(l);
+    }
+    format!("{}\n{}", aligned(&a), aligned(&b))
+}
+
+impl ArmReport {
+    fn best_eval_loss_text(&self) -> String {
+        self.best
+            .best_eval_loss
+            .map_or("-".into(), |v| format!("{v:.4}"))
+    }
+}
+
+/// Left-aligned columns separated by two spaces.
+fn aligned(lines: &[Vec<String>]) -> String {
+    let cols = lines.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
             lines
                 .iter()
-                .map(|l| l[c].chars().count())
+                .filter_map(|l| l.get(c))
+                .map(|s| s.chars().count())
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     let mut out = String::new();
-    for l in &lines {
+    for l in lines {
         let cells: Vec<String> = l
             .iter()
             .zip(&widths)
@@ -668,9 +866,6 @@ pub fn table(rows: &[SweepRow]) -> String {
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
-    }
-    if best.is_some() {
-        out.push_str("* lowest eval loss\n");
     }
     out
 }

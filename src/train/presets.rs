@@ -34,6 +34,14 @@ pub const PRESETS: &[(&str, &str)] = &[
         "attention baseline of bigs-mobydick: BERT 4×128, 4 heads, MLP 384 (equal parameters)",
     ),
     (
+        "bigs-long",
+        "bigs-tiny at L=1024 (4 sequences a step, the same 4.1M tokens): the long-context case",
+    ),
+    (
+        "bert-long",
+        "attention baseline of bigs-long: BERT 2×64 at L=1024, equal parameters, same data and tokens",
+    ),
+    (
         "bigs-bert-vocab",
         "bigs-tiny with the bert-base-uncased vocabulary of the released BiGS checkpoints",
     ),
@@ -300,6 +308,18 @@ pub fn preset(name: &str) -> Result<RunConfig, ConfigError> {
             c
         }
         "bert-tiny" => attention_twin(preset("bigs-tiny")?, name, 4),
+        "bigs-long" => {
+            // bigs-tiny's model and token budget (4.1M tokens) at L = 1024: 4 sequences a step.
+            let mut c = preset("bigs-tiny")?;
+            c.run = run(0);
+            c.model.max_position_embeddings = 1024;
+            c.data = moby(1024);
+            c.train = train(1000, 4, 100);
+            // the held-out split is 5% of ~250 sequences
+            c.train.eval_batches = 3;
+            c
+        }
+        "bert-long" => attention_twin(preset("bigs-long")?, name, 4),
         "bert-smoke" => attention_twin(preset("bigs-smoke")?, name, 2),
         "bert-mobydick" => attention_twin(preset("bigs-mobydick")?, name, 4),
         "bigs-mobydick" => RunConfig {

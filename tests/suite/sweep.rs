@@ -421,3 +421,107 @@ fn a_new_sweep_refuses_run_ids_that_exist_and_a_rerun_needs_a_record() {
     let e = plan(&d, "z", None).unwrap_err().to_string();
     assert!(e.contains("z.sweep.toml") && !e.contains('\n'), "{e}");
 }
+
+/// A metric line of a synthetic run: step, tokens, wall seconds, and an evaluation.
+fn m(step: u64, wall_s: f64, eval: Option<(f64, f64)>) -> ssmlab::runs::Metric {
+    ssmlab::runs::Metric {
+        step,
+        tokens: step * 100,
+        wall_s,
+        lr: None,
+        loss: Some(1.0),
+        grad_norm: None,
+        tokens_per_s: None,
+        eval_loss: eval.map(|e| e.0),
+        eval_acc: eval.map(|e| e.1),
+        eval_baseline_acc: None,
+        images: None,
+        images_per_s: None,
+        eval_cas: None,
+    }
+}
+
+#[test]
+fn comparing_sweeps_takes_each_arms_best_run_its_spread_and_shared_budgets() {
+    use ssmlab::runs::index::RunSummary;
+    use ssmlab::sweep::{compare_arms, compare_table};
+    let file = |name: &str| SweepFile::new(name, spec(&["optim.lr=1e-3,3e-3"], 0, &[])).unwrap();
+    let run = |id: &str, model: &str, ms: Vec<ssmlab::runs::Metric>| {
+        let mut r = RunSummary::of_metrics(id, id.into(), model, ms);
+        r.state = Some(ssmlab::runs::RunState::Finished);
+        r
+    };
+    // Arm a: run a-2 is best (eval 2.0), ending at 10 s; arm b: b-1 (3.0), ending at 40 s.
+    // (Values a float32 holds exactly: the runs index keeps metrics as f32.)
+    let a_runs = vec![
+        run(
+            "a-1",
+            "bigs",
+            vec![
+                m(10, 5.0, Some((4.0, 0.125))),
+                m(20, 10.0, Some((3.5, 0.25))),
+            ],
+        ),
+        run(
+            "a-2",
+            "bigs",
+            vec![
+                m(10, 5.0, Some((3.0, 0.1875))),
+                m(20, 10.0, Some((2.0, 0.375))),
+            ],
+        ),
+    ];
+    let b_runs = vec![
+        run(
+            "b-1",
+            "bert",
+            vec![
+                m(10, 20.0, Some((3.25, 0.0625))),
+                m(20, 40.0, Some((3.0, 0.125))),
+            ],
+        ),
+        run(
+            "b-2",
+            "bert",
+            vec![
+                m(10, 20.0, Some((3.5, 0.03125))),
+                m(20, 40.0, Some((3.375, 0.09375))),
+            ],
+        ),
+    ];
+    let arms = vec![
+        ("a".to_string(), vec![file("a")], a_runs),
+        ("b".to_string(), vec![file("b")], b_runs),
+    ];
+    let (budget, reports) = compare_arms(&arms).unwrap();
+    assert_eq!(budget.tokens, 2000);
+    assert_eq!(budget.wall_s, 10.0);
+    let (a, b) = (&reports[0], &reports[1]);
+    assert_eq!(a.best.id, "a-2");
+    assert_eq!(
+        a.best.values,
+        [("optim.lr".to_string(), "3e-3".to_string())]
+    );
+    assert_eq!(b.best.id, "b-1");
+    assert_eq!(a.spread, Some((0.25, 0.375)));
+    assert_eq!(b.loss_spread, Some((3.0, 3.375)));
+    assert_eq!((a.runs, a.finished), (2, 2));
+    // equal tokens: both at step 20; equal wall time (10 s): b-1 had no evaluation yet
+    assert_eq!(a.at_tokens, Some((2.0, Some(0.375), 20)));
+    assert_eq!(b.at_tokens, Some((3.0, Some(0.125), 20)));
+    assert_eq!(a.at_wall, Some((2.0, Some(0.375), 20)));
+    assert_eq!(b.at_wall, None, "b's first evaluation came at 20 s");
+    let t = compare_table(&budget, &reports);
+    assert!(t.contains("at 2000 tokens") && t.contains("at 10 s"), "{t}");
+    assert!(t.contains("25.00–37.50%"), "{t}");
+    // An arm without an evaluation is an error naming it.
+    let empty = vec![
+        ("a".to_string(), vec![file("a")], vec![]),
+        ("b".to_string(), vec![file("b")], vec![]),
+    ];
+    let e = compare_arms(&empty).unwrap_err().to_string();
+    assert!(
+        e.contains("sweep a") && e.contains("no run has an evaluation"),
+        "{e}"
+    );
+}
