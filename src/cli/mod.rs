@@ -133,7 +133,8 @@ pub(crate) fn out(text: &str) -> anyhow::Result<()> {
 }
 
 fn print_runs(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let runs = crate::runs::index::RunsIndex::new().scan(dir);
+    let mut runs = crate::runs::index::RunsIndex::new().scan(dir);
+    crate::sweep::label_runs(dir, &mut runs);
     if json {
         for r in &runs {
             let mut v = serde_json::to_value(r)?;

@@ -32,6 +32,10 @@ pub struct RunSummary {
     pub bad_lines: Vec<usize>,
     /// Seconds since the last heartbeat (or since the status was written).
     pub age_s: Option<f64>,
+    /// The sweep the run belongs to (`NAME.sweep.toml` beside it), filled in by viewers that
+    /// group runs by sweep.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<String>,
 }
 
 impl RunSummary {
@@ -51,6 +55,7 @@ impl RunSummary {
             loading: false,
             bad_lines: vec![],
             age_s: None,
+            sweep: None,
         }
     }
 
@@ -155,6 +160,7 @@ impl RunsIndex {
             loading: tail.loading(),
             bad_lines: tail.bad_lines.clone(),
             age_s: status.as_ref().map(|s| (now - s.heartbeat).max(0.0)),
+            sweep: None,
             path,
             status,
             state,

@@ -503,6 +503,17 @@ pub fn read_sweeps(runs_dir: &Path) -> Vec<SweepFile> {
     out
 }
 
+/// Sets the `sweep` of each of `runs` from the sweep records in `runs_dir`.
+pub fn label_runs(runs_dir: &Path, runs: &mut [RunSummary]) {
+    let sweeps = read_sweeps(runs_dir);
+    if sweeps.is_empty() {
+        return;
+    }
+    for r in runs {
+        r.sweep = sweep_of(&sweeps, &r.id).map(|s| s.name.clone());
+    }
+}
+
 /// The sweep (name) that run `id` belongs to, among `sweeps`.
 pub fn sweep_of<'a>(sweeps: &'a [SweepFile], id: &str) -> Option<&'a SweepFile> {
     sweeps.iter().find(|s| s.runs.iter().any(|r| r.id == id))

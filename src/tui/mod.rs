@@ -282,7 +282,11 @@ fn spawn_worker(dir: PathBuf, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
         let mut index = RunsIndex::new();
         let mut last_sig = String::new();
         while !stop.load(Ordering::Relaxed) {
-            let Ok(runs) = worker::guard("runs", || Ok(index.scan(&dir))) else {
+            let Ok(runs) = worker::guard("runs", || {
+                let mut runs = index.scan(&dir);
+                crate::sweep::label_runs(&dir, &mut runs);
+                Ok(runs)
+            }) else {
                 // The status line names the panic; start over with an empty cache.
                 index = RunsIndex::new();
                 std::thread::sleep(Duration::from_millis(2000));
@@ -292,12 +296,13 @@ fn spawn_worker(dir: PathBuf, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
                 .iter()
                 .map(|r| {
                     format!(
-                        "{}:{}:{}:{}:{:?};",
+                        "{}:{}:{}:{}:{:?}:{:?};",
                         r.id,
                         r.metrics.len(),
                         r.state_label(),
                         r.checkpoints.len(),
-                        r.status.as_ref().map(|s| s.heartbeat as u64)
+                        r.status.as_ref().map(|s| s.heartbeat as u64),
+                        r.sweep
                     )
                 })
                 .collect();

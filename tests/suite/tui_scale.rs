@@ -590,3 +590,70 @@ fn series_are_computed_before_the_frame_not_by_drawing() {
         assert!(app.series_cache.contains(&app.runs[i], &cs, buckets));
     }
 }
+
+#[test]
+fn runs_of_sweeps_are_grouped_filtered_and_sorted_by_the_metric() {
+    use ssmlab::sweep::{SweepFile, SweepRun, SweepSpec, label_runs, parse_grid};
+    for (w, h) in [(80u16, 24u16), (200, 60)] {
+        let tmp = tempfile::tempdir().unwrap();
+        many_runs(tmp.path(), 12);
+        // two sweeps recorded beside the runs: lr-a holds run-01…04, lr-b run-05…08
+        for (name, ids) in [("lr-a", 1..=4), ("lr-b", 5..=8)] {
+            let f = SweepFile {
+                name: name.into(),
+                spec: SweepSpec {
+                    preset: "bigs-tiny".into(),
+                    sets: vec![],
+                    grid: vec![parse_grid("optim.lr=1,2,3,4").unwrap()],
+                    random: 0,
+                    ranges: vec![],
+                    seed: 0,
+                },
+                runs: ids
+                    .map(|k| SweepRun {
+                        id: format!("run-{k:02}"),
+                        sets: vec![format!("optim.lr={k}")],
+                    })
+                    .collect(),
+            };
+            f.write(tmp.path()).unwrap();
+        }
+        let mut runs = RunsIndex::new().scan(tmp.path());
+        label_runs(tmp.path(), &mut runs);
+        for r in &mut runs {
+            r.age_s = Some(3.0);
+            r.lost = false;
+            r.state = r.status.as_ref().map(|s| s.state);
+        }
+        assert_eq!(runs[0].sweep.as_deref(), Some("lr-a"));
+        assert_eq!(runs[11].sweep, None);
+        let mut app = app_over(runs);
+        app.set_viewport(Rect::new(0, 0, w, h));
+        // o cycles to the sweep column: runs grouped by sweep, runs of no sweep last
+        for _ in 0..9 {
+            press(&mut app, &["o"]);
+        }
+        assert_eq!(app.runs_view.sort.label(), "sweep");
+        let order: Vec<&str> = app
+            .runs_view
+            .order
+            .iter()
+            .map(|&i| app.runs[i].id.as_str())
+            .collect();
+        assert_eq!(&order[..4], ["run-01", "run-02", "run-03", "run-04"]);
+        assert_eq!(&order[4..8], ["run-05", "run-06", "run-07", "run-08"]);
+        // a sweep's runs by their metric: filter on the sweep's name, sort by acc/CAS (best first)
+        press(&mut app, &["/", "l", "r", "-", "b", "Enter"]);
+        assert_eq!(app.runs_view.order.len(), 4);
+        press(&mut app, &["o", "o", "o", "o", "o", "o", "o", "O"]);
+        assert_eq!(app.runs_view.sort.label(), "acc/CAS");
+        let best = &app.runs[app.runs_view.order[0]];
+        assert_eq!(
+            best.id, "run-06",
+            "the CAS of run-06 (0.56) is the highest of lr-b"
+        );
+        let s = render(&app, w, h);
+        assert!(s.contains("lr-b") && s.contains("sweep"), "{s}");
+        insta::assert_snapshot!(format!("runs_sweep_by_metric_{w}x{h}"), s);
+    }
+}

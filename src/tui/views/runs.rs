@@ -52,10 +52,11 @@ pub enum SortKey {
     Acc,
     Speed,
     Age,
+    Sweep,
 }
 
 impl SortKey {
-    pub const ALL: [SortKey; 9] = [
+    pub const ALL: [SortKey; 10] = [
         SortKey::Name,
         SortKey::Model,
         SortKey::State,
@@ -65,6 +66,7 @@ impl SortKey {
         SortKey::Acc,
         SortKey::Speed,
         SortKey::Age,
+        SortKey::Sweep,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -77,6 +79,7 @@ impl SortKey {
             SortKey::Acc => "acc/CAS",
             SortKey::Speed => "tok/s",
             SortKey::Age => "age",
+            SortKey::Sweep => "sweep",
         }
     }
     pub fn next(self) -> Self {
@@ -85,17 +88,18 @@ impl SortKey {
     }
 }
 
-/// Whether a run matches a filter: every whitespace-separated term is part of its name or
-/// model family, or the start of its state (case-insensitive).
+/// Whether a run matches a filter: every whitespace-separated term is part of its name,
+/// model family or sweep, or the start of its state (case-insensitive).
 pub fn matches(r: &RunSummary, filter: &str) -> bool {
-    let (id, family, state) = (
+    let (id, family, state, sweep) = (
         r.id.to_lowercase(),
         crate::runs::family_label(&r.model).to_lowercase(),
         r.state_label().to_lowercase(),
+        r.sweep.as_deref().unwrap_or("").to_lowercase(),
     );
     filter.split_whitespace().all(|t| {
         let t = t.to_lowercase();
-        id.contains(&t) || family.contains(&t) || state.starts_with(&t)
+        id.contains(&t) || family.contains(&t) || state.starts_with(&t) || sweep.contains(&t)
     })
 }
 
@@ -137,6 +141,8 @@ impl RunsState {
             match self.sort {
                 SortKey::Model => crate::runs::family_label(&r.model).to_string(),
                 SortKey::State => r.state_label(),
+                // runs of no sweep after every sweep
+                SortKey::Sweep => r.sweep.clone().unwrap_or_else(|| "\u{10FFFF}".into()),
                 _ => String::new(),
             }
         };
@@ -271,6 +277,11 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         .unwrap_or(5)
         .max(5);
     // (header, width, priority: dropped first when the name would get under 10 columns)
+    let sweep_w = shown
+        .iter()
+        .filter_map(|&i| app.runs[i].sweep.as_deref())
+        .map(|s| sanitize(s).chars().count())
+        .max();
     let mut cols: Vec<(&str, usize, u8)> = vec![
         ("model", 8, 2),
         ("state", state_w, 9),
@@ -281,6 +292,10 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         ("tok/s", 6, 3),
         ("age", 4, 4),
     ];
+    if let Some(w) = sweep_w {
+        // only when a shown run belongs to a sweep; the first column dropped when narrow
+        cols.insert(0, ("sweep", w.clamp(5, 16), 1));
+    }
     let name_max = shown
         .iter()
         .map(|&i| sanitize(&app.runs[i].id).chars().count())
@@ -332,6 +347,14 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                 Cell::from(Span::styled(mark, color)),
                 Cell::from(Span::styled(fit(&sanitize(&r.id), name_w), color)),
             ];
+            if has("sweep") {
+                let w = sweep_w.unwrap_or(5).clamp(5, 16);
+                cells.push(Cell::from(
+                    r.sweep
+                        .as_deref()
+                        .map_or("-".into(), |s| fit(&sanitize(s), w)),
+                ));
+            }
             if has("model") {
                 cells.push(Cell::from(crate::runs::family_label(&r.model)));
             }
