@@ -695,6 +695,8 @@ pub struct ArmReport {
 pub struct Budget {
     pub tokens: u64,
     pub wall_s: f64,
+    /// Images seen at that budget (diffusion arms).
+    pub images: Option<u64>,
 }
 
 /// The last evaluation of `run` within `within` (a metric's budget test): eval loss, accuracy
@@ -745,6 +747,7 @@ pub fn compare_arms(
             .iter()
             .map(|p| p.2.wall_s)
             .fold(f64::INFINITY, f64::min),
+        images: picked.iter().map(|p| p.2.images).min().flatten(),
     };
     let range = |v: Vec<f64>| -> Option<(f64, f64)> {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -827,7 +830,10 @@ pub fn compare_table(budget: &Budget, reports: &[ArmReport]) -> String {
     }
     let mut b: Vec<Vec<String>> = vec![vec![
         "arm".into(),
-        format!("at {} tokens: eval", budget.tokens),
+        match budget.images {
+            Some(n) => format!("at {n} images: eval"),
+            None => format!("at {} tokens: eval", budget.tokens),
+        },
         metric.into(),
         "step".into(),
         format!("at {:.0} s: eval", budget.wall_s),
