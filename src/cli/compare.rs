@@ -29,6 +29,13 @@ pub struct CompareArgs {
     /// --sweeps bigs-lr+bigs-lr2,bert-lr+bert-lr2.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub sweeps: Vec<String>,
+    /// Forward FLOPs per image of diffusion presets (e.g. diffussm-fashion,dit-fashion) at
+    /// square images of --sides, with each preset's patch size and unpatched.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub image_flops: Vec<String>,
+    /// Image sides of --image-flops.
+    #[arg(long, value_delimiter = ',', default_values_t = [28usize, 56, 112, 224])]
+    pub sides: Vec<usize>,
     /// Compare these runs (ids under --runs-dir, comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub runs: Vec<String>,
@@ -51,6 +58,25 @@ pub struct CompareArgs {
 pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     if !a.sweeps.is_empty() {
         return compare_sweeps(&a);
+    }
+    if !a.image_flops.is_empty() {
+        let rows = crate::compare::image_flops(&a.image_flops, &a.sides)?;
+        let mut text = String::new();
+        if !a.json {
+            text.push_str("preset              image    patch  tokens   GFLOP/image (forward)\n");
+        }
+        for r in &rows {
+            if a.json {
+                text.push_str(&serde_json::to_string(r)?);
+                text.push('\n');
+            } else {
+                text.push_str(&format!(
+                    "{:<18}  {:>3}×{:<3}  {:>5}  {:>6}  {:>10.3}\n",
+                    r.preset, r.side, r.side, r.patch_size, r.tokens, r.gflops
+                ));
+            }
+        }
+        return super::out(&text);
     }
     let mut models: Vec<(String, BigsConfig)> = Vec::new();
     let mut ids: Vec<String> = a.runs.clone();

@@ -230,3 +230,48 @@ pub fn table(rows: &[RunRow]) -> String {
     }
     s
 }
+
+/// One line of the image-size comparison of diffusion presets.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImageFlops {
+    pub preset: String,
+    pub side: usize,
+    pub patch_size: usize,
+    /// Stream tokens J = (side/p)² / M.
+    pub tokens: usize,
+    /// Forward FLOPs per image (2 × multiply-accumulates).
+    pub gflops: f64,
+}
+
+/// Forward FLOPs per image of diffusion presets at square images of each `side`, with the
+/// preset's patch size and unpatched (p = 1: DiffuSSM's point is that it needs no patch-size
+/// compromise, while attention's cost grows with the square of the tokens).
+pub fn image_flops(presets: &[String], sides: &[usize]) -> anyhow::Result<Vec<ImageFlops>> {
+    let mut out = Vec::new();
+    for p in presets {
+        let cfg = crate::train::presets::diffusion_preset(p)?.model;
+        for &side in sides {
+            for patch in [cfg.patch_size, 1] {
+                let mut c = cfg.clone();
+                (c.image_height, c.image_width, c.patch_size) = (side, side, patch);
+                if !side.is_multiple_of(patch) || !c.seq_len().is_multiple_of(c.hourglass) {
+                    continue;
+                }
+                if out
+                    .iter()
+                    .any(|f: &ImageFlops| f.preset == *p && f.side == side && f.patch_size == patch)
+                {
+                    continue;
+                }
+                out.push(ImageFlops {
+                    preset: p.clone(),
+                    side,
+                    patch_size: patch,
+                    tokens: c.stream_len(),
+                    gflops: 2.0 * c.macs_per_image() / 1e9,
+                });
+            }
+        }
+    }
+    Ok(out)
+}

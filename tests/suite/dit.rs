@@ -299,3 +299,25 @@ fn dit_smoke_trains_samples_and_gets_a_cas_through_the_diffussm_commands() {
         "{e}"
     );
 }
+
+#[test]
+fn image_flops_list_each_preset_patched_and_unpatched() {
+    let rows = ssmlab::compare::image_flops(
+        &["diffussm-fashion".into(), "dit-fashion".into()],
+        &[28, 224],
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 8);
+    let g = |p: &str, side: usize, patch: usize| {
+        rows.iter()
+            .find(|r| r.preset == p && r.side == side && r.patch_size == patch)
+            .unwrap()
+            .gflops
+    };
+    // at the shipped shape the twins cost about the same; unpatched at 224×224 attention
+    // costs tens of times more
+    let r28 = g("dit-fashion", 28, 4) / g("diffussm-fashion", 28, 4);
+    assert!((0.7..1.3).contains(&r28), "{r28}");
+    assert!(g("dit-fashion", 224, 1) / g("diffussm-fashion", 224, 1) > 30.0);
+    assert!(ssmlab::compare::image_flops(&["nope".into()], &[28]).is_err());
+}
