@@ -1083,3 +1083,59 @@ fn accuracy_chart_draws_the_baseline_and_the_cursor_snaps_to_logged_steps() {
     assert_eq!(ssmlab::tui::app::XAxis::Tokens.fmt(5_120_000.0), "5.1M");
     assert_eq!(ssmlab::tui::app::XAxis::Wall.fmt(2899.95), "0:48:20");
 }
+
+#[test]
+fn the_launch_form_starts_a_sweep_when_given_a_grid() {
+    use ssmlab::tui::views::form::LaunchForm;
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    struct Stop(PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            crate::common::stop_trainers(&self.0);
+        }
+    }
+    let _stop = Stop(runs.clone());
+    let mut form = LaunchForm::new(runs.clone());
+    form.preset = ssmlab::train::presets::PRESETS
+        .iter()
+        .position(|(n, _)| *n == "bigs-smoke")
+        .unwrap();
+    form.on_key(KeyEvent::new(KeyCode::Right, KeyModifiers::NONE));
+    form.on_key(KeyEvent::new(KeyCode::Left, KeyModifiers::NONE));
+    form.values[0] = "fs".into();
+    // the sweep row is the last; typing there edits the grid
+    for _ in 0..20 {
+        form.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+    }
+    for c in "optim.lrx=1".chars() {
+        form.on_key(key(c));
+    }
+    let e = form.resolve().unwrap_err();
+    assert!(e.contains("optim.lrx") && e.contains("no such key"), "{e}");
+    form.sweep = "optim.lr=1e-3,3e-3".into();
+    form.resolve().unwrap();
+    let msg = form
+        .launch(Path::new(env!("CARGO_BIN_EXE_ssmlab")))
+        .unwrap();
+    assert!(
+        msg.contains("launched sweep fs") && msg.contains("2 runs"),
+        "{msg}"
+    );
+    let t0 = std::time::Instant::now();
+    let done = |id: &str| {
+        ssmlab::runs::RunDir::open(&runs.join(id))
+            .and_then(|r| r.read_status())
+            .is_ok_and(|s| s.state == ssmlab::runs::RunState::Finished)
+    };
+    while !(done("fs-1") && done("fs-2")) {
+        assert!(t0.elapsed().as_secs() < 120, "the sweep did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let f = ssmlab::sweep::SweepFile::read(&runs.join("fs.sweep.toml")).unwrap();
+    assert_eq!(f.runs[1].sets, ["optim.lr=3e-3"]);
+    // the same sweep again is valid (a rerun skips it); another grid under that name is not
+    form.sweep = "optim.lr=1e-3".into();
+    let e = form.resolve().unwrap_err();
+    assert!(e.contains("choose another --name"), "{e}");
+}

@@ -1,4 +1,5 @@
-//! The launch form: pick a preset, edit the key fields, start `ssmlab train` detached.
+//! The launch form: pick a preset, edit the key fields, start `ssmlab train` detached, or,
+//! with a sweep grid, `ssmlab sweep` (the name is then the sweep's: runs NAME-1, NAME-2, …).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -57,8 +58,10 @@ pub struct LaunchForm {
     pub runs_dir: PathBuf,
     pub preset: usize,
     pub values: Vec<String>,
-    /// 0 = preset row, 1.. = FIELDS.
+    /// 0 = preset row, 1.. = FIELDS, then the sweep grid.
     pub row: usize,
+    /// `KEY=V1,V2` grids separated by spaces or `;` (empty: one run, no sweep).
+    pub sweep: String,
     pub error: Option<String>,
 }
 
@@ -89,6 +92,7 @@ impl LaunchForm {
             preset: 0,
             values: Vec::new(),
             row: 0,
+            sweep: String::new(),
             error: None,
         };
         f.load_preset();
@@ -113,7 +117,9 @@ impl LaunchForm {
         self.error = None;
         match k.code {
             KeyCode::Up | KeyCode::BackTab => self.row = self.row.saturating_sub(1),
-            KeyCode::Down | KeyCode::Tab => self.row = (self.row + 1).min(self.values.len()),
+            KeyCode::Down | KeyCode::Tab => {
+                self.row = (self.row + 1).min(self.values.len() + 1);
+            }
             KeyCode::Left | KeyCode::Right if self.row == 0 => {
                 let n = PRESETS.len();
                 self.preset = if k.code == KeyCode::Left {
@@ -123,6 +129,10 @@ impl LaunchForm {
                 };
                 self.load_preset();
             }
+            KeyCode::Backspace if self.row > self.values.len() => {
+                self.sweep.pop();
+            }
+            KeyCode::Char(c) if self.row > self.values.len() => self.sweep.push(c),
             KeyCode::Backspace if self.row > 0 => {
                 self.values[self.row - 1].pop();
             }
@@ -156,7 +166,43 @@ impl LaunchForm {
         if !crate::data::resolve_data_path(&data).exists() {
             return Err(format!("dataset {} does not exist", data.display()));
         }
+        if let Some(spec) = self.sweep_spec(name, &sets)? {
+            // every run of the grid built and validated, and the names free (or the same sweep)
+            crate::sweep::plan(&self.runs_dir, &run_name, Some(spec)).map_err(|e| e.to_string())?;
+        }
         Ok((name.to_string(), sets))
+    }
+
+    /// The sweep the form describes (None: no grid given): the edited fields but the name as
+    /// shared overrides, and the grid.
+    fn sweep_spec(
+        &self,
+        preset: &str,
+        sets: &[String],
+    ) -> Result<Option<crate::sweep::SweepSpec>, String> {
+        let grids: Vec<&str> = self
+            .sweep
+            .split(|c: char| c == ';' || c.is_whitespace())
+            .filter(|g| !g.is_empty())
+            .collect();
+        if grids.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(crate::sweep::SweepSpec {
+            preset: preset.into(),
+            sets: sets
+                .iter()
+                .filter(|s| !s.starts_with("run.name="))
+                .cloned()
+                .collect(),
+            grid: grids
+                .iter()
+                .map(|g| crate::sweep::parse_grid(g).map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?,
+            random: 0,
+            ranges: vec![],
+            seed: 0,
+        }))
     }
 
     /// Starts `ssmlab train` in its own session (it outlives the TUI and the SSH login); its
@@ -170,14 +216,26 @@ impl LaunchForm {
         let log =
             std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
         let mut cmd = Command::new(exe);
-        cmd.arg("train")
-            .arg("--preset")
-            .arg(&preset)
-            .arg("--runs-dir")
-            .arg(&self.runs_dir);
-        for s in &sets {
-            cmd.arg("--set").arg(s);
+        let spec = self.sweep_spec(&preset, &sets)?;
+        match &spec {
+            Some(spec) => {
+                cmd.args(["sweep", "--preset", &preset, "--name", &name]);
+                for s in &spec.sets {
+                    cmd.arg("--set").arg(s);
+                }
+                for g in &spec.grid {
+                    cmd.arg("--grid")
+                        .arg(format!("{}={}", g.key, g.values.join(",")));
+                }
+            }
+            None => {
+                cmd.args(["train", "--preset", &preset]);
+                for s in &sets {
+                    cmd.arg("--set").arg(s);
+                }
+            }
         }
+        cmd.arg("--runs-dir").arg(&self.runs_dir);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
@@ -190,7 +248,13 @@ impl LaunchForm {
         crate::tui::worker::spawn("reaper", move || {
             let _ = child.wait();
         });
-        Ok(format!("launched {name} ({preset}, pid {pid})"))
+        Ok(match spec {
+            Some(s) => format!(
+                "launched sweep {name} ({preset}, {} runs one at a time, pid {pid})",
+                s.count()
+            ),
+            None => format!("launched {name} ({preset}, pid {pid})"),
+        })
     }
 
     pub fn draw(&self, f: &mut Frame, area: Rect, theme: &Theme) {
@@ -223,6 +287,16 @@ impl LaunchForm {
                 Span::styled(format!("{v}{cursor}"), row_style(i + 1)),
             ]));
         }
+        let row = fields.len() + 1;
+        let cursor = if self.row == row { "▏" } else { "" };
+        lines.push(Line::from(vec![
+            Span::styled(format!("{:>16}  ", "sweep grid"), theme.muted()),
+            if self.sweep.is_empty() && self.row != row {
+                Span::styled("none (e.g. optim.lr=1e-3,3e-3)", theme.muted())
+            } else {
+                Span::styled(format!("{}{cursor}", self.sweep), row_style(row))
+            },
+        ]));
         lines.push(Line::default());
         match self.resolve() {
             _ if self.error.is_some() => lines.push(Line::from(Span::styled(
