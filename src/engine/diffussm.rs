@@ -393,7 +393,7 @@ fn silu(x: &Tensor) -> Result<Tensor> {
 }
 
 /// `LN(x)·(1 + scale) + shift` with (B, D) modulations broadcast over positions.
-fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+pub(crate) fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     let xn = normalize(x, 1e-6)?;
     Ok(xn
         .broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?
@@ -432,7 +432,7 @@ struct Frozen {
 }
 
 /// The same layer on detached tensors (no autograd graph is recorded through it).
-fn detached(l: &Linear) -> Linear {
+pub(crate) fn detached(l: &Linear) -> Linear {
     Linear {
         weight: l.weight.detach(),
         bias: l.bias.as_ref().map(Tensor::detach),

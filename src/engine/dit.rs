@@ -16,8 +16,9 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::attention::softmax_last;
+use super::diffussm::{detached, modulate};
 use super::error::{EngineError, Result};
-use super::nn::{Gelu, Linear, linear, normalize};
+use super::nn::{Gelu, Linear, linear};
 
 /// One DiT block.
 #[derive(Debug, Clone)]
@@ -28,21 +29,6 @@ pub struct DitBlock {
     fc1: Linear,
     fc2: Linear,
     heads: usize,
-}
-
-/// `LN(x)·(1 + scale) + shift` with (B, D) modulations broadcast over positions.
-fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    let xn = normalize(x, 1e-6)?;
-    Ok(xn
-        .broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?
-        .broadcast_add(&shift.unsqueeze(1)?)?)
-}
-
-fn detached(l: &Linear) -> Linear {
-    Linear {
-        weight: l.weight.detach(),
-        bias: l.bias.as_ref().map(Tensor::detach),
-    }
 }
 
 impl DitBlock {

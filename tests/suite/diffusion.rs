@@ -231,37 +231,49 @@ pub(crate) fn mse_loss(model: &Diffussm, x: &Tensor, eps: &Tensor) -> Tensor {
     (out - eps).unwrap().sqr().unwrap().mean_all().unwrap()
 }
 
+/// Every variable of `model` gets a non-zero gradient of the MSE loss on random images, and
+/// every gradient matches finite differences; returns the variables' names.
+pub(crate) fn assert_gradients(
+    model: &Diffussm,
+    varmap: &VarMap,
+    rng: &mut ChaCha8Rng,
+    label: &str,
+) -> Vec<String> {
+    let dev = Device::Cpu;
+    let x = normal(rng, (2, 2, 4, 6), 0.0, 1.0, DType::F64, &dev).unwrap();
+    let eps = normal(rng, (2, 2, 4, 6), 0.0, 1.0, DType::F64, &dev).unwrap();
+    let grads = mse_loss(model, &x, &eps).backward().unwrap();
+    let data = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for n in &names {
+        let g = grads
+            .get(data[*n].as_tensor())
+            .unwrap_or_else(|| panic!("{label}: no gradient for {n}"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(norm > 0.0, "{label}: zero gradient for {n}");
+    }
+    let vars: Vec<(&str, &candle_core::Var)> =
+        names.iter().map(|n| (n.as_str(), &data[*n])).collect();
+    let worst = fd_check(&vars, || mse_loss(model, &x, &eps), 2, 1e-4);
+    assert!(worst < 1e-5, "{label}: worst relative error {worst:e}");
+    names.into_iter().cloned().collect()
+}
+
 #[test]
 fn every_parameter_gets_a_gradient_that_matches_finite_differences() {
-    let dev = Device::Cpu;
     for kernel in [KernelMode::PerChannel, KernelMode::Shared] {
         let cfg = tiny(kernel, 1, 2);
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let (model, varmap) = build_diffussm(&cfg, DType::F64, &dev, &mut rng).unwrap();
+        let (model, varmap) = build_diffussm(&cfg, DType::F64, &Device::Cpu, &mut rng).unwrap();
         wake(&varmap, &mut rng);
-        let x = normal(&mut rng, (2, 2, 4, 6), 0.0, 1.0, DType::F64, &dev).unwrap();
-        let eps = normal(&mut rng, (2, 2, 4, 6), 0.0, 1.0, DType::F64, &dev).unwrap();
-        let grads = mse_loss(&model, &x, &eps).backward().unwrap();
-        let data = varmap.data().lock().unwrap();
-        let mut names: Vec<&String> = data.keys().collect();
-        names.sort();
-        for n in &names {
-            let g = grads
-                .get(data[*n].as_tensor())
-                .unwrap_or_else(|| panic!("{kernel:?}: no gradient for {n}"));
-            let norm = g
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
-            assert!(norm > 0.0, "{kernel:?}: zero gradient for {n}");
-        }
-        let vars: Vec<(&str, &candle_core::Var)> =
-            names.iter().map(|n| (n.as_str(), &data[*n])).collect();
-        let worst = fd_check(&vars, || mse_loss(&model, &x, &eps), 2, 1e-4);
-        assert!(worst < 1e-5, "{kernel:?}: worst relative error {worst:e}");
+        assert_gradients(&model, &varmap, &mut rng, &format!("{kernel:?}"));
     }
 }
 
