@@ -29,7 +29,7 @@ use super::dit::DitBlock;
 use super::error::{EngineError, Result};
 use super::init::{AInit, a_init_full, a_init_half, normal, tensor_f64, uniform};
 use super::memory;
-use super::nn::{Activation, Linear, linear, normalize};
+use super::nn::{Activation, Linear, detached, linear, modulate};
 use super::ssm::{KernelMode, Ssm};
 
 /// Architecture of a DiffuSSM noise predictor (serialised into run configs and `config.json`).
@@ -392,14 +392,6 @@ fn silu(x: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::silu(x)?)
 }
 
-/// `LN(x)·(1 + scale) + shift` with (B, D) modulations broadcast over positions.
-pub(crate) fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    let xn = normalize(x, 1e-6)?;
-    Ok(xn
-        .broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?
-        .broadcast_add(&shift.unsqueeze(1)?)?)
-}
-
 /// One DiffuSSM block with its adaLN-Zero modulation.
 #[derive(Debug, Clone)]
 pub struct DiffussmBlock {
@@ -429,14 +421,6 @@ struct Frozen {
     params: Tensor,
     /// K_f and K_b with the skip in tap 0, flat (2·rows·L).
     kernels: Tensor,
-}
-
-/// The same layer on detached tensors (no autograd graph is recorded through it).
-pub(crate) fn detached(l: &Linear) -> Linear {
-    Linear {
-        weight: l.weight.detach(),
-        bias: l.bias.as_ref().map(Tensor::detach),
-    }
 }
 
 impl DiffussmBlock {

@@ -16,9 +16,9 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::attention::softmax_last;
-use super::diffussm::{detached, modulate};
+
 use super::error::{EngineError, Result};
-use super::nn::{Gelu, Linear, linear};
+use super::nn::{Gelu, Linear, detached, linear, modulate};
 
 /// One DiT block.
 #[derive(Debug, Clone)]

@@ -107,3 +107,19 @@ pub fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
     let zeros = Tensor::zeros(n, x.dtype(), x.device())?;
     super::cpu::rowops::layer_norm(x, &ones, &zeros, eps)
 }
+
+/// `LN(x)·(1 + scale) + shift` with (B, D) modulations broadcast over positions.
+pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    let xn = normalize(x, 1e-6)?;
+    Ok(xn
+        .broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?
+        .broadcast_add(&shift.unsqueeze(1)?)?)
+}
+
+/// The same layer on detached tensors (no autograd graph is recorded through it).
+pub fn detached(l: &Linear) -> Linear {
+    Linear {
+        weight: l.weight.detach(),
+        bias: l.bias.as_ref().map(Tensor::detach),
+    }
+}
