@@ -191,6 +191,24 @@ fn tokens_follow_raster_order_and_round_trip() {
     }
 }
 
+/// Every block of a freshly initialised model (width 8) returns its input: adaLN-Zero.
+pub(crate) fn assert_blocks_are_identity(model: &Diffussm, rng: &mut ChaCha8Rng) {
+    let dev = Device::Cpu;
+    let x = normal(
+        rng,
+        (2, model.cfg.stream_len(), 8),
+        0.0,
+        1.0,
+        DType::F32,
+        &dev,
+    )
+    .unwrap();
+    let c = model.condition(&[10.0, 900.0], &[0, 2]).unwrap();
+    for b in &model.blocks {
+        assert_eq!(max_abs(&b.forward(&x, &c).unwrap(), &x), 0.0);
+    }
+}
+
 #[test]
 fn adaln_zero_makes_every_block_the_identity_and_the_output_zero_at_init() {
     let dev = Device::Cpu;
@@ -198,19 +216,7 @@ fn adaln_zero_makes_every_block_the_identity_and_the_output_zero_at_init() {
         let cfg = tiny(kernel, 1, 2);
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let (model, _) = build_diffussm(&cfg, DType::F32, &dev, &mut rng).unwrap();
-        let x = normal(
-            &mut rng,
-            (2, cfg.stream_len(), 8),
-            0.0,
-            1.0,
-            DType::F32,
-            &dev,
-        )
-        .unwrap();
-        let c = model.condition(&[10.0, 900.0], &[0, 3]).unwrap();
-        for b in &model.blocks {
-            assert_eq!(max_abs(&b.forward(&x, &c).unwrap(), &x), 0.0);
-        }
+        assert_blocks_are_identity(&model, &mut rng);
         let img = normal(&mut rng, (2, 2, 4, 6), 0.0, 1.0, DType::F32, &dev).unwrap();
         let out = model.forward(&img, &[10.0, 900.0], &[1, 2]).unwrap();
         assert_eq!(out.dims(), img.dims());

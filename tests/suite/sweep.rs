@@ -80,91 +80,52 @@ fn random_ranges_are_seeded_in_bounds_and_typed() {
     SweepFile::new("r", s).unwrap();
 }
 
+/// A result's error message (Ok: none), for the table of bad inputs.
+trait Msg {
+    fn msg(self) -> Result<(), String>;
+}
+
+impl<T> Msg for Result<T, ssmlab::sweep::SweepError> {
+    fn msg(self) -> Result<(), String> {
+        self.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
 #[test]
 fn bad_sweeps_are_one_line_errors_naming_the_key() {
     let cases: Vec<(Result<(), String>, &str)> = vec![
+        (parse_grid("optim.lr").msg(), "expected KEY=V1,V2"),
+        (parse_grid("optim.lr=1e-3,,2").msg(), "non-empty values"),
+        (parse_grid("optim.lr=1,1").msg(), "given twice"),
+        (parse_range("optim.lr=1:0").msg(), "LO must be below HI"),
+        (parse_range("optim.lr=0:1:log").msg(), "LO > 0"),
+        (parse_range("optim.lr=a:b").msg(), "expected KEY=LO:HI"),
         (
-            parse_grid("optim.lr")
-                .map(|_| ())
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            "expected KEY=V1,V2",
-        ),
-        (
-            parse_grid("optim.lr=1e-3,,2")
-                .map(|_| ())
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            "non-empty values",
-        ),
-        (
-            parse_grid("optim.lr=1,1")
-                .map(|_| ())
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            "given twice",
-        ),
-        (
-            parse_range("optim.lr=1:0")
-                .map(|_| ())
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            "LO must be below HI",
-        ),
-        (
-            parse_range("optim.lr=0:1:log")
-                .map(|_| ())
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            "LO > 0",
-        ),
-        (
-            parse_range("optim.lr=a:b")
-                .map(|_| ())
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            "expected KEY=LO:HI",
-        ),
-        (
-            SweepFile::new("b", spec(&["optim.lrx=1e-3"], 0, &[]))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            SweepFile::new("b", spec(&["optim.lrx=1e-3"], 0, &[])).msg(),
             "optim.lrx: no such key",
         ),
         (
-            SweepFile::new("b", spec(&["optim.lr=fast"], 0, &[]))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            SweepFile::new("b", spec(&["optim.lr=fast"], 0, &[])).msg(),
             "expected float",
         ),
         (
-            SweepFile::new("b", spec(&["model.num_hidden_layers=1.5"], 0, &[]))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            SweepFile::new("b", spec(&["model.num_hidden_layers=1.5"], 0, &[])).msg(),
             "expected integer",
         ),
         (
-            SweepFile::new("b", spec(&["optim.lr=1e-3", "optim.lr=2e-3"], 0, &[]))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            SweepFile::new("b", spec(&["optim.lr=1e-3", "optim.lr=2e-3"], 0, &[])).msg(),
             "swept twice",
         ),
         (
-            SweepFile::new("b", spec(&["run.name=x,y"], 0, &[]))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            SweepFile::new("b", spec(&["run.name=x,y"], 0, &[])).msg(),
             "run.name cannot be swept",
         ),
         (
-            SweepFile::new("b", spec(&[], 3, &[]))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            SweepFile::new("b", spec(&[], 3, &[])).msg(),
             "--random needs",
         ),
         (
-            SweepFile::new("../b", spec(&["optim.lr=1e-3"], 0, &[]))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            SweepFile::new("../b", spec(&["optim.lr=1e-3"], 0, &[])).msg(),
             "refused",
         ),
         (
@@ -176,8 +137,7 @@ fn bad_sweeps_are_one_line_errors_naming_the_key() {
                     &["optim.beta1=0.8:0.9"],
                 ),
             )
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .msg(),
             "more than 256",
         ),
     ];
