@@ -158,7 +158,7 @@ pub fn bench_tui_frame(
     let mut ts: Vec<f64> = (0..reps + 1)
         .map(|_| {
             if cold {
-                app.series_cache.clear();
+                app.curves.series.clear();
             }
             // as the event loop does: compute what changed, then draw
             let t0 = Instant::now();

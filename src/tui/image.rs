@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc;
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -499,30 +498,4 @@ pub fn handle(job: ImageJob) -> ImageEvent {
             ImageEvent::Encoded(key, r)
         }
     }
-}
-
-/// Starts the image worker; `send` returns false when the receiver is gone (the worker ends).
-/// Of several queued encode jobs only the newest is done (the pane size changed meanwhile).
-pub fn spawn_image_worker(
-    send: impl Fn(ImageEvent) -> bool + Send + 'static,
-) -> mpsc::Sender<ImageJob> {
-    let (tx, rx) = mpsc::channel::<ImageJob>();
-    super::worker::spawn("image", move || {
-        while let Ok(first) = rx.recv() {
-            let mut jobs = vec![first];
-            jobs.extend(rx.try_iter());
-            let last_encode = jobs
-                .iter()
-                .rposition(|j| matches!(j, ImageJob::Encode { .. }));
-            for (i, job) in jobs.into_iter().enumerate() {
-                if matches!(job, ImageJob::Encode { .. }) && Some(i) != last_encode {
-                    continue;
-                }
-                if !send(handle(job)) {
-                    return;
-                }
-            }
-        }
-    });
-    tx
 }

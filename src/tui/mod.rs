@@ -1,11 +1,14 @@
-//! The lab TUI (ratatui + crossterm). The UI thread only draws and handles input: scanning run
-//! directories and tailing metrics happen on a worker thread that sends snapshots through a
-//! channel. Frames are redrawn on change, at most ~20 per second, inside synchronized updates.
+//! The lab TUI (ratatui + crossterm). The UI thread only draws and handles input: the app
+//! (`app`) routes keys to the panes (`pane`, one per view in `views/`), and everything slow
+//! (scanning run directories, loading models, kernels, images, series) runs on the workers
+//! (`worker`), whose messages come back through the event loop's one channel. Frames are
+//! redrawn on change, at most ~20 per second, inside synchronized updates.
 
 pub mod app;
 pub mod chart;
 pub mod image;
 pub mod keymap;
+pub mod pane;
 pub mod settings;
 pub mod theme;
 pub mod views;
@@ -21,10 +24,9 @@ use crossterm::event::{self, Event, KeyEventKind};
 use crossterm::execute;
 use crossterm::terminal::{BeginSynchronizedUpdate, EndSynchronizedUpdate};
 
-use self::image::{ImageEvent, ImageOutput, Protocol, ProtocolChoice};
-use self::views::samples::{SampleEvent, SamplerFn};
+use self::image::{ImageOutput, Protocol, ProtocolChoice};
+use self::worker::SamplerFn;
 
-use crate::runs::index::{RunSummary, RunsIndex};
 use app::{App, Effect};
 use keymap::Keymap;
 use theme::Theme;
@@ -37,144 +39,10 @@ pub struct TuiOptions {
     pub ascii: bool,
 }
 
+/// What the event loop waits for: input, or a worker's message.
 enum Msg {
     Input(Event),
-    Runs(Vec<RunSummary>),
-    Probe(usize, Result<crate::probe::ProbeOutput, String>),
-    Kernels(app::KernelsMsg),
-    Image(ImageEvent),
-    Sample(SampleEvent),
-    Compare(views::compare::CompareMsg),
-}
-
-/// Times training steps of the Compare view's two models, one point per message; a newer job
-/// abandons the current one after the point in progress.
-fn spawn_compare_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::CompareJob> {
-    use views::compare::CompareMsg;
-    let (jtx, jrx) = mpsc::channel::<app::CompareJob>();
-    worker::spawn("compare", move || {
-        let mut next: Option<app::CompareJob> = None;
-        loop {
-            let job = match next.take() {
-                Some(j) => j,
-                None => match jrx.recv() {
-                    Ok(j) => j,
-                    Err(_) => return,
-                },
-            };
-            let g = job.generation;
-            let res = worker::guard("compare", || {
-                crate::compare::scaling_of_runs(
-                    &job.runs,
-                    &crate::compare::LENGTHS,
-                    crate::compare::TOKENS,
-                    1,
-                    |p| {
-                        if let Ok(j) = jrx.try_recv() {
-                            next = Some(j);
-                            return false;
-                        }
-                        tx.send(Msg::Compare(CompareMsg::Point(g, p.clone())))
-                            .is_ok()
-                    },
-                )
-                .map_err(|e| format!("scaling: {e}"))
-            });
-            let m = match res {
-                Ok(_) => CompareMsg::Done(g),
-                Err(e) => CompareMsg::Failed(g, e),
-            };
-            if tx.send(Msg::Compare(m)).is_err() {
-                return;
-            }
-        }
-    });
-    jtx
-}
-
-/// Computes the kernels of a model path's history (its checkpoints and `kernels.jsonl` records)
-/// off the UI thread, one message per entry (ascending by step). Results are cached by weights
-/// file and modification time (records: by file, step and time); a newer job abandons the
-/// current one between entries.
-fn spawn_kernels_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::KernelsJob> {
-    use crate::kernels::ModelKernels;
-    use std::collections::HashMap;
-    let (jtx, jrx) = mpsc::channel::<app::KernelsJob>();
-    worker::spawn("kernels", move || {
-        let mut cache: HashMap<String, ModelKernels> = HashMap::new();
-        let mut next: Option<app::KernelsJob> = None;
-        loop {
-            let mut job = match next.take() {
-                Some(j) => j,
-                None => match jrx.recv() {
-                    Ok(j) => j,
-                    Err(_) => return,
-                },
-            };
-            while let Ok(j) = jrx.try_recv() {
-                job = j;
-            }
-            let generation = job.generation;
-            let send = |m: app::KernelsMsg| tx.send(Msg::Kernels(m)).is_ok();
-            let entries = worker::guard("kernels", || {
-                crate::kernels::snapshots(&job.model).map_err(|e| e.to_string())
-            });
-            let entries = match entries {
-                Ok(f) => f,
-                Err(error) => {
-                    if !send(app::KernelsMsg::Failed { generation, error }) {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if !send(app::KernelsMsg::Started {
-                generation,
-                total: entries.len(),
-            }) {
-                return;
-            }
-            let mut failed = false;
-            for e in &entries {
-                if let Ok(j) = jrx.try_recv() {
-                    next = Some(j);
-                    break;
-                }
-                let key = e.cache_key();
-                let mk = match cache.get(&key) {
-                    Some(mk) => mk.clone(),
-                    None => match worker::guard("kernels", || {
-                        crate::kernels::load_snapshot(e).map_err(|e| e.to_string())
-                    }) {
-                        Ok(mk) => {
-                            if cache.len() > 4 * crate::kernels::MAX_HISTORY {
-                                cache.clear();
-                            }
-                            cache.insert(key, mk.clone());
-                            mk
-                        }
-                        Err(error) => {
-                            failed = true;
-                            if !send(app::KernelsMsg::Failed { generation, error }) {
-                                return;
-                            }
-                            break;
-                        }
-                    },
-                };
-                if !send(app::KernelsMsg::Loaded {
-                    generation,
-                    kernels: Box::new(mk),
-                }) {
-                    return;
-                }
-            }
-            if next.is_none() && !failed && !send(app::KernelsMsg::Done { generation }) {
-                return;
-            }
-        }
-    });
-    jtx
+    Worker(worker::WorkerMsg),
 }
 
 /// The sampler behind "sample now" in the samples view (runs on the sampler worker).
@@ -198,40 +66,6 @@ pub fn image_choice(setting: Option<&str>) -> (ProtocolChoice, Option<String>) {
             Some(format!("{origin}: {e}; using auto")),
         ),
     }
-}
-
-/// Loads models and runs fill-mask off the UI thread. A model is kept loaded until its weights
-/// file changes (a running run's latest checkpoint is picked up when a new one appears; probing
-/// only reads files, so it never disturbs the run).
-fn spawn_probe_worker(tx: mpsc::Sender<Msg>) -> mpsc::Sender<app::ProbeJob> {
-    let (jtx, jrx) = mpsc::channel::<app::ProbeJob>();
-    worker::spawn("probe", move || {
-        let mut cache: Vec<(PathBuf, crate::probe::ProbeModel)> = Vec::new();
-        while let Ok(job) = jrx.recv() {
-            let res = worker::guard("probe", || -> Result<crate::probe::ProbeOutput, String> {
-                let files = crate::probe::resolve(&job.model).map_err(|e| e.to_string())?;
-                let pos = cache.iter().position(|(w, _)| *w == files.weights);
-                let pm = match pos {
-                    Some(i) => &cache[i].1,
-                    None => {
-                        let pm = crate::probe::ProbeModel::open_on_cpu(&job.model)
-                            .map_err(|e| e.to_string())?;
-                        if cache.len() == 4 {
-                            cache.remove(0);
-                        }
-                        cache.push((files.weights.clone(), pm));
-                        &cache[cache.len() - 1].1
-                    }
-                };
-                pm.fill_mask(&job.text, 10, &[], true)
-                    .map_err(|e| e.to_string())
-            });
-            if tx.send(Msg::Probe(job.slot, res)).is_err() {
-                return;
-            }
-        }
-    });
-    jtx
 }
 
 /// Builds the app state from options and the user's settings (problems become notices).
@@ -274,47 +108,6 @@ pub fn build_app(opts: &TuiOptions) -> App {
     }
     app.notices = notices;
     app
-}
-
-/// Scans the runs folder twice a second and sends a snapshot when something changed.
-fn spawn_worker(dir: PathBuf, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
-    worker::spawn("runs", move || {
-        let mut index = RunsIndex::new();
-        let mut last_sig = String::new();
-        while !stop.load(Ordering::Relaxed) {
-            let Ok(runs) = worker::guard("runs", || {
-                let mut runs = index.scan(&dir);
-                crate::sweep::label_runs(&dir, &mut runs);
-                Ok(runs)
-            }) else {
-                // The status line names the panic; start over with an empty cache.
-                index = RunsIndex::new();
-                std::thread::sleep(Duration::from_millis(2000));
-                continue;
-            };
-            let sig: String = runs
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{}:{}:{}:{}:{:?}:{:?};",
-                        r.id,
-                        r.metrics.len(),
-                        r.state_label(),
-                        r.checkpoints.len(),
-                        r.status.as_ref().map(|s| s.heartbeat as u64),
-                        r.sweep
-                    )
-                })
-                .collect();
-            if sig != last_sig {
-                last_sig = sig;
-                if tx.send(Msg::Runs(runs)).is_err() {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    });
 }
 
 /// Lets the UI thread take the terminal's input for itself (the full-screen image view reads
@@ -392,18 +185,12 @@ fn event_loop(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel();
-    spawn_worker(app.runs_dir.clone(), tx.clone(), stop.clone());
-    app.probe_tx = Some(spawn_probe_worker(tx.clone()));
-    app.kernels_tx = Some(spawn_kernels_worker(tx.clone()));
-    app.compare_tx = Some(spawn_compare_worker(tx.clone()));
-    app.image_tx = Some(image::spawn_image_worker({
-        let tx = tx.clone();
-        move |e| tx.send(Msg::Image(e)).is_ok()
-    }));
-    app.sample_tx = Some(views::samples::spawn_sample_worker(sampler(), {
-        let tx = tx.clone();
-        move |e| tx.send(Msg::Sample(e)).is_ok()
-    }));
+    app.workers = worker::Workers::start(
+        app.runs_dir.clone(),
+        worker::report_to(tx.clone(), Msg::Worker),
+        stop.clone(),
+        sampler(),
+    );
     let gate = Arc::new(InputGate::default());
     spawn_input(tx, stop.clone(), gate.clone());
     let frame_gap = Duration::from_millis(50);
@@ -441,28 +228,8 @@ fn event_loop(
             Duration::from_millis(250)
         };
         match rx.recv_timeout(wait) {
-            Ok(Msg::Runs(runs)) => {
-                app.set_runs(runs);
-                dirty = true;
-            }
-            Ok(Msg::Probe(slot, res)) => {
-                app.on_probe_result(slot, res);
-                dirty = true;
-            }
-            Ok(Msg::Kernels(m)) => {
-                app.on_kernels_msg(m);
-                dirty = true;
-            }
-            Ok(Msg::Image(e)) => {
-                app.on_image_event(e);
-                dirty = true;
-            }
-            Ok(Msg::Sample(e)) => {
-                app.on_sample_event(e);
-                dirty = true;
-            }
-            Ok(Msg::Compare(m)) => {
-                app.on_compare_msg(m);
+            Ok(Msg::Worker(m)) => {
+                app.on_msg(m);
                 dirty = true;
             }
             Ok(Msg::Input(Event::Key(k))) if k.kind != KeyEventKind::Release => {

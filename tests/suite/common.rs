@@ -183,10 +183,22 @@ pub fn diffusion_init_run_with(
 /// One frame of the whole TUI at `w`×`h` in a headless buffer: the text (lines trimmed at the
 /// right) and the buffer (for styles).
 pub fn render_frame(
-    app: &ssmlab::tui::app::App,
+    app: &mut ssmlab::tui::app::App,
     w: u16,
     h: u16,
 ) -> (String, ratatui::buffer::Buffer) {
+    // as the event loop does: the terminal's size, then what the frame needs, then drawing
+    app.set_viewport(ratatui::layout::Rect::new(0, 0, w, h));
+    app.prepare_frame();
+    draw_frame(app, w, h)
+}
+
+/// The text of a frame drawn without preparing it first (what drawing alone shows).
+pub fn render_unprepared(app: &ssmlab::tui::app::App, w: u16, h: u16) -> String {
+    draw_frame(app, w, h).0
+}
+
+fn draw_frame(app: &ssmlab::tui::app::App, w: u16, h: u16) -> (String, ratatui::buffer::Buffer) {
     let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(w, h)).unwrap();
     term.draw(|f| ssmlab::tui::views::draw(f, app)).unwrap();
     let buf = term.backend().buffer().clone();

@@ -223,7 +223,7 @@ fn write_pair(dir: &Path) {
     }
 }
 
-fn render(app: &App, w: u16, h: u16) -> String {
+fn render(app: &mut App, w: u16, h: u16) -> String {
     crate::common::render_frame(app, w, h).0
 }
 
@@ -241,7 +241,7 @@ fn compare_view_shows_the_table_overlay_and_scaling() {
     assert!((row.eval_acc.unwrap() - 0.19).abs() < 1e-7);
     let mut app = crate::common::app_over(runs);
     app.view = View::Compare;
-    let s = render(&app, 80, 24);
+    let s = render(&mut app, 80, 24);
     assert!(s.contains("press t"), "{s}");
     // `t` with no worker says so; then a finished measurement as the worker leaves it
     app.on_key(crossterm::event::KeyEvent::from(
@@ -275,7 +275,7 @@ fn compare_view_shows_the_table_overlay_and_scaling() {
         }
     }
     for (w, h) in [(80, 24), (160, 48)] {
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         for want in [
             "bigs-tiny",
             "bert-tiny",
@@ -290,10 +290,10 @@ fn compare_view_shows_the_table_overlay_and_scaling() {
     app.on_key(crossterm::event::KeyEvent::from(
         crossterm::event::KeyCode::Char('x'),
     ));
-    assert!(render(&app, 160, 48).contains("eval loss vs wall time"));
+    assert!(render(&mut app, 160, 48).contains("eval loss vs wall time"));
     // marking one run compares only the marked ones
     app.marked.insert("bert-tiny".into());
-    let s = render(&app, 160, 48);
+    let s = render(&mut app, 160, 48);
     assert!(
         s.contains("bert-tiny") && !s.lines().nth(3).unwrap().contains("bigs-tiny"),
         "{s}"

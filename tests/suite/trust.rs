@@ -121,18 +121,21 @@ fn the_frame_scrub_leaves_no_unsafe_cell() {
 
 #[test]
 fn a_panic_in_a_worker_is_the_jobs_error_and_the_worker_goes_on() {
-    use ssmlab::tui::views::samples::{SampleEvent, SampleRequest, spawn_sample_worker};
+    use ssmlab::tui::worker::{SampleEvent, SampleRequest, WorkerMsg, report_to, spawn_sample};
     use std::time::Duration;
     ssmlab::tui::worker::install_panic_hook();
     let (etx, erx) = std::sync::mpsc::channel();
-    let tx = spawn_sample_worker(
+    let tx = spawn_sample(
         Box::new(|req: SampleRequest, _: &dyn Fn(f64)| {
             let v: Vec<u32> = Vec::new();
             // A bug on one request: an index out of bounds.
             let i = req.class.unwrap_or(0) as usize;
             Ok(PathBuf::from(format!("{}", if i == 3 { v[i] } else { 0 })))
         }),
-        move |e| etx.send(e).is_ok(),
+        report_to(etx, |m| match m {
+            WorkerMsg::Sample(e) => e,
+            _ => unreachable!("only the sampler reports here"),
+        }),
     );
     let req = |class| SampleRequest {
         run: PathBuf::from("r"),

@@ -15,6 +15,7 @@ use ssmlab::tui::app::{App, Popup, View};
 use ssmlab::tui::chart::{ema_debiased, log_ticks, minmax_downsample};
 use ssmlab::tui::keymap::Keymap;
 use ssmlab::tui::theme::Theme;
+use ssmlab::tui::worker::WorkerMsg;
 
 fn write_run(dir: &Path, id: &str, state: RunState, steps: u64, total: u64, corrupt: bool) {
     let run = RunDir::create(dir, id).unwrap();
@@ -98,7 +99,7 @@ fn fixture_app() -> (tempfile::TempDir, App) {
     (tmp, app)
 }
 
-fn render(app: &App, w: u16, h: u16) -> String {
+fn render(app: &mut App, w: u16, h: u16) -> String {
     crate::common::render_frame(app, w, h).0
 }
 
@@ -122,7 +123,7 @@ fn views_render_at_both_sizes() {
     for (w, h) in [(80u16, 24u16), (160, 48)] {
         app.view = View::Runs;
         app.selected = 0;
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(s.contains("tiny-running") && s.contains("running"), "{s}");
         assert!(s.contains("finished") && s.contains("diverged") && s.contains("stopped"));
         if h >= 48 {
@@ -131,14 +132,14 @@ fn views_render_at_both_sizes() {
         insta::assert_snapshot!(format!("runs_{w}x{h}"), s);
 
         app.selected = 2; // the diverged run: its message is shown
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(s.contains("diverged"));
         insta::assert_snapshot!(format!("runs_diverged_{w}x{h}"), s);
 
         app.view = View::Curves;
         app.marked = ["tiny-running".to_string(), "tiny-finished".to_string()].into();
         // Curves opens on the dashboard: a panel per metric for the marked runs.
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         for panel in [
             "train loss",
             "eval loss",
@@ -159,12 +160,12 @@ fn views_render_at_both_sizes() {
         app.on_key(KeyEvent::new(KeyCode::Right, KeyModifiers::NONE));
         app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
         assert!(!app.curves.dashboard);
-        assert!(render(&app, w, h).contains("learning rate vs step"));
+        assert!(render(&mut app, w, h).contains("learning rate vs step"));
         app.on_key(key('D'));
         assert!(app.curves.dashboard);
         app.on_key(key('D'));
         app.curves.metric = ssmlab::tui::app::Metric::Loss;
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(
             s.contains("train loss vs step")
                 && s.chars().any(|c| ('\u{2801}'..='\u{28ff}').contains(&c)),
@@ -174,7 +175,7 @@ fn views_render_at_both_sizes() {
         app.curves.log_y = true;
         app.curves.cursor = Some(0.5);
         app.on_key(key('x'));
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(
             s.contains("log y") && s.contains("tokens") && s.contains("at tokens"),
             "{s}"
@@ -185,8 +186,8 @@ fn views_render_at_both_sizes() {
 
         // the selected run is a BiGS run: the samples view says what to do
         app.view = View::Samples;
-        app.sync_samples();
-        let s = render(&app, w, h);
+        app.sync();
+        let s = render(&mut app, w, h);
         assert!(
             s.contains("is a BiGS run") && s.contains("diffussm-fashion"),
             "{s}"
@@ -239,15 +240,15 @@ fn probe_view_renders_results_and_ab() {
     app.view = View::Probe;
     app.probe.prompt = "call me [MASK] .".into();
     app.on_key(key('i'));
-    let s = render(&app, 80, 24);
+    let s = render(&mut app, 80, 24);
     assert!(
         s.contains("INSERT") && s.contains("call me [MASK] ."),
         "{s}"
     );
     app.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
-    app.on_probe_result(0, Ok(fake_output(0.0)));
+    app.on_msg(WorkerMsg::Probe(0, Ok(fake_output(0.0))));
     for (w, h) in [(80u16, 24u16), (160, 48)] {
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(
             s.contains("ishmael")
                 && s.contains("31.00%")
@@ -257,15 +258,15 @@ fn probe_view_renders_results_and_ab() {
         insta::assert_snapshot!(format!("probe_{w}x{h}"), s);
     }
     app.probe.b.model = Some(PathBuf::from("checkpoints/bigs-tiny"));
-    app.on_probe_result(1, Ok(fake_output(0.1)));
-    let s = render(&app, 160, 48);
+    app.on_msg(WorkerMsg::Probe(1, Ok(fake_output(0.1))));
+    let s = render(&mut app, 160, 48);
     assert!(
         s.contains(" B: checkpoints/bigs-tiny") && s.contains("Δ+10.0") && s.contains("Δ-10.0"),
         "{s}"
     );
     insta::assert_snapshot!("probe_ab_160x48", s);
     // without a worker, running a prompt says so instead of hanging
-    app.run_probe();
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
     assert!(matches!(&app.probe.a.result, Some(Err(e)) if e.contains("not running")));
     assert_eq!(app.probe.history, vec!["call me [MASK] ."]);
 }
@@ -274,12 +275,12 @@ fn probe_view_renders_results_and_ab() {
 fn popups_render() {
     let (_tmp, mut app) = fixture_app();
     app.popup = Some(Popup::Help);
-    let s = render(&app, 80, 24);
+    let s = render(&mut app, 80, 24);
     assert!(s.contains("help") && s.contains("quit"));
     insta::assert_snapshot!("help_80x24", s);
     app.popup = None;
     app.on_key(key('n'));
-    let s = render(&app, 80, 24);
+    let s = render(&mut app, 80, 24);
     assert!(
         s.contains("New run") && s.contains("bigs-tiny") && s.contains("valid"),
         "{s}"
@@ -290,22 +291,22 @@ fn popups_render() {
         app.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
     }
     app.on_key(key('x'));
-    let s = render(&app, 80, 24);
+    let s = render(&mut app, 80, 24);
     assert!(s.contains("learning rate") && s.contains("optim.lr"), "{s}");
     app.popup = None;
     app.marked = ["tiny-high-lr".to_string(), "tiny-finished".to_string()].into();
     app.on_key(key('d'));
-    let s = render(&app, 160, 48);
+    let s = render(&mut app, 160, 48);
     assert!(s.contains("optim.lr") && s.contains("train.steps"), "{s}");
     insta::assert_snapshot!("diff_160x48", s);
     app.popup = None;
     app.selected = 3; // running
     app.on_key(key('s'));
-    let s = render(&app, 80, 24);
+    let s = render(&mut app, 80, 24);
     assert!(s.contains("Stop run tiny-running?"), "{s}");
     insta::assert_snapshot!("confirm_80x24", s);
     app.on_key(key('y'));
-    let s = render(&app, 40, 10);
+    let s = render(&mut app, 40, 10);
     assert!(s.contains("too small"), "{s}");
 }
 
@@ -448,11 +449,13 @@ fn kernels_evolution_of_the_shipped_runs() {
             .collect();
         assert!(!data.last().unwrap().history, "the last is the checkpoint");
         let mut app = crate::common::app_over(RunsIndex::new().scan(run.parent().unwrap()));
+        // the view follows the selected run: select the one whose kernels are set
+        app.selected = app.runs.iter().position(|r| r.path == run).unwrap();
         app.kernels.set(run.clone(), data);
         app.kernels.sel.view = ssmlab::kernels::figure::SubView::Evolution;
         app.view = View::Kernels;
         for (w, h) in [(80u16, 24u16), (200, 60)] {
-            let s = render(&app, w, h);
+            let s = render(&mut app, w, h);
             assert!(
                 s.contains("over training")
                     && s.contains(&format!("history {}/{}", steps.len(), steps.len())),
@@ -480,7 +483,7 @@ fn kernels_views_render_at_both_sizes() {
         app.kernels.sel = Default::default();
         app.kernels.sel.checkpoint = 1;
         for (i, needle) in needles.iter().enumerate() {
-            let s = render(&app, w, h);
+            let s = render(&mut app, w, h);
             assert!(s.contains(needle), "{needle}:\n{s}");
             assert!(
                 s.contains("step-2500") && s.contains("checkpoint 2/2"),
@@ -500,7 +503,7 @@ fn kernels_views_render_at_both_sizes() {
     app.on_key(key('d')); // forward only
     app.on_key(key('L'));
     app.on_key(key('{'));
-    let s = render(&app, 160, 48);
+    let s = render(&mut app, 160, 48);
     assert!(
         s.contains("layer 2 of 0–3")
             && s.contains("step-0")
@@ -529,8 +532,8 @@ fn kernels_views_render_at_both_sizes() {
     );
     // without a worker, a new selection says so instead of hanging
     app.kernels.model = None;
-    app.sync_kernels();
-    let s = render(&app, 80, 24);
+    app.sync();
+    let s = render(&mut app, 80, 24);
     assert!(s.contains("the kernels worker is not running"), "{s}");
 }
 
@@ -583,7 +586,7 @@ fn kernels_receptive_field_renders_at_both_sizes() {
     app.on_key(key('h'));
     assert_eq!(app.kernels.sel.pixel, Some((6, 9)));
     for (w, h) in [(80u16, 24u16), (160, 48)] {
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(
             s.contains("DiffuSSM step-0 · receptive field · layer 1 of 0–1 · channel 11/16"),
             "{s}"
@@ -646,7 +649,7 @@ fn kernels_receptive_field_of_large_grids_uses_half_blocks_and_a_window() {
         app.view = View::Kernels;
         app.kernels.sel.view = SubView::ReceptiveField;
         app.kernels.sel.pixel = Some((3, side - 2));
-        let s = render(&app, 80, 24);
+        let s = render(&mut app, 80, 24);
         assert!(
             s.contains(&format!("pixel (3, {}) of {side}×{side}", side - 2)),
             "{s}"
@@ -680,7 +683,7 @@ fn kernels_receptive_field_is_not_offered_for_bigs() {
     );
     // a selection left on the receptive field falls back to the lag view
     app.kernels.sel.view = SubView::ReceptiveField;
-    let s = render(&app, 80, 24);
+    let s = render(&mut app, 80, 24);
     assert!(s.contains("kernel vs lag"), "{s}");
 }
 
@@ -696,7 +699,7 @@ fn kernels_export_writes_the_picture_into_the_run_dir() {
     assert_eq!(msg, format!("exported {}", want.display()));
     let img = image::open(&want).unwrap();
     assert!(img.width() > 500 && img.height() > 300);
-    let s = render(&app, 160, 48);
+    let s = render(&mut app, 160, 48);
     assert!(
         s.contains("exported ") && s.contains("kernels-heatmap"),
         "{s}"
@@ -1024,7 +1027,7 @@ fn latest_is_the_last_logged_value_at_any_width() {
         for smoothing in [0.0, 0.6, 0.95] {
             app.curves.smoothing = smoothing;
             for w in (60..=200).step_by(7) {
-                let s = render(&app, w, 30);
+                let s = render(&mut app, w, 30);
                 let line = s.lines().find(|l| l.contains("latest:")).unwrap();
                 assert!(
                     line.contains(&format!("bigs-mobydick {} (smoothed ", fmt_value(want))),
@@ -1050,12 +1053,12 @@ fn accuracy_chart_draws_the_baseline_and_the_cursor_snaps_to_logged_steps() {
         .collect();
     for (w, h) in [(80u16, 24u16), (200, 60)] {
         app.curves.cursor = None;
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(s.contains("baseline (most frequent)"), "{s}");
         assert!(s.contains("latest: bigs-mobydick 0.27098"), "{s}");
         insta::assert_snapshot!(format!("curves_accuracy_{w}x{h}"), s);
         app.curves.cursor = Some(0.37);
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         let line = s.lines().find(|l| l.contains(" at step ")).unwrap();
         let step: u64 = line
             .split(" at step ")

@@ -19,7 +19,7 @@ use ssmlab::runs::{RunDir, RunState, Status, unix_now};
 use ssmlab::train::presets::preset;
 use ssmlab::tui::app::{App, Effect, View};
 use ssmlab::tui::image::{HalfBlocks, Picture, Protocol, fit, resample};
-use ssmlab::tui::views::samples::{SampleEvent, SampleRequest, spawn_sample_worker};
+use ssmlab::tui::worker::{SampleEvent, SampleRequest, WorkerMsg, report_to, spawn_sample};
 
 const ROWS: usize = 4;
 const COLS: usize = 4;
@@ -148,7 +148,7 @@ fn fixture_app(runs: &Path) -> App {
     crate::common::app_over(rs)
 }
 
-fn render(app: &App, w: u16, h: u16) -> (String, Buffer) {
+fn render(app: &mut App, w: u16, h: u16) -> (String, Buffer) {
     crate::common::render_frame(app, w, h)
 }
 
@@ -168,7 +168,7 @@ fn samples_under_no_color_are_grey_shades() {
     app.theme = app.theme.clone().without_color();
     app.on_key(key('4'));
     for (w, h) in [(80u16, 24u16), (200, 60)] {
-        let (s, buf) = render(&app, w, h);
+        let (s, buf) = render(&mut app, w, h);
         assert!(!s.contains('▀'), "{s}");
         assert!(s.chars().any(|c| "░▒▓█".contains(c)), "{s}");
         assert!(
@@ -192,7 +192,7 @@ fn samples_view_snapshots() {
     assert_eq!(app.samples.sets.len(), 2);
     assert_eq!(app.samples.current().unwrap().meta.step, 200);
     for (w, h) in [(80u16, 24u16), (120, 40)] {
-        let (s, _) = render(&app, w, h);
+        let (s, _) = render(&mut app, w, h);
         assert!(
             s.contains("diff-fashion · step 200")
                 && s.contains("seed 1234")
@@ -222,7 +222,7 @@ fn samples_view_snapshots() {
         app.on_key(key(','));
     }
     assert_eq!(app.samples.current_image().unwrap().1, Some(999));
-    let (s, _) = render(&app, 120, 40);
+    let (s, _) = render(&mut app, 120, 40);
     assert!(s.contains("traj-0999.png") && s.contains("step 100"), "{s}");
     insta::assert_snapshot!("samples_view_traj_120x40", s);
     // the trajectory position is kept across steps
@@ -246,7 +246,7 @@ fn samples_view_snapshots() {
     app.on_key(key('g'));
     app.on_key(key('g'));
     assert_eq!(app.samples.effective_guidance(), 1.5);
-    let (s, _) = render(&app, 80, 24);
+    let (s, _) = render(&mut app, 80, 24);
     assert!(
         s.contains("class Trouser") && s.contains("guidance 1.5"),
         "{s}"
@@ -267,22 +267,22 @@ fn samples_view_snapshots() {
     app.set_viewport(ratatui::layout::Rect::new(0, 0, 120, 40));
     for proto in [Protocol::Kitty, Protocol::Sixel, Protocol::Iterm2] {
         app.samples.output.forced = Some(proto);
-        render(&app, 120, 40);
+        render(&mut app, 120, 40);
         app.after_draw();
         let (k, r) = app.samples.encoded.as_ref().expect("encoded");
         assert_eq!(k.protocol, proto);
         let size = r.as_ref().expect("encodes").size();
         // the pane as drawing lays it out at the terminal's size (nothing stored by drawing)
-        let pane = ssmlab::tui::views::samples::image_rect(&app, app.body_area()).unwrap();
+        let pane = ssmlab::tui::views::samples::image_rect(&app.samples, app.body_area()).unwrap();
         assert!(pane.width > 40 && pane.height > 20, "{pane:?}");
         assert!(size.width <= pane.width && size.height <= pane.height && size.width > 0);
-        let (s, _) = render(&app, 120, 40);
+        let (s, _) = render(&mut app, 120, 40);
         assert!(s.contains(proto.name()), "{s}");
     }
     app.samples.output.forced = None;
     // the help lists every samples key, in two columns when they do not fit one
     app.on_key(key('?'));
-    let (s, _) = render(&app, 80, 24);
+    let (s, _) = render(&mut app, 80, 24);
     assert!(
         s.contains("full screen")
             && s.contains("sample-now guidance +0.5")
@@ -318,20 +318,20 @@ fn samples_view_says_what_to_do_without_samples() {
     .unwrap();
     let mut app = fixture_app(tmp.path());
     app.on_key(key('4'));
-    let (s, _) = render(&app, 80, 24);
+    let (s, _) = render(&mut app, 80, 24);
     assert!(
         s.contains("bigs-run is a BiGS run")
             && s.contains("ssmlab train --preset diffussm-fashion"),
         "{s}"
     );
     app.on_key(code(KeyCode::Enter));
-    let (s, _) = render(&app, 80, 24);
+    let (s, _) = render(&mut app, 80, 24);
     assert!(s.contains("sampling needs a"), "{s}");
     // no runs at all
     let empty = tempfile::tempdir().unwrap();
     let mut app = fixture_app(empty.path());
     app.on_key(key('4'));
-    let (s, _) = render(&app, 80, 24);
+    let (s, _) = render(&mut app, 80, 24);
     assert!(
         s.contains("No runs under") && s.contains("diffussm-fashion"),
         "{s}"
@@ -353,7 +353,7 @@ fn sample_now_goes_through_the_worker_and_selects_the_new_folder() {
     let (etx, erx) = std::sync::mpsc::channel();
     let (seen_tx, seen_rx) = std::sync::mpsc::channel::<SampleRequest>();
     let seen_tx = std::sync::Mutex::new(seen_tx);
-    app.sample_tx = Some(spawn_sample_worker(
+    app.workers.sample = Some(spawn_sample(
         Box::new(move |req: SampleRequest, progress: &dyn Fn(f64)| {
             seen_tx.lock().unwrap().send(req.clone()).unwrap();
             progress(0.5);
@@ -367,7 +367,10 @@ fn sample_now_goes_through_the_worker_and_selects_the_new_folder() {
                 req.class,
             ))
         }),
-        move |e| etx.send(e).is_ok(),
+        report_to(etx, |m| match m {
+            WorkerMsg::Sample(e) => e,
+            _ => unreachable!("only the sampler reports here"),
+        }),
     ));
     app.on_key(key('C')); // class 0 = T-shirt/top
     app.on_key(code(KeyCode::Enter));
@@ -387,15 +390,15 @@ fn sample_now_goes_through_the_worker_and_selects_the_new_folder() {
     );
     let ev = erx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(ev, SampleEvent::Progress(0.5));
-    app.on_sample_event(ev);
-    let (s, _) = render(&app, 80, 24);
+    app.on_msg(WorkerMsg::Sample(ev));
+    let (s, _) = render(&mut app, 80, 24);
     assert!(s.contains("sampling  50%"), "{s}");
     let ev = erx.recv_timeout(Duration::from_secs(10)).unwrap();
-    app.on_sample_event(ev);
+    app.on_msg(WorkerMsg::Sample(ev));
     assert_eq!(app.samples.job, None);
     let cur = app.samples.current().unwrap();
     assert!(cur.manual && cur.path.ends_with("now-1700000000000"));
-    let (s, _) = render(&app, 80, 24);
+    let (s, _) = render(&mut app, 80, 24);
     assert!(
         s.contains("now @200") && s.contains("drawn now from step 200"),
         "{s}"
@@ -413,10 +416,10 @@ fn sample_now_goes_through_the_worker_and_selects_the_new_folder() {
     seen_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     for _ in 0..2 {
         let ev = erx.recv_timeout(Duration::from_secs(10)).unwrap();
-        app.on_sample_event(ev);
+        app.on_msg(WorkerMsg::Sample(ev));
     }
     assert_eq!(app.samples.job, None);
-    let (s, _) = render(&app, 120, 40);
+    let (s, _) = render(&mut app, 120, 40);
     assert!(s.contains("no checkpoint step-200"), "{s}");
     // the real App's sampler (the DiffuSSM engine) says what is missing: this fixture run
     // has sample grids but no checkpoint
@@ -664,7 +667,7 @@ fn small_panes_page_through_legible_tiles() {
         .collect();
     let mut app = crate::common::app_over(runs);
     app.on_key(key('4'));
-    let (s, _) = render(&app, 80, 24);
+    let (s, _) = render(&mut app, 80, 24);
     assert!(s.contains("page 1/"), "{s}");
     assert!(
         s.contains("T-shirt/top") && !s.contains("Ankle boot"),
@@ -688,11 +691,11 @@ fn small_panes_page_through_legible_tiles() {
     assert!(cells_per_tile >= 14.0, "{cells_per_tile}");
     // PgDn pages on to the next tiles; PgUp from the first wraps to the last page
     app.on_key(code(KeyCode::PageDown));
-    let (s, _) = render(&app, 80, 24);
+    let (s, _) = render(&mut app, 80, 24);
     assert!(s.contains("page 2/") && !s.contains("T-shirt/top"), "{s}");
     app.on_key(code(KeyCode::PageUp));
     app.on_key(code(KeyCode::PageUp));
-    let (s, _) = render(&app, 80, 24);
+    let (s, _) = render(&mut app, 80, 24);
     let last = s
         .split("page ")
         .nth(1)
@@ -701,7 +704,7 @@ fn small_panes_page_through_legible_tiles() {
     let (a, b) = last.split_once('/').unwrap();
     assert_eq!(a, b, "{s}");
     // at 200×60 the whole grid fits: no pages
-    let (s, _) = render(&app, 200, 60);
+    let (s, _) = render(&mut app, 200, 60);
     assert!(!s.contains("page ") && s.contains("Ankle boot"), "{s}");
     assert_eq!(
         tile_window(2, 10, 28, 28, ratatui::layout::Rect::new(0, 0, 150, 40), 3),

@@ -12,7 +12,7 @@ use ssmlab::runs::{Metric, RunDir, RunState, Status, unix_now};
 use ssmlab::tui::app::{App, Popup, View};
 use ssmlab::tui::keymap::{Action, Keymap, Scope};
 
-use crate::common::{app_over, render_frame};
+use crate::common::{app_over, render_frame, render_unprepared};
 
 /// `n` runs `run-01` … with states, models and numbers that differ: every third a DiffuSSM run
 /// (CAS), the others BiGS (accuracy); run `k` has eval loss 6 − k/10.
@@ -112,7 +112,7 @@ fn press(app: &mut App, keys: &[&str]) {
     }
 }
 
-fn render(app: &App, w: u16, h: u16) -> String {
+fn render(app: &mut App, w: u16, h: u16) -> String {
     render_frame(app, w, h).0
 }
 
@@ -120,29 +120,29 @@ fn render(app: &App, w: u16, h: u16) -> String {
 fn thirty_runs_scroll_and_the_selection_stays_visible() {
     for (w, h) in [(80u16, 24u16), (200, 60)] {
         let (_tmp, mut app) = app_with(30, w, h);
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(s.contains("run-01") && !s.contains("run-30"), "{s}");
         // j to the last run: it is on screen with the table scrolled to it
         for _ in 0..29 {
             press(&mut app, &["j"]);
         }
         assert_eq!(app.selected_run().unwrap().id, "run-30");
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(s.contains("run-30") && !s.contains("run-01 "), "{s}");
         assert!(s.contains("of 30"), "a position indicator:\n{s}");
         insta::assert_snapshot!(format!("runs_30_end_{w}x{h}"), s);
         // g / Home to the first, G / End to the last, PgUp a page up
         press(&mut app, &["g"]);
         assert_eq!(app.selected_run().unwrap().id, "run-01");
-        assert!(render(&app, w, h).contains("run-01"));
+        assert!(render(&mut app, w, h).contains("run-01"));
         press(&mut app, &["G"]);
         assert_eq!(app.selected_run().unwrap().id, "run-30");
         press(&mut app, &["PgUp"]);
         let id = app.selected_run().unwrap().id.clone();
         assert!(id.as_str() < "run-30");
-        assert!(render(&app, w, h).contains(&id));
+        assert!(render(&mut app, w, h).contains(&id));
         // the columns: model family, accuracy or CAS, the state never cut
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(s.contains("acc/CAS") && s.contains("DiffuSSM"), "{s}");
         for word in ["stoppe ", "finishe ", "runnin "] {
             assert!(!s.contains(word), "a cut state: {word}\n{s}");
@@ -155,7 +155,7 @@ fn a_click_selects_the_row_under_the_pointer_and_tabs_are_clickable() {
     let (w, h) = (80, 24);
     let (_tmp, mut app) = app_with(30, w, h);
     press(&mut app, &["G"]);
-    let s = render(&app, w, h);
+    let s = render(&mut app, w, h);
     // the row showing run-27 (the table is scrolled: absolute rows would pick a hidden run)
     let y = s.lines().position(|l| l.contains("run-27")).unwrap() as u16;
     let click = |col, row| MouseEvent {
@@ -185,7 +185,7 @@ fn a_click_selects_the_row_under_the_pointer_and_tabs_are_clickable() {
     app.on_mouse(wheel);
     assert_eq!(app.selected_run().unwrap().id, "run-27");
     assert_eq!(app.runs_view.details_scroll, 3);
-    assert!(render(&app, w, h).contains("lines 4–"));
+    assert!(render(&mut app, w, h).contains("lines 4–"));
 }
 
 #[test]
@@ -205,7 +205,7 @@ fn filter_and_sort_the_runs() {
         assert!(ids.iter().all(|i| i.contains('2')));
         press(&mut app, &["Enter"]);
         assert!(!app.runs_view.filter_editing);
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(s.contains("filter `2` (12 of 30)"), "{s}");
         assert!(!s.contains("run-01"));
         insta::assert_snapshot!(format!("runs_filter_{w}x{h}"), s);
@@ -237,7 +237,7 @@ fn filter_and_sort_the_runs() {
         assert_eq!(app.runs[app.runs_view.order[0]].id, "run-30");
         press(&mut app, &["O"]);
         assert_eq!(app.runs[app.runs_view.order[0]].id, "run-01");
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(s.contains("sorted by eval ↓"), "{s}");
         // mark every shown run, unmark all
         press(&mut app, &["/", "9", "Enter", "a"]);
@@ -288,15 +288,15 @@ fn the_probe_results_scroll_through_every_mask() {
         app.probe.prompt = "[MASK] [MASK] [MASK] [MASK] [MASK] [MASK]".into();
         app.probe.a.model = Some(PathBuf::from("checkpoints/bigs-mobydick"));
         app.probe.a.result = Some(Ok(six_masks()));
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(s.contains("[MASK] #1") && s.contains("of 54"), "{s}");
         press(&mut app, &["End"]);
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(s.contains("[MASK] #6") && s.contains("night5"), "{s}");
         press(&mut app, &["PgUp"]);
-        insta::assert_snapshot!(format!("probe_six_masks_{w}x{h}"), render(&app, w, h));
+        insta::assert_snapshot!(format!("probe_six_masks_{w}x{h}"), render(&mut app, w, h));
         press(&mut app, &["Home"]);
-        assert!(render(&app, w, h).contains("[MASK] #1"));
+        assert!(render(&mut app, w, h).contains("[MASK] #1"));
     }
 }
 
@@ -308,18 +308,18 @@ fn the_config_diff_overlay_scrolls() {
         app.marked = ["run-01".to_string(), "run-03".to_string()].into();
         press(&mut app, &["d"]);
         assert!(matches!(app.popup, Some(Popup::Diff)));
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(s.contains("config diff") && s.contains("keys 1–"), "{s}");
         press(&mut app, &["j", "PgDn"]);
         assert!(
             matches!(app.popup, Some(Popup::Diff)),
             "scroll keys keep it"
         );
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(!s.contains("keys 1–"), "{s}");
         insta::assert_snapshot!(format!("diff_scrolled_{w}x{h}"), s);
         press(&mut app, &["G"]);
-        let end = render(&app, w, h);
+        let end = render(&mut app, w, h);
         let total = ssmlab::tui::views::runs::config_diff(
             &app.runs[0].config_text,
             &app.runs[2].config_text,
@@ -335,11 +335,11 @@ fn the_config_diff_overlay_scrolls() {
 fn the_help_overlay_scrolls_when_it_does_not_fit() {
     let (_tmp, mut app) = app_with(3, 60, 15);
     press(&mut app, &["?"]);
-    let s = render(&app, 60, 15);
+    let s = render(&mut app, 60, 15);
     assert!(s.contains("keys 1–") && s.contains("scroll"), "{s}");
     press(&mut app, &["G"]);
     assert!(app.popup.is_some());
-    assert!(!render(&app, 60, 15).contains("keys 1–"));
+    assert!(!render(&mut app, 60, 15).contains("keys 1–"));
     press(&mut app, &["x"]); // any other key closes
     assert!(app.popup.is_none());
 }
@@ -426,7 +426,7 @@ fn key_remaps_that_clash_are_refused_naming_both_actions() {
                 .collect::<Vec<_>>()
                 .join("\n")
         )));
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(s.contains("refused") && s.contains("frobnicate"), "{s}");
         insta::assert_snapshot!(format!("settings_clash_{w}x{h}"), s);
     }
@@ -474,7 +474,7 @@ fn run_actions_work_from_every_view_and_say_why_when_they_cannot() {
     // the key bar of every view offers stop and checkpoint
     for v in ["1", "2", "5"] {
         press(&mut app, &[v]);
-        let s = render(&app, 200, 60);
+        let s = render(&mut app, 200, 60);
         let bar = s.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
         assert!(bar.contains("stop") && bar.contains("checkpoint"), "{bar}");
     }
@@ -511,8 +511,9 @@ fn thirty_runs_in_tmux_at_80x24() {
 /// downsampling of the whole series, point for point, with and without zoom and log y.
 #[test]
 fn streamed_series_equal_smoothing_and_downsampling_of_the_whole() {
-    use ssmlab::tui::app::{CurvesState, Metric as M, XAxis};
+    use ssmlab::tui::app::{Metric as M, XAxis};
     use ssmlab::tui::chart::{ema_debiased, minmax_downsample};
+    use ssmlab::tui::views::curves::SeriesSpec;
     let metrics: Vec<Metric> = (1..=20_000u64)
         .map(|s| Metric {
             step: s,
@@ -528,13 +529,12 @@ fn streamed_series_equal_smoothing_and_downsampling_of_the_whole() {
         (true, false, XAxis::Tokens),
         (false, true, XAxis::Wall),
     ] {
-        let c = CurvesState {
+        let c = SeriesSpec {
             metric: M::Loss,
             x,
             log_y,
             smoothing: 0.6,
             zoom_recent: zoom,
-            ..Default::default()
         };
         let s = ssmlab::tui::views::curves::series(&run, &c, 150);
         // the same from the whole series, as f32 as the log keeps it
@@ -568,27 +568,84 @@ fn streamed_series_equal_smoothing_and_downsampling_of_the_whole() {
     }
 }
 
-/// Drawing reads the series that `prepare_frame` computed before the frame: after it, the
-/// cache holds every series the frame shows (dashboard and one-metric chart), and a frame
-/// drawn without it shows the same picture (computed, not kept).
+/// Drawing reads the series that `prepare_frame` asked for before the frame: without a
+/// derive worker they are computed then, and the cache holds every series the frame shows
+/// (dashboard and one-metric chart); a frame drawn before shows none of them.
 #[test]
 fn series_are_computed_before_the_frame_not_by_drawing() {
+    use ssmlab::tui::views::curves::series_wanted;
     let (_tmp, mut app) = app_with(3, 200, 60);
     app.view = View::Curves;
     app.marked = ["run-01".to_string(), "run-02".to_string()].into();
-    let unprepared = render(&app, 200, 60);
+    let unprepared = render_unprepared(&app, 200, 60);
+    assert!(unprepared.contains("no points yet"), "{unprepared}");
     app.prepare_frame();
-    let wanted = ssmlab::tui::views::curves::series_wanted(&app, app.body_area());
+    let wanted = series_wanted(&app.curves, &app.plotted(), app.body_area());
     assert_eq!(wanted.len(), 6 * 2, "six panels × two runs");
-    for (i, cs, buckets) in &wanted {
-        assert!(app.series_cache.contains(&app.runs[*i], cs, *buckets));
+    for (r, spec, buckets) in &wanted {
+        assert!(app.curves.series.contains(r, spec, *buckets));
     }
-    assert_eq!(render(&app, 200, 60), unprepared);
+    let prepared = render_unprepared(&app, 200, 60);
+    assert!(!prepared.contains("no points yet"), "{prepared}");
+    assert_eq!(render(&mut app, 200, 60), prepared);
     press(&mut app, &["D"]);
     app.prepare_frame();
-    for (i, cs, buckets) in ssmlab::tui::views::curves::series_wanted(&app, app.body_area()) {
-        assert!(app.series_cache.contains(&app.runs[i], &cs, buckets));
+    for (r, spec, buckets) in series_wanted(&app.curves, &app.plotted(), app.body_area()) {
+        assert!(app.curves.series.contains(r, &spec, buckets));
     }
+}
+
+/// Series and Kernels figures come from the derive worker when there is one: the pane asks
+/// before the frame, draws the previous series meanwhile, and takes the worker's answer (the
+/// same as computed inline) through the app's message routing.
+#[test]
+fn derived_data_comes_from_the_derive_worker() {
+    use ssmlab::tui::views::curves::series_wanted;
+    use ssmlab::tui::worker::{WorkerMsg, report_to, spawn_derive};
+    let (_tmp, mut app) = app_with(3, 200, 60);
+    let (_, mut inline) = app_with(3, 200, 60);
+    for a in [&mut app, &mut inline] {
+        a.view = View::Curves;
+        a.marked = ["run-01".to_string(), "run-02".to_string()].into();
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<WorkerMsg>();
+    app.workers.derive = Some(spawn_derive(report_to(tx, |m| m)));
+    app.prepare_frame();
+    let wanted: Vec<_> = series_wanted(&app.curves, &app.plotted(), app.body_area())
+        .into_iter()
+        .map(|(r, s, b)| (r.clone(), s, b))
+        .collect();
+    assert!(
+        wanted
+            .iter()
+            .all(|(r, s, b)| !app.curves.series.contains(r, s, *b)),
+        "asked, not computed on the UI thread"
+    );
+    assert!(render_unprepared(&app, 200, 60).contains("computing"));
+    // asking again sends nothing more: twelve answers, then silence
+    app.prepare_frame();
+    for _ in 0..wanted.len() {
+        let m = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert!(matches!(m, WorkerMsg::Series(_, Ok(_))));
+        app.on_msg(m);
+    }
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err()
+    );
+    for (r, s, b) in &wanted {
+        assert!(app.curves.series.contains(r, s, *b));
+    }
+    assert_eq!(render(&mut app, 200, 60), render(&mut inline, 200, 60));
+    // a new setting: until its series arrive, the previous ones are drawn
+    press(&mut app, &["+"]);
+    let s = render_unprepared(&app, 200, 60);
+    assert!(!s.contains("computing") && !s.contains("no points"), "{s}");
+    for _ in 0..wanted.len() {
+        app.on_msg(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap());
+    }
+    press(&mut inline, &["+"]);
+    assert_eq!(render(&mut app, 200, 60), render(&mut inline, 200, 60));
 }
 
 #[test]
@@ -652,7 +709,7 @@ fn runs_of_sweeps_are_grouped_filtered_and_sorted_by_the_metric() {
             best.id, "run-06",
             "the CAS of run-06 (0.56) is the highest of lr-b"
         );
-        let s = render(&app, w, h);
+        let s = render(&mut app, w, h);
         assert!(s.contains("lr-b") && s.contains("sweep"), "{s}");
         insta::assert_snapshot!(format!("runs_sweep_by_metric_{w}x{h}"), s);
     }

@@ -1,7 +1,7 @@
 //! The Compare view: BiGS against its attention twin. A table of the compared runs
 //! (parameters, analytic FLOPs per token, tokens/s, final eval loss and accuracy), their eval
 //! loss overlaid by tokens seen or by wall time, and the time per token of a training step at
-//! L = 128 … 4096 for both models, measured on a worker (`s`), with the crossover length.
+//! L = 128 … 4096 for both models, measured on a worker (`t`), with the crossover length.
 
 use crate::text::sanitize;
 use ratatui::Frame;
@@ -15,6 +15,11 @@ use crate::compare::{RunRow, ScalingPoint, crossover, run_row};
 use crate::runs::index::RunSummary;
 use crate::tui::app::App;
 use crate::tui::chart::fmt_num;
+use crate::tui::keymap::Action;
+use crate::tui::pane::{Ctx, Outcome, Pane};
+use crate::tui::worker::{CompareJob, CompareMsg, WorkerMsg};
+use crossterm::event::MouseEvent;
+use std::collections::BTreeSet;
 
 /// What the view holds between frames.
 #[derive(Debug, Default)]
@@ -33,20 +38,14 @@ pub struct CompareState {
     pub scroll: usize,
 }
 
-/// What the scaling worker reports.
-#[derive(Debug)]
-pub enum CompareMsg {
-    Point(u64, ScalingPoint),
-    Done(u64),
-    Failed(u64, String),
-}
-
 /// The runs the view compares: the marked masked-LM runs, else every masked-LM run.
-pub fn compared(app: &App) -> Vec<(&RunSummary, RunRow)> {
+pub fn compared<'a>(
+    runs: &'a [RunSummary],
+    marked: &BTreeSet<String>,
+) -> Vec<(&'a RunSummary, RunRow)> {
     let rows = |marked_only: bool| -> Vec<(&RunSummary, RunRow)> {
-        app.runs
-            .iter()
-            .filter(|r| !marked_only || app.marked.contains(&r.id))
+        runs.iter()
+            .filter(|r| !marked_only || marked.contains(&r.id))
             .filter_map(|r| run_row(r).map(|row| (r, row)))
             .collect()
     };
@@ -58,8 +57,100 @@ pub fn compared(app: &App) -> Vec<(&RunSummary, RunRow)> {
     }
 }
 
+impl CompareState {
+    /// `t`: time both models (one BiGS, one attention run among the compared runs) at
+    /// L = 128 … 4096 on the worker.
+    pub fn start_scaling(&mut self, cx: &mut Ctx) {
+        let texts: Vec<(String, String)> = compared(cx.runs, cx.marked)
+            .iter()
+            .map(|(r, _)| (r.id.clone(), r.config_text.clone()))
+            .collect();
+        let Some([b, a]) = crate::compare::scaling_pair(&texts) else {
+            self.error = Some(
+                "the scaling needs a BiGS and an attention run among the compared runs \
+                 (ssmlab compare --preset-pair bigs-tiny,bert-tiny)"
+                    .into(),
+            );
+            return;
+        };
+        self.generation += 1;
+        self.points.clear();
+        self.error = None;
+        self.measuring = true;
+        self.scaling_models = Some((b.0.clone(), a.0.clone()));
+        let job = CompareJob {
+            generation: self.generation,
+            runs: vec![b, a],
+        };
+        match &cx.workers.compare {
+            Some(tx) if tx.send(job).is_ok() => {}
+            _ => {
+                self.measuring = false;
+                self.error = Some("the scaling worker is not running".into());
+            }
+        }
+    }
+
+    /// Scrolls the table by `d` rows (clamped to the compared runs).
+    fn scroll_by(&mut self, d: i64, cx: &Ctx) {
+        let max = compared(cx.runs, cx.marked).len() as i64;
+        self.scroll = (self.scroll as i64 + d).clamp(0, max) as usize;
+    }
+}
+
+impl Pane for CompareState {
+    fn handle(&mut self, action: Action, cx: &mut Ctx) -> Outcome {
+        let page = (cx.body.height as i64 - 4).max(1);
+        let d = match action {
+            Action::CompareX => {
+                self.by_wall = !self.by_wall;
+                return Outcome::Done;
+            }
+            Action::CompareScaling => {
+                self.start_scaling(cx);
+                return Outcome::Done;
+            }
+            Action::PageUp => -page,
+            Action::PageDown => page,
+            Action::First => -(i64::MAX / 4),
+            Action::Last => i64::MAX / 4,
+            _ => return Outcome::Pass,
+        };
+        self.scroll_by(d, cx);
+        Outcome::Done
+    }
+
+    /// A message of the scaling worker (stale generations are dropped).
+    fn on_msg(&mut self, m: WorkerMsg, _cx: &mut Ctx) {
+        let WorkerMsg::Compare(m) = m else { return };
+        match m {
+            CompareMsg::Point(g, p) if g == self.generation => self.points.push(p),
+            CompareMsg::Done(g) if g == self.generation => self.measuring = false,
+            CompareMsg::Failed(g, e) if g == self.generation => {
+                self.measuring = false;
+                self.error = Some(e);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_mouse(&mut self, m: MouseEvent, cx: &mut Ctx) -> Outcome {
+        match super::wheel(&m) {
+            0 => Outcome::Pass,
+            d => {
+                self.scroll_by(3 * d, cx);
+                Outcome::Done
+            }
+        }
+    }
+
+    fn draw(&self, f: &mut Frame, area: Rect, app: &App) {
+        draw(f, app, area)
+    }
+}
+
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
-    let runs = compared(app);
+    let runs = compared(&app.runs, &app.marked);
     if runs.is_empty() {
         let msg = "no masked-LM runs to compare. Launch a pair:\n  ssmlab compare --preset-pair bigs-tiny,bert-tiny\nthen mark runs with space to pick which ones are compared (default: all).";
         f.render_widget(

@@ -13,12 +13,163 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, Gauge, GraphType, Paragraph};
 
 use crate::runs::index::RunSummary;
-use crate::tui::app::{App, CurvesState};
+use crate::tui::app::App;
 use crate::tui::chart::{fmt_num, fmt_value, log_ticks};
+use crate::tui::keymap::Action;
+use crate::tui::pane::{Ctx, Outcome, Pane};
+use crate::tui::worker::{DeriveJob, WorkerMsg};
 use ratatui::widgets::LegendPosition;
+
+/// Which series the curves view plots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Loss,
+    EvalLoss,
+    EvalAcc,
+    Lr,
+    GradNorm,
+    TokensPerS,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 6] = [
+        Metric::Loss,
+        Metric::EvalLoss,
+        Metric::EvalAcc,
+        Metric::Lr,
+        Metric::GradNorm,
+        Metric::TokensPerS,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::Loss => "train loss",
+            Metric::EvalLoss => "eval loss",
+            Metric::EvalAcc => "eval accuracy",
+            Metric::Lr => "learning rate",
+            Metric::GradNorm => "grad norm",
+            Metric::TokensPerS => "tokens/s",
+        }
+    }
+    /// The label for runs that are all diffusion runs (`Some(true)`), all MLM runs
+    /// (`Some(false)`) or a mix (`None`): a diffusion run's eval accuracy is its samples'
+    /// classification accuracy score (CAS), and its throughput is images/s.
+    pub fn label_for(self, diffusion: Option<bool>) -> &'static str {
+        match (self, diffusion) {
+            (Metric::EvalAcc, Some(true)) => "CAS",
+            (Metric::EvalAcc, None) => "eval accuracy / CAS",
+            (Metric::TokensPerS, Some(true)) => "images/s",
+            (Metric::TokensPerS, None) => "tokens/s · images/s",
+            _ => self.label(),
+        }
+    }
+    pub fn get(self, m: &crate::runs::Metric) -> Option<f64> {
+        match self {
+            Metric::Loss => m.loss,
+            Metric::EvalLoss => m.eval_loss,
+            // diffusion runs: the classification accuracy score of their samples
+            Metric::EvalAcc => m.eval_acc.or(m.eval_cas),
+            Metric::Lr => m.lr,
+            Metric::GradNorm => m.grad_norm,
+            Metric::TokensPerS => m.images_per_s.or(m.tokens_per_s),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XAxis {
+    Step,
+    Tokens,
+    Wall,
+}
+
+impl XAxis {
+    pub fn label(self) -> &'static str {
+        match self {
+            XAxis::Step => "step",
+            XAxis::Tokens => "tokens",
+            XAxis::Wall => "wall time",
+        }
+    }
+    pub fn get(self, m: &crate::runs::Metric) -> f64 {
+        match self {
+            XAxis::Step => m.step as f64,
+            XAxis::Tokens => m.tokens as f64,
+            XAxis::Wall => m.wall_s,
+        }
+    }
+    /// An axis or cursor label of an x value: integer steps, `1.2M` tokens, `h:mm:ss`.
+    pub fn fmt(self, v: f64) -> String {
+        match self {
+            XAxis::Step => crate::tui::chart::fmt_int(v),
+            XAxis::Tokens => crate::tui::chart::fmt_count(v),
+            XAxis::Wall => crate::tui::chart::fmt_duration(v),
+        }
+    }
+}
+
+/// The Curves pane: its settings, and the series it shows (computed on the derive worker
+/// when a run's data, a setting or the terminal's size changed).
+pub struct CurvesState {
+    pub metric: Metric,
+    pub x: XAxis,
+    pub log_y: bool,
+    /// EMA weight in [0, 0.99].
+    pub smoothing: f64,
+    pub zoom_recent: bool,
+    /// Cursor position as a fraction of the x range (None: hidden).
+    pub cursor: Option<f64>,
+    /// The dashboard (small multiples of every metric) instead of one metric: what Curves
+    /// shows first.
+    pub dashboard: bool,
+    /// The dashboard's chosen panel (an index into [`Metric::ALL`]).
+    pub panel: usize,
+    pub series: SeriesCache,
+}
+
+impl Default for CurvesState {
+    fn default() -> Self {
+        Self {
+            metric: Metric::Loss,
+            x: XAxis::Step,
+            log_y: false,
+            smoothing: 0.6,
+            zoom_recent: false,
+            cursor: None,
+            dashboard: true,
+            panel: 0,
+            series: SeriesCache::default(),
+        }
+    }
+}
+
+impl CurvesState {
+    /// The one-metric chart's series settings.
+    pub fn spec(&self) -> SeriesSpec {
+        SeriesSpec {
+            metric: self.metric,
+            x: self.x,
+            log_y: self.log_y,
+            smoothing: self.smoothing,
+            zoom_recent: self.zoom_recent,
+        }
+    }
+}
+
+/// What a series is computed with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeriesSpec {
+    pub metric: Metric,
+    pub x: XAxis,
+    pub log_y: bool,
+    /// EMA weight in [0, 0.99].
+    pub smoothing: f64,
+    /// Only the last fifth of the points (at least 10).
+    pub zoom_recent: bool,
+}
 
 /// One run's plotted series: (raw, smoothed) points in plot coordinates (log10 y if log),
 /// and the logged points themselves for the readout.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Series {
     pub id: String,
     pub raw: Vec<(f64, f64)>,
@@ -47,73 +198,215 @@ impl Series {
 pub struct SeriesKey {
     id: String,
     points: usize,
-    metric: crate::tui::app::Metric,
-    x: crate::tui::app::XAxis,
+    metric: Metric,
+    x: XAxis,
     log_y: bool,
     smoothing: u64,
     zoom: bool,
     buckets: usize,
 }
 
-/// The series the view shows, computed when a run's data, a setting or the terminal's size
-/// changed ([`App::prepare_frame`](crate::tui::app::App::prepare_frame), before a frame);
-/// drawing only reads them (and computes, without keeping, one that is missing).
-#[derive(Default)]
-pub struct SeriesCache(Vec<(SeriesKey, std::rc::Rc<Series>)>);
-
-fn series_key(r: &RunSummary, c: &CurvesState, buckets: usize) -> SeriesKey {
-    SeriesKey {
-        id: r.id.clone(),
-        points: r.metrics.len(),
-        metric: c.metric,
-        x: c.x,
-        log_y: c.log_y,
-        smoothing: c.smoothing.to_bits(),
-        zoom: c.zoom_recent,
-        buckets,
+impl SeriesKey {
+    pub fn new(r: &RunSummary, c: &SeriesSpec, buckets: usize) -> SeriesKey {
+        SeriesKey {
+            id: r.id.clone(),
+            points: r.metrics.len(),
+            metric: c.metric,
+            x: c.x,
+            log_y: c.log_y,
+            smoothing: c.smoothing.to_bits(),
+            zoom: c.zoom_recent,
+            buckets,
+        }
     }
 }
 
+/// The series the view shows, computed when a run's data, a setting or the terminal's size
+/// changed ([`Pane::sync`], before a frame), on the derive worker (inline without one, in
+/// tests). Drawing only reads them: while a new series is computed, the run's previous one
+/// for the same metric is drawn.
+#[derive(Default)]
+pub struct SeriesCache {
+    done: Vec<(SeriesKey, Series)>,
+    pending: Vec<SeriesKey>,
+}
+
 impl SeriesCache {
-    /// The series for a run and settings: the cached one, else computed now (not kept).
-    pub fn get(&self, r: &RunSummary, c: &CurvesState, buckets: usize) -> std::rc::Rc<Series> {
-        let key = series_key(r, c, buckets);
-        match self.0.iter().find(|(k, _)| *k == key) {
-            Some((_, s)) => s.clone(),
-            None => std::rc::Rc::new(series(r, c, buckets)),
-        }
+    /// The series to draw for a run and settings: the one computed for them, else the run's
+    /// latest one of the same metric (while the new one is computed), else none yet.
+    pub fn get(&self, r: &RunSummary, c: &SeriesSpec, buckets: usize) -> Option<&Series> {
+        let key = SeriesKey::new(r, c, buckets);
+        self.done
+            .iter()
+            .find(|(k, _)| *k == key)
+            .or_else(|| {
+                self.done
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k.id == key.id && k.metric == key.metric)
+            })
+            .map(|(_, s)| s)
     }
 
-    /// Whether the series for a run and settings is cached.
-    pub fn contains(&self, r: &RunSummary, c: &CurvesState, buckets: usize) -> bool {
-        let key = series_key(r, c, buckets);
-        self.0.iter().any(|(k, _)| *k == key)
+    /// Whether the series for a run and settings is computed.
+    pub fn contains(&self, r: &RunSummary, c: &SeriesSpec, buckets: usize) -> bool {
+        let key = SeriesKey::new(r, c, buckets);
+        self.done.iter().any(|(k, _)| *k == key)
     }
 
-    /// Computes and keeps the series unless it is cached.
-    pub fn ensure(&mut self, r: &RunSummary, c: &CurvesState, buckets: usize) {
-        let key = series_key(r, c, buckets);
-        let v = &mut self.0;
-        if v.iter().any(|(k, _)| *k == key) {
+    /// Whether some series is being computed.
+    pub fn busy(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Asks for the series unless it is computed or asked for: a job for the derive worker,
+    /// else computed now.
+    pub fn want(
+        &mut self,
+        r: &RunSummary,
+        spec: &SeriesSpec,
+        buckets: usize,
+        derive: Option<&std::sync::mpsc::Sender<DeriveJob>>,
+    ) {
+        let key = SeriesKey::new(r, spec, buckets);
+        if self.pending.contains(&key) || self.done.iter().any(|(k, _)| *k == key) {
             return;
         }
-        let s = std::rc::Rc::new(series(r, c, buckets));
-        // One entry per run and metric (the dashboard shows every metric at once).
-        v.retain(|(k, _)| !(k.id == key.id && k.metric == key.metric));
-        if v.len() >= 256 {
-            v.remove(0);
+        let job = DeriveJob::Series {
+            key: key.clone(),
+            run: Box::new(r.clone()),
+            spec: *spec,
+            buckets,
+        };
+        match derive {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => self.pending.push(key),
+                Err(e) => self.finished_job(e.0),
+            },
+            None => self.finished_job(job),
         }
-        v.push((key, s));
+    }
+
+    fn finished_job(&mut self, job: DeriveJob) {
+        if let WorkerMsg::Series(key, Ok(s)) = job.run() {
+            self.insert(key, s);
+        }
+    }
+
+    /// A series arrived. One is kept per run and metric (the dashboard shows every metric
+    /// at once).
+    pub fn insert(&mut self, key: SeriesKey, s: Series) {
+        self.pending.retain(|k| *k != key);
+        self.done
+            .retain(|(k, _)| !(k.id == key.id && k.metric == key.metric));
+        if self.done.len() >= 256 {
+            self.done.remove(0);
+        }
+        self.done.push((key, s));
+    }
+
+    /// A series could not be computed: it is no longer pending.
+    pub fn failed(&mut self, key: &SeriesKey) {
+        self.pending.retain(|k| k != key);
     }
 
     pub fn clear(&mut self) {
-        self.0.clear();
+        self.done.clear();
+        self.pending.clear();
+    }
+}
+
+impl Pane for CurvesState {
+    fn handle(&mut self, action: Action, _cx: &mut Ctx) -> Outcome {
+        match action {
+            Action::NextMetric => {
+                let i = Metric::ALL
+                    .iter()
+                    .position(|m| *m == self.metric)
+                    .unwrap_or(0);
+                self.metric = Metric::ALL[(i + 1) % Metric::ALL.len()];
+            }
+            Action::XAxis => {
+                self.x = match self.x {
+                    XAxis::Step => XAxis::Tokens,
+                    XAxis::Tokens => XAxis::Wall,
+                    XAxis::Wall => XAxis::Step,
+                }
+            }
+            Action::LogScale => self.log_y = !self.log_y,
+            Action::SmoothMore => self.smoothing = (self.smoothing + 0.1).min(0.99),
+            Action::SmoothLess => self.smoothing = (self.smoothing - 0.1).max(0.0),
+            Action::ZoomRecent => self.zoom_recent = !self.zoom_recent,
+            Action::Dashboard => self.dashboard = !self.dashboard,
+            Action::OpenPanel => {
+                if self.dashboard {
+                    self.metric = Metric::ALL[self.panel % Metric::ALL.len()];
+                    self.dashboard = false;
+                }
+            }
+            Action::CursorLeft | Action::CursorRight if self.dashboard => {
+                let n = Metric::ALL.len();
+                self.panel = if action == Action::CursorLeft {
+                    (self.panel + n - 1) % n
+                } else {
+                    (self.panel + 1) % n
+                };
+            }
+            Action::CursorLeft | Action::CursorRight => {
+                let d = if action == Action::CursorLeft {
+                    -0.02
+                } else {
+                    0.02
+                };
+                self.cursor = Some((self.cursor.unwrap_or(1.0) + d).clamp(0.0, 1.0));
+            }
+            _ => return Outcome::Pass,
+        }
+        Outcome::Done
+    }
+
+    fn on_msg(&mut self, m: WorkerMsg, cx: &mut Ctx) {
+        if let WorkerMsg::Series(key, r) = m {
+            match r {
+                Ok(s) => self.series.insert(key, s),
+                Err(e) => {
+                    self.series.failed(&key);
+                    cx.notices.push(e);
+                }
+            }
+        }
+    }
+
+    fn sync(&mut self, cx: &mut Ctx) {
+        let plotted = plotted(cx.runs, *cx.selected, cx.marked);
+        for (r, spec, buckets) in series_wanted(self, &plotted, cx.body) {
+            self.series
+                .want(r, &spec, buckets, cx.workers.derive.as_ref());
+        }
+    }
+
+    fn draw(&self, f: &mut Frame, area: Rect, app: &App) {
+        draw(f, app, area)
+    }
+}
+
+/// Runs drawn in the curves view: the marked ones, else the selected one.
+pub fn plotted<'a>(
+    runs: &'a [RunSummary],
+    selected: usize,
+    marked: &std::collections::BTreeSet<String>,
+) -> Vec<&'a RunSummary> {
+    let m: Vec<&RunSummary> = runs.iter().filter(|r| marked.contains(&r.id)).collect();
+    if m.is_empty() {
+        runs.get(selected).into_iter().collect()
+    } else {
+        m
     }
 }
 
 /// The dashboard's panels in the view's `area`: (metric, panel) in table order, then the
 /// readout and gauge lines.
-fn dashboard_layout(area: Rect) -> (Vec<(crate::tui::app::Metric, Rect)>, Rect, Rect) {
+fn dashboard_layout(area: Rect) -> (Vec<(Metric, Rect)>, Rect, Rect) {
     let [grid, readout, gauge] = Layout::vertical([
         Constraint::Min(6),
         Constraint::Length(1),
@@ -121,7 +414,7 @@ fn dashboard_layout(area: Rect) -> (Vec<(crate::tui::app::Metric, Rect)>, Rect, 
     ])
     .areas(area);
     let rows = Layout::vertical([Constraint::Ratio(1, 2); 2]).split(grid);
-    let cells = crate::tui::app::Metric::ALL
+    let cells = Metric::ALL
         .iter()
         .enumerate()
         .map(|(i, m)| {
@@ -132,16 +425,14 @@ fn dashboard_layout(area: Rect) -> (Vec<(crate::tui::app::Metric, Rect)>, Rect, 
     (cells, readout, gauge)
 }
 
-/// A dashboard panel's settings: linear, over the whole run (log y, the recent window and
-/// the cursor belong to the one-metric chart).
-fn panel_state(c: &CurvesState, metric: crate::tui::app::Metric) -> CurvesState {
-    CurvesState {
+/// A dashboard panel's series settings: linear, over the whole run (log y, the recent window
+/// and the cursor belong to the one-metric chart).
+fn panel_spec(c: &CurvesState, metric: Metric) -> SeriesSpec {
+    SeriesSpec {
         metric,
-        cursor: None,
-        dashboard: false,
         log_y: false,
         zoom_recent: false,
-        ..c.clone()
+        ..c.spec()
     }
 }
 
@@ -163,26 +454,24 @@ fn chart_buckets(chart: Rect) -> usize {
     ((chart.width as usize).saturating_sub(10) * 2).max(2)
 }
 
-/// Every (run, settings, buckets) the view draws in its `area`: what
-/// [`App::prepare_frame`](crate::tui::app::App::prepare_frame) computes before a frame.
-pub fn series_wanted(app: &App, area: Rect) -> Vec<(usize, CurvesState, usize)> {
-    let c = &app.curves;
-    let plotted: Vec<usize> = app
-        .plotted()
-        .iter()
-        .filter_map(|r| app.runs.iter().position(|x| x.id == r.id))
-        .collect();
+/// Every (run, series settings, buckets) the view draws in its `area` for the `plotted` runs:
+/// what [`Pane::sync`] asks for before a frame.
+pub fn series_wanted<'a>(
+    c: &CurvesState,
+    plotted: &[&'a RunSummary],
+    area: Rect,
+) -> Vec<(&'a RunSummary, SeriesSpec, usize)> {
     let mut out = Vec::new();
     if c.dashboard {
         for (m, cell) in dashboard_layout(area).0 {
-            for &i in &plotted {
-                out.push((i, panel_state(c, m), panel_buckets(cell)));
+            for r in plotted {
+                out.push((*r, panel_spec(c, m), panel_buckets(cell)));
             }
         }
     } else {
         let [chart, ..] = chart_layout(area);
-        for &i in &plotted {
-            out.push((i, c.clone(), chart_buckets(chart)));
+        for r in plotted {
+            out.push((*r, c.spec(), chart_buckets(chart)));
         }
     }
     out
@@ -264,7 +553,7 @@ impl Buckets {
 /// Builds the series of a run for the current settings, `buckets` wide: two passes over the
 /// run's compact log that hold only the downsampled points (a million-line log costs no
 /// million-point copies).
-pub fn series(r: &RunSummary, c: &CurvesState, buckets: usize) -> Series {
+pub fn series(r: &RunSummary, c: &SeriesSpec, buckets: usize) -> Series {
     let point = |m: &crate::runs::Metric| {
         c.metric
             .get(m)
@@ -316,7 +605,7 @@ pub fn series(r: &RunSummary, c: &CurvesState, buckets: usize) -> Series {
         }
         i += 1;
     }
-    let baseline = if c.metric == crate::tui::app::Metric::EvalAcc {
+    let baseline = if c.metric == Metric::EvalAcc {
         r.metrics
             .iter()
             .rev()
@@ -394,18 +683,18 @@ fn draw_dashboard(f: &mut Frame, app: &App, area: Rect) {
     };
     for (i, (metric, cell)) in cells.iter().enumerate() {
         let (metric, cell) = (metric, *cell);
-        let cs = panel_state(c, *metric);
+        let cs = panel_spec(c, *metric);
         let buckets = panel_buckets(cell);
-        let all: Vec<std::rc::Rc<Series>> = runs
+        let all: Vec<&Series> = runs
             .iter()
-            .map(|r| app.series_cache.get(r, &cs, buckets))
+            .filter_map(|r| c.series.get(r, &cs, buckets))
             .collect();
         let latest = all
             .first()
             .and_then(|s| s.logged.last())
             .map(|p| format!(" {}", fmt_value(p.1)))
             .unwrap_or_default();
-        let chosen = i == c.panel % crate::tui::app::Metric::ALL.len();
+        let chosen = i == c.panel % Metric::ALL.len();
         let block = Block::default()
             .borders(Borders::ALL)
             .border_style(if chosen { t.accent() } else { t.muted() })
@@ -413,14 +702,14 @@ fn draw_dashboard(f: &mut Frame, app: &App, area: Rect) {
                 format!(" {}{latest} ", metric.label_for(diffusion)),
                 if chosen { t.accent() } else { t.text() },
             ));
-        let refs: Vec<&Series> = all.iter().map(|s| s.as_ref()).collect();
-        let Some((xb, yb)) = bounds(&refs, false) else {
-            f.render_widget(
-                Paragraph::new("no points yet")
-                    .style(t.muted())
-                    .block(block),
-                cell,
-            );
+        let refs: &[&Series] = &all;
+        let Some((xb, yb)) = bounds(refs, false) else {
+            let what = if all.len() < runs.len() && c.series.busy() {
+                "computing…"
+            } else {
+                "no points yet"
+            };
+            f.render_widget(Paragraph::new(what).style(t.muted()).block(block), cell);
             continue;
         };
         let mut datasets: Vec<Dataset> = all
@@ -488,9 +777,9 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let [chart_area, readout, gauge] = chart_layout(area);
     let runs = app.plotted();
     let buckets = chart_buckets(chart_area);
-    let all: Vec<std::rc::Rc<Series>> = runs
+    let all: Vec<&Series> = runs
         .iter()
-        .map(|r| app.series_cache.get(r, c, buckets))
+        .filter_map(|r| c.series.get(r, &c.spec(), buckets))
         .collect();
     let diffusion = diffusion_of(&runs);
     let label = c.metric.label_for(diffusion);
@@ -503,10 +792,12 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         if c.zoom_recent { " · recent" } else { "" }
     );
     let block = Block::default().borders(Borders::ALL).title(title);
-    let refs: Vec<&Series> = all.iter().map(|s| s.as_ref()).collect();
-    let Some((xb, yb)) = bounds(&refs, c.log_y) else {
+    let refs: &[&Series] = &all;
+    let Some((xb, yb)) = bounds(refs, c.log_y) else {
         let msg = if runs.is_empty() {
             "no run selected: pick one in the Runs view (1)".to_string()
+        } else if all.len() < runs.len() && c.series.busy() {
+            "computing the series…".to_string()
         } else {
             format!("no {} points yet for {}", label, sanitize(&runs[0].id))
         };
@@ -601,7 +892,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     };
     let chart = Chart::new(datasets)
         .block(block)
-        .legend_position(Some(quietest_corner(&refs, xb, yb, c.log_y)))
+        .legend_position(Some(quietest_corner(refs, xb, yb, c.log_y)))
         .hidden_legend_constraints((Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)))
         .x_axis(Axis::default().bounds(xb).style(t.muted()).labels([
             Span::raw(c.x.fmt(xb[0])),

@@ -5,7 +5,8 @@
 //! (DiffuSSM) the receptive field: the kernels folded onto the patch grid around a pixel that
 //! `t`/`g`/`f`/`h` move. The pictures are
 //! [`Figure`]s built by `kernels::figure` (UI-free; `e` exports the same one as a PNG). Weights
-//! load and kernels are computed on a worker thread (`tui::spawn_kernels_worker`).
+//! load and kernels are computed on the kernels worker, figures on the derive worker
+//! (`tui::worker`).
 
 use std::path::PathBuf;
 
@@ -18,14 +19,19 @@ use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, GraphType, Paragrap
 
 use crate::kernels::ModelKernels;
 use crate::kernels::figure::{
-    Figure, HeatRow, Panel, Selection, Tone, figure, heat_bins, series_bounds, tick_label,
+    Figure, HeatRow, Panel, Selection, Tone, heat_bins, series_bounds, tick_label,
 };
 use crate::text::sanitize;
 use crate::tui::app::App;
 use crate::tui::keymap::Action;
+use crate::tui::pane::{Ctx, Outcome, Pane};
 use crate::tui::theme::Theme;
+use crate::tui::worker::{DeriveJob, FigureKey, KernelsJob, KernelsMsg, WorkerMsg};
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
 
-/// The view's state: the selection and the kernels of the shown run's checkpoints.
+/// The Kernels pane: the selection, the kernels of the shown run's checkpoints and the figure
+/// drawn from them.
 #[derive(Debug, Clone, Default)]
 pub struct KernelsState {
     pub sel: Selection,
@@ -36,8 +42,9 @@ pub struct KernelsState {
     /// The run's last evaluation step when requested (a new one means a new `kernels.jsonl`
     /// record); `None` when kernels were set directly ([`KernelsState::set`]): not followed.
     pub requested_eval: Option<Option<u64>>,
-    /// Kernels per checkpoint, ascending by step, as the worker delivers them.
-    pub data: Vec<ModelKernels>,
+    /// Kernels per checkpoint, ascending by step, as the worker delivers them (shared with
+    /// the figure jobs).
+    pub data: Arc<Vec<ModelKernels>>,
     /// Checkpoints the worker is computing.
     pub total: usize,
     pub busy: bool,
@@ -46,9 +53,11 @@ pub struct KernelsState {
     pub generation: u64,
     /// Show the latest checkpoint as it arrives (until `{`/`}` pick one).
     pub follow_latest: bool,
-    /// The figure shown, computed when the kernels or the selection change (never per frame),
-    /// with the (selection, entries, generation) it was computed for.
-    shown: Option<(Selection, usize, u64, Figure)>,
+    /// The figure shown, computed on the derive worker when the kernels or the selection
+    /// change (never per frame), with what it was computed from.
+    shown: Option<(FigureKey, Figure)>,
+    /// The figure asked of the derive worker and not yet back.
+    asked: Option<FigureKey>,
 }
 
 impl KernelsState {
@@ -62,46 +71,262 @@ impl KernelsState {
         self.requested_eval = None;
         self.model = Some(model);
         self.total = data.len();
-        self.data = data;
+        self.data = Arc::new(data);
         self.busy = false;
         self.error = None;
         self.sel.checkpoint = self.data.len().saturating_sub(1);
         self.sel.clamp(&self.data);
-        self.update_figure();
+        self.update_figure(None);
     }
 
-    /// Recomputes the figure if the kernels or the selection changed since it was computed
-    /// (called after input and worker messages, not by drawing).
-    pub fn update_figure(&mut self) {
+    fn key(&self) -> FigureKey {
+        (self.sel, self.data.len(), self.generation)
+    }
+
+    /// Asks for the figure if the kernels or the selection changed since it was computed:
+    /// a job for the derive worker, else computed now.
+    pub fn update_figure(&mut self, derive: Option<&Sender<DeriveJob>>) {
         if self.data.is_empty() {
             self.shown = None;
+            self.asked = None;
             return;
         }
-        let key = (self.sel, self.data.len(), self.generation);
-        if self
-            .shown
-            .as_ref()
-            .is_some_and(|(s, n, g, _)| (*s, *n, *g) == key)
+        let key = self.key();
+        if self.shown.as_ref().is_some_and(|(k, _)| *k == key) || self.asked == Some(key) {
+            return;
+        }
+        let job = DeriveJob::Figure {
+            key,
+            data: self.data.clone(),
+            sel: self.sel,
+        };
+        match derive {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => self.asked = Some(key),
+                Err(e) => self.take_figure(e.0.run()),
+            },
+            None => self.take_figure(job.run()),
+        }
+    }
+
+    fn take_figure(&mut self, m: WorkerMsg) {
+        if let WorkerMsg::Figure(key, r) = m {
+            if self.asked == Some(key) {
+                self.asked = None;
+            }
+            match r {
+                Ok(f) => {
+                    // a figure of a later generation than asked for would be stale already
+                    if key.2 == self.generation {
+                        self.shown = Some((key, f));
+                    }
+                }
+                Err(e) => self.error = Some(e),
+            }
+        }
+    }
+
+    /// The figure the view shows: the one computed for the current selection, else (while
+    /// that one is computed) the last one of the same run. None before any kernels arrived.
+    pub fn figure(&self) -> Option<&Figure> {
+        match &self.shown {
+            Some((k, f)) if k.2 == self.generation && !self.data.is_empty() => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Whether the figure shown is the one of the current selection.
+    pub fn figure_is_current(&self) -> bool {
+        self.shown.as_ref().is_some_and(|(k, _)| *k == self.key())
+    }
+
+    /// A message from the kernels worker (stale generations are dropped).
+    fn on_kernels_msg(&mut self, m: KernelsMsg) {
+        if m.generation() != self.generation {
+            return;
+        }
+        match m {
+            KernelsMsg::Started { total, .. } => {
+                self.total = total;
+                self.data = Arc::default();
+            }
+            KernelsMsg::Loaded { kernels, .. } => {
+                Arc::make_mut(&mut self.data).push(*kernels);
+                if self.follow_latest {
+                    self.sel.checkpoint = self.data.len() - 1;
+                }
+            }
+            KernelsMsg::Failed { error, .. } => {
+                self.error = Some(error);
+                self.busy = false;
+            }
+            KernelsMsg::Done { .. } => self.busy = false,
+        }
+        self.sel.clamp(&self.data);
+    }
+
+    /// Asks the kernels worker for the selected run's kernels when the run or its
+    /// checkpoints (or its evaluations: `kernels.jsonl` records) changed.
+    fn request_kernels(&mut self, cx: &mut Ctx) {
+        let Some(r) = cx.selected_run() else {
+            return;
+        };
+        let steps = r.checkpoints.clone();
+        let last_eval = r
+            .metrics
+            .iter()
+            .rev()
+            .find(|m| m.eval_loss.is_some())
+            .map(|m| m.step);
+        let (path, id, no_checkpoint) = (r.path.clone(), r.id.clone(), r.checkpoints.is_empty());
+        if self.model.as_ref() == Some(&path)
+            && self.requested == steps
+            && self.requested_eval.is_none_or(|e| e == last_eval)
         {
             return;
         }
-        let fig = figure(&self.data, &self.sel);
-        self.shown = Some((key.0, key.1, key.2, fig));
+        self.requested_eval = Some(last_eval);
+        if self.model.as_ref() != Some(&path) {
+            self.follow_latest = true;
+        }
+        self.model = Some(path.clone());
+        self.requested = steps.clone();
+        self.data = Arc::default();
+        self.total = steps.len();
+        self.error = None;
+        self.busy = false;
+        self.generation += 1;
+        if no_checkpoint && !path.join(crate::runs::kernels::KERNELS_FILE).is_file() {
+            self.error = Some(format!(
+                "{id} has no checkpoint yet; its kernels appear with the first"
+            ));
+            return;
+        }
+        let job = KernelsJob {
+            generation: self.generation,
+            model: path,
+        };
+        match &cx.workers.kernels {
+            Some(tx) if tx.send(job).is_ok() => self.busy = true,
+            _ => self.error = Some("the kernels worker is not running".into()),
+        }
     }
 
-    /// The figure the view shows now (None before any kernels arrived). The one computed on
-    /// the last change; should the state have changed without [`Self::update_figure`], it is
-    /// computed here (a fallback, not the path the TUI takes).
-    pub fn figure(&self) -> Option<std::borrow::Cow<'_, Figure>> {
-        if self.data.is_empty() {
-            return None;
-        }
-        match &self.shown {
-            Some((s, n, g, f)) if (*s, *n, *g) == (self.sel, self.data.len(), self.generation) => {
-                Some(std::borrow::Cow::Borrowed(f))
+    /// Writes the view's picture as a PNG into the run directory (else the current folder)
+    /// and says where in the status line.
+    fn export(&self, notices: &mut Vec<String>) {
+        let Some(fig) = self.figure().filter(|_| self.figure_is_current()) else {
+            notices.push("no kernels to export yet".into());
+            return;
+        };
+        let mk = &self.data[self.sel.checkpoint.min(self.data.len() - 1)];
+        let name = format!(
+            "kernels-{}-{}-layer{}.png",
+            self.sel.view.slug(),
+            mk.label(),
+            self.sel.layer
+        );
+        let dirs = [self.model.clone(), std::env::current_dir().ok()];
+        let mut last_err = String::new();
+        for d in dirs.into_iter().flatten() {
+            let p = d.join(&name);
+            match crate::kernels::export::write_png(fig, &p) {
+                Ok(()) => {
+                    notices.push(format!("exported {}", p.display()));
+                    return;
+                }
+                Err(e) => last_err = e.to_string(),
             }
-            _ => Some(std::borrow::Cow::Owned(figure(&self.data, &self.sel))),
         }
+        notices.push(format!("cannot export: {last_err}"));
+    }
+
+    /// Moves the receptive field's pixel by one patch (only in that sub-view of an image
+    /// model).
+    fn move_pixel(&mut self, action: Action, notices: &mut Vec<String>) {
+        use crate::kernels::figure::SubView;
+        let grid = self.data.get(self.sel.checkpoint).and_then(|m| m.image);
+        let Some(grid) = grid else {
+            let what = self.data.first().map(|m| m.family).unwrap_or("no model");
+            notices.push(format!(
+                "{what}: the pixel keys move the receptive field of image models (DiffuSSM)"
+            ));
+            return;
+        };
+        if self.sel.view != SubView::ReceptiveField {
+            notices.push("the pixel keys move the receptive field: press v until it shows".into());
+            return;
+        }
+        let (dr, dc) = match action {
+            Action::KernelPixelUp => (-1, 0),
+            Action::KernelPixelDown => (1, 0),
+            Action::KernelPixelLeft => (0, -1),
+            _ => (0, 1),
+        };
+        self.sel.move_pixel(&grid, dr, dc);
+    }
+}
+
+impl Pane for KernelsState {
+    fn handle(&mut self, action: Action, cx: &mut Ctx) -> Outcome {
+        match action {
+            Action::KernelView => {
+                let image = self.data.iter().any(|m| m.image.is_some());
+                self.sel.view = self.sel.view.next(image);
+            }
+            Action::KernelPixelUp
+            | Action::KernelPixelDown
+            | Action::KernelPixelLeft
+            | Action::KernelPixelRight => self.move_pixel(action, cx.notices),
+            Action::KernelLogLag => self.sel.log_lag = !self.sel.log_lag,
+            Action::KernelDirection => self.sel.dir = self.sel.dir.next(),
+            Action::KernelLayerPrev => self.sel.layer = self.sel.layer.saturating_sub(1),
+            Action::KernelLayerNext => self.sel.layer += 1,
+            Action::KernelChannelPrev | Action::KernelChannelNext => {
+                if let Some(mk) = self.data.first()
+                    && mk.shared
+                {
+                    cx.notices.push(format!(
+                        "{} has {}: no channel to pick",
+                        mk.family,
+                        mk.channels_note()
+                    ));
+                } else if action == Action::KernelChannelPrev {
+                    self.sel.channel = self.sel.channel.saturating_sub(1);
+                } else {
+                    self.sel.channel += 1;
+                }
+            }
+            Action::KernelStepPrev => {
+                self.follow_latest = false;
+                self.sel.checkpoint = self.sel.checkpoint.saturating_sub(1);
+            }
+            Action::KernelStepNext => {
+                self.follow_latest = false;
+                self.sel.checkpoint += 1;
+            }
+            Action::KernelExport => self.export(cx.notices),
+            _ => return Outcome::Pass,
+        }
+        Outcome::Done
+    }
+
+    fn on_msg(&mut self, m: WorkerMsg, _cx: &mut Ctx) {
+        match m {
+            WorkerMsg::Kernels(m) => self.on_kernels_msg(m),
+            m @ WorkerMsg::Figure(..) => self.take_figure(m),
+            _ => {}
+        }
+    }
+
+    fn sync(&mut self, cx: &mut Ctx) {
+        self.request_kernels(cx);
+        self.sel.clamp(&self.data);
+        self.update_figure(cx.workers.derive.as_ref());
+    }
+
+    fn draw(&self, f: &mut Frame, area: Rect, app: &App) {
+        draw(f, app, area)
     }
 }
 
@@ -560,6 +785,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let Some(fig) = k.figure() else {
         let (msg, style) = match (&k.error, k.busy, &k.model) {
             (Some(e), _, _) => (sanitize(e).into_owned(), Style::default().fg(t.error)),
+            _ if !k.data.is_empty() => ("drawing the figure…".into(), t.muted()),
             (None, true, Some(m)) => (
                 format!(
                     "computing the kernels of {} ({} checkpoint(s))…",
@@ -583,7 +809,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         return;
     };
     let [fig_a, foot] = Layout::vertical([Constraint::Min(8), Constraint::Length(1)]).areas(area);
-    draw_figure(f, app, &fig, fig_a);
+    draw_figure(f, app, fig, fig_a);
     let steps: Vec<String> = k.data.iter().map(|m| m.label()).collect();
     let progress = if k.busy {
         format!(" · loading {}/{}", k.data.len(), k.total)

@@ -16,6 +16,16 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 
 use super::app::{App, Popup, View};
 
+/// The wheel's direction in a mouse event: 1 down, -1 up, 0 for any other event.
+pub fn wheel(m: &crossterm::event::MouseEvent) -> i64 {
+    use crossterm::event::MouseEventKind;
+    match m.kind {
+        MouseEventKind::ScrollDown => 1,
+        MouseEventKind::ScrollUp => -1,
+        _ => 0,
+    }
+}
+
 /// Below this the layout would break: a notice is drawn instead.
 pub const MIN_WIDTH: u16 = 60;
 pub const MIN_HEIGHT: u16 = 15;
@@ -44,14 +54,7 @@ pub fn draw(f: &mut Frame, app: &App) {
     ])
     .areas(area);
     draw_tabs(f, app, tabs);
-    match app.view {
-        View::Runs => runs::draw(f, app, body),
-        View::Curves => curves::draw(f, app, body),
-        View::Probe => probe::draw(f, app, body),
-        View::Kernels => kernels::draw(f, app, body),
-        View::Samples => samples::draw(f, app, body),
-        View::Compare => compare::draw(f, app, body),
-    }
+    app.pane(app.view).draw(f, body, app);
     draw_status(f, app, status);
     draw_bar(f, app, bar);
     if let Some(p) = &app.popup {

@@ -1,6 +1,6 @@
 //! The probe view: a prompt with [MASK], top-k predictions as bars, history, and an A/B of two
-//! checkpoints with Δprob. Models load and run on a worker thread (`spawn_probe_worker` in
-//! `tui/mod.rs`).
+//! checkpoints with Δprob. Models load and run on the probe worker
+//! (`tui::worker`).
 
 use std::path::PathBuf;
 
@@ -11,8 +11,13 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 
 use crate::probe::ProbeOutput;
+use crate::runs::index::RunSummary;
 use crate::text::sanitize;
 use crate::tui::app::App;
+use crate::tui::keymap::Action;
+use crate::tui::pane::{Ctx, Outcome, Pane};
+use crate::tui::worker::{ProbeJob, WorkerMsg};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent};
 
 /// One side of the comparison.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +56,142 @@ impl ProbeState {
             })
             .max()
             .unwrap_or(0)
+    }
+}
+
+impl ProbeState {
+    /// Sends the prompt to the probe worker for each side that has a model.
+    pub fn run(&mut self, cx: &mut Ctx) {
+        let text = self.prompt.trim().to_string();
+        if text.is_empty() {
+            return;
+        }
+        if self.history.last() != Some(&text) {
+            self.history.push(text.clone());
+        }
+        self.history_pos = None;
+        for (i, slot) in [&mut self.a, &mut self.b].into_iter().enumerate() {
+            let Some(model) = slot.model.clone() else {
+                continue;
+            };
+            let job = ProbeJob {
+                slot: i,
+                model,
+                text: text.clone(),
+            };
+            match &cx.workers.probe {
+                Some(tx) if tx.send(job).is_ok() => slot.busy = true,
+                _ => slot.result = Some(Err("the probe worker is not running".into())),
+            }
+        }
+    }
+
+    /// Picks the default model A (the shipped run, else the first run with a checkpoint)
+    /// while none is set.
+    pub fn default_model(&mut self, runs: &[RunSummary]) {
+        if self.a.model.is_none() {
+            self.a.model = runs
+                .iter()
+                .find(|r| r.id == "bigs-mobydick" && !r.checkpoints.is_empty())
+                .or_else(|| runs.iter().find(|r| !r.checkpoints.is_empty()))
+                .map(|r| r.path.clone());
+        }
+    }
+}
+
+impl Pane for ProbeState {
+    fn handle(&mut self, action: Action, cx: &mut Ctx) -> Outcome {
+        let page = (cx.body.height as i64 - 4).max(1);
+        let d = match action {
+            Action::ProbeEdit => {
+                self.editing = true;
+                return Outcome::Done;
+            }
+            Action::ProbeRun => {
+                self.run(cx);
+                return Outcome::Done;
+            }
+            Action::ProbeSetA | Action::ProbeSetB => {
+                if let Some(r) = cx.selected_run() {
+                    let path = r.path.clone();
+                    let slot = if action == Action::ProbeSetA {
+                        &mut self.a
+                    } else {
+                        &mut self.b
+                    };
+                    slot.model = Some(path);
+                    slot.result = None;
+                }
+                return Outcome::Done;
+            }
+            Action::PageUp => -page,
+            Action::PageDown => page,
+            Action::First => -(i64::MAX / 4),
+            Action::Last => i64::MAX / 4,
+            _ => return Outcome::Pass,
+        };
+        self.scroll_by(d);
+        Outcome::Done
+    }
+
+    fn editing(&self) -> bool {
+        self.editing
+    }
+
+    fn on_text_key(&mut self, k: KeyEvent, cx: &mut Ctx) {
+        match k.code {
+            KeyCode::Esc => self.editing = false,
+            KeyCode::Enter => {
+                self.editing = false;
+                self.run(cx);
+            }
+            KeyCode::Backspace => {
+                self.prompt.pop();
+            }
+            KeyCode::Up | KeyCode::Down if !self.history.is_empty() => {
+                let n = self.history.len();
+                let i = match (self.history_pos, k.code) {
+                    (None, KeyCode::Up) => n - 1,
+                    (Some(i), KeyCode::Up) => i.saturating_sub(1),
+                    (Some(i), _) => (i + 1).min(n - 1),
+                    (None, _) => return,
+                };
+                self.history_pos = Some(i);
+                self.prompt = self.history[i].clone();
+            }
+            KeyCode::Char(c) if !k.modifiers.contains(KeyModifiers::CONTROL) => self.prompt.push(c),
+            _ => {}
+        }
+    }
+
+    fn on_msg(&mut self, m: WorkerMsg, _cx: &mut Ctx) {
+        if let WorkerMsg::Probe(slot, res) = m {
+            let s = if slot == 0 { &mut self.a } else { &mut self.b };
+            s.busy = false;
+            s.result = Some(res);
+        }
+    }
+
+    fn on_mouse(&mut self, m: MouseEvent, _cx: &mut Ctx) -> Outcome {
+        match super::wheel(&m) {
+            0 => Outcome::Pass,
+            d => {
+                self.scroll_by(3 * d);
+                Outcome::Done
+            }
+        }
+    }
+
+    fn draw(&self, f: &mut Frame, area: Rect, app: &App) {
+        draw(f, app, area)
+    }
+}
+
+impl ProbeState {
+    /// Scrolls the results by `d` lines (clamped to what there is).
+    fn scroll_by(&mut self, d: i64) {
+        let max = self.line_count() as i64;
+        self.scroll = (self.scroll as i64 + d).clamp(0, max) as usize;
     }
 }
 

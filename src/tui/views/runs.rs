@@ -13,8 +13,12 @@ use ratatui::widgets::{
 };
 
 use crate::runs::index::RunSummary;
-use crate::tui::app::App;
+use crate::tui::app::{App, Popup};
 use crate::tui::chart::fmt_num;
+use crate::tui::keymap::Action;
+use crate::tui::pane::{Ctx, Outcome, Pane};
+use crate::tui::views::form::LaunchForm;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
 
 fn age(s: Option<f64>) -> String {
     match s {
@@ -103,8 +107,9 @@ pub fn matches(r: &RunSummary, filter: &str) -> bool {
     })
 }
 
-/// The Runs view's state: filter, sort, the display order and the scroll positions. Input
-/// changes it (`App`); drawing only reads it.
+/// The Runs pane: filter, sort, the display order and the scroll positions (the selected
+/// and marked runs are the app's: every view acts on them). Input changes it; drawing only
+/// reads it.
 #[derive(Debug, Clone, Default)]
 pub struct RunsState {
     pub filter: String,
@@ -185,6 +190,148 @@ impl RunsState {
             ));
         }
         parts.join(" · ")
+    }
+}
+
+impl RunsState {
+    /// Recomputes the display order (filter, sort) and keeps the selection among the shown
+    /// runs and visible in the table laid out in `body`.
+    pub fn refresh_view(&mut self, runs: &[RunSummary], selected: &mut usize, body: Rect) {
+        self.refresh(runs);
+        if self.position(*selected).is_none()
+            && let Some(&first) = self.order.first()
+        {
+            *selected = first;
+        }
+        self.scroll_to(*selected, body);
+    }
+
+    /// Moves the table's offset so that run `selected` is visible.
+    pub fn scroll_to(&mut self, selected: usize, body: Rect) {
+        let rows = layout(body, self.order.len()).rows;
+        let pos = self.position(selected).unwrap_or(0);
+        self.offset = keep_visible(self.offset, pos, rows, self.order.len());
+    }
+
+    /// Moves the selection `d` rows in the display order (filter and sort).
+    pub fn move_sel(&mut self, selected: &mut usize, d: i64, body: Rect) {
+        if self.order.is_empty() {
+            return;
+        }
+        let n = self.order.len() as i64;
+        let pos = self.position(*selected).unwrap_or(0) as i64;
+        let new = self.order[(pos + d).clamp(0, n - 1) as usize];
+        if new != *selected {
+            self.details_scroll = 0;
+        }
+        *selected = new;
+        self.scroll_to(new, body);
+    }
+}
+
+impl Pane for RunsState {
+    fn handle(&mut self, action: Action, cx: &mut Ctx) -> Outcome {
+        match action {
+            Action::Filter => {
+                self.filter_editing = true;
+                self.refresh_view(cx.runs, cx.selected, cx.body);
+            }
+            Action::SortNext => {
+                self.sort = self.sort.next();
+                self.refresh_view(cx.runs, cx.selected, cx.body);
+            }
+            Action::SortReverse => {
+                self.reverse = !self.reverse;
+                self.refresh_view(cx.runs, cx.selected, cx.body);
+            }
+            Action::MarkAll => {
+                let ids: Vec<String> = self.order.iter().map(|&i| cx.runs[i].id.clone()).collect();
+                cx.notices.push(format!("marked {} run(s)", ids.len()));
+                cx.marked.extend(ids);
+            }
+            Action::UnmarkAll => {
+                cx.notices
+                    .push(format!("unmarked {} run(s)", cx.marked.len()));
+                cx.marked.clear();
+            }
+            Action::DetailsUp => self.details_scroll = self.details_scroll.saturating_sub(1),
+            Action::DetailsDown => self.details_scroll += 1,
+            Action::Launch => {
+                *cx.popup = Some(Popup::Launch(Box::new(LaunchForm::new(
+                    cx.runs_dir.to_path_buf(),
+                ))))
+            }
+            Action::Diff => {
+                *cx.popup = Some(if cx.marked.len() == 2 {
+                    Popup::Diff
+                } else {
+                    Popup::Message(
+                        "mark two runs with space, then press d to diff their configs".into(),
+                    )
+                });
+            }
+            _ => return Outcome::Pass,
+        }
+        Outcome::Done
+    }
+
+    fn editing(&self) -> bool {
+        self.filter_editing
+    }
+
+    /// Typing into the filter: characters edit it (the order follows as typed), Enter keeps
+    /// it, Esc clears it.
+    fn on_text_key(&mut self, k: KeyEvent, cx: &mut Ctx) {
+        match k.code {
+            KeyCode::Enter => self.filter_editing = false,
+            KeyCode::Esc => {
+                self.filter_editing = false;
+                self.filter.clear();
+            }
+            KeyCode::Backspace => {
+                self.filter.pop();
+            }
+            KeyCode::Char(c) if !k.modifiers.contains(KeyModifiers::CONTROL) => self.filter.push(c),
+            _ => return,
+        }
+        self.refresh_view(cx.runs, cx.selected, cx.body);
+    }
+
+    /// The wheel scrolls the config pane when over it (else the app moves the selection); a
+    /// click on a table row selects the run drawn there.
+    fn on_mouse(&mut self, m: MouseEvent, cx: &mut Ctx) -> Outcome {
+        let l = layout(cx.body, self.order.len());
+        let inside = |r: Rect| {
+            m.column >= r.x && m.column < r.x + r.width && m.row >= r.y && m.row < r.y + r.height
+        };
+        match super::wheel(&m) {
+            0 => {}
+            d if inside(l.config) => {
+                self.details_scroll = (self.details_scroll as i64 + 3 * d).max(0) as usize;
+                return Outcome::Done;
+            }
+            _ => return Outcome::Pass,
+        }
+        if !matches!(m.kind, MouseEventKind::Down(_)) {
+            return Outcome::Pass;
+        }
+        let offset = keep_visible(
+            self.offset,
+            self.position(*cx.selected).unwrap_or(self.offset),
+            l.rows,
+            self.order.len(),
+        );
+        if let Some(pos) = row_at(&l, offset, m.column, m.row)
+            && let Some(&i) = self.order.get(pos)
+        {
+            *cx.selected = i;
+            self.details_scroll = 0;
+        }
+        Outcome::Done
+    }
+
+    fn draw(&self, f: &mut Frame, area: Rect, app: &App) {
+        draw(f, app, area)
     }
 }
 

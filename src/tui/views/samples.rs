@@ -6,7 +6,6 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::Instant;
 
 use ratatui::Frame;
@@ -15,46 +14,16 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, LineGauge, Paragraph, Wrap};
 
+use crate::runs::index::RunSummary;
 use crate::runs::samples::SampleSet;
-use crate::tui::app::App;
+use crate::tui::app::{App, Effect, Popup};
 use crate::tui::image::{EncodeKey, HalfBlocks, ImageOutput, Picture, Protocol, halfblock_rect};
+use crate::tui::image::{ImageEvent, ImageJob};
+use crate::tui::keymap::Action;
+use crate::tui::pane::{Ctx, Outcome, Pane};
+use crate::tui::worker::WorkerMsg;
 
-/// A "sample now" job for the sampler worker.
-pub use crate::sample::NowRequest as SampleRequest;
-
-/// The sampler: draws the samples of a request, calls the progress callback with a fraction
-/// in [0, 1], and returns the `samples/now-*` folder it wrote (per `runs::samples`).
-pub type SamplerFn = Box<dyn Fn(SampleRequest, &dyn Fn(f64)) -> anyhow::Result<PathBuf> + Send>;
-
-/// Messages of the sampler worker.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SampleEvent {
-    Progress(f64),
-    Done(Result<PathBuf, String>),
-}
-
-/// Runs `sampler` on its own thread, one request at a time; `send` returns false when the
-/// receiver is gone (the worker ends).
-pub fn spawn_sample_worker(
-    sampler: SamplerFn,
-    send: impl Fn(SampleEvent) -> bool + Send + 'static,
-) -> mpsc::Sender<SampleRequest> {
-    let (tx, rx) = mpsc::channel::<SampleRequest>();
-    crate::tui::worker::spawn("sampler", move || {
-        while let Ok(req) = rx.recv() {
-            let progress = |f: f64| {
-                send(SampleEvent::Progress(f.clamp(0.0, 1.0)));
-            };
-            let r = crate::tui::worker::guard("sampler", || {
-                sampler(req, &progress).map_err(|e| format!("{e:#}"))
-            });
-            if !send(SampleEvent::Done(r)) {
-                return;
-            }
-        }
-    });
-    tx
-}
+pub use crate::tui::worker::{SampleEvent, SampleRequest};
 
 /// State of the samples view.
 #[derive(Default)]
@@ -218,6 +187,245 @@ impl SamplesState {
             steps: s.map_or(50, |s| s.meta.sampling_steps.max(1)),
             seed: s.map_or(0, |s| s.meta.seed),
         }
+    }
+}
+
+/// The run the Samples view shows: the selected run if it is a diffusion run, else the
+/// default diffusion run (`diffussm-fashion`, else the first one), else the selected run
+/// (the view then says it has no images).
+pub fn samples_run(runs: &[RunSummary], selected: usize) -> Option<&RunSummary> {
+    let diffusion = |r: &&RunSummary| crate::runs::is_diffusion(&r.model);
+    let sel = runs.get(selected);
+    sel.filter(diffusion)
+        .or_else(|| runs.iter().find(|r| r.id == "diffussm-fashion"))
+        .or_else(|| runs.iter().find(diffusion))
+        .or(sel)
+}
+
+impl SamplesState {
+    /// Hands a job to the image worker, or does it now when there is none (tests).
+    fn image_job(&mut self, job: ImageJob, cx: &mut Ctx) {
+        let job = match &cx.workers.image {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(e) => e.0,
+            },
+            None => job,
+        };
+        let ev = crate::tui::image::handle(job);
+        self.on_image_event(ev, cx);
+    }
+
+    /// A result of the image worker.
+    fn on_image_event(&mut self, ev: ImageEvent, cx: &mut Ctx) {
+        match ev {
+            ImageEvent::Listed(run, sets) => {
+                if Some(&run) == self.run.as_ref() {
+                    self.set_sets(sets);
+                    self.sync(cx);
+                }
+            }
+            ImageEvent::Decoded(path, r) => {
+                self.pending.remove(&path);
+                self.pictures.insert(path, r);
+            }
+            ImageEvent::Encoded(key, r) => {
+                if self.encoding.as_ref() == Some(&key) {
+                    self.encoding = None;
+                }
+                if let Err(e) = &r {
+                    cx.notices.push(e.clone());
+                }
+                // sixel and iTerm2 images leave pixels behind that cell diffs do not erase
+                *cx.clear_screen |= matches!(key.protocol, Protocol::Sixel | Protocol::Iterm2);
+                self.encoded = Some((key, r));
+            }
+        }
+    }
+
+    /// A message of the sampler worker.
+    fn on_sample_event(&mut self, ev: SampleEvent, cx: &mut Ctx) {
+        match ev {
+            SampleEvent::Progress(p) => {
+                if self.job.is_some() {
+                    self.job = Some(p);
+                }
+            }
+            SampleEvent::Done(Ok(dir)) => {
+                self.job = None;
+                cx.notices
+                    .push(format!("samples written to {}", dir.display()));
+                self.select_path = Some(dir);
+                if let Some(r) = self.run.clone() {
+                    self.image_job(ImageJob::List(r), cx);
+                }
+            }
+            SampleEvent::Done(Err(e)) => {
+                self.job = None;
+                cx.notices.push(format!("sample now failed: {e}"));
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Sends "sample now" for the selected run to the sampler worker.
+    fn sample_now(&mut self, cx: &mut Ctx) {
+        let Some(run) = cx.selected_run() else {
+            return;
+        };
+        if crate::runs::is_masked_lm(&run.model) {
+            *cx.popup = Some(Popup::Message(format!(
+                "{} is a {} run (masked LM): sampling needs a diffusion run. Train one: ssmlab train --preset diffussm-fashion",
+                run.id,
+                crate::runs::family_label(&run.model)
+            )));
+            return;
+        }
+        if self.job.is_some() {
+            cx.notices.push("sampling is already running".into());
+            return;
+        }
+        let req = self.request(run.path.clone());
+        self.error = None;
+        match &cx.workers.sample {
+            Some(tx) if tx.send(req).is_ok() => self.job = Some(0.0),
+            _ => self.error = Some("the sampler worker is not running".into()),
+        }
+    }
+
+    /// Called every quarter second or so while the view is shown: re-lists the samples of
+    /// the shown run every 2 s (new steps appear as the trainer writes them).
+    pub fn tick(&mut self, cx: &mut Ctx) {
+        let due = self
+            .listed_at
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(2));
+        if due && let Some(r) = self.run.clone() {
+            self.listed_at = Some(Instant::now());
+            self.image_job(ImageJob::List(r), cx);
+        }
+    }
+
+    /// After a frame: encodes the shown image for a graphics protocol at the pane's size (the
+    /// layout function drawing uses, at the terminal's size).
+    pub fn after_draw(&mut self, cx: &mut Ctx) {
+        let protocol = self.output.active();
+        if protocol == Protocol::Halfblocks {
+            return;
+        }
+        let Some((path, _)) = self.current_image() else {
+            return;
+        };
+        let pane = image_rect(self, cx.body).unwrap_or_default();
+        let key = EncodeKey {
+            path: path.clone(),
+            cols: pane.width,
+            rows: pane.height,
+            protocol,
+        };
+        if pane.width == 0
+            || pane.height == 0
+            || self.encoded.as_ref().is_some_and(|(k, _)| *k == key)
+            || self.encoding.as_ref() == Some(&key)
+        {
+            return;
+        }
+        let Some(Ok(pic)) = self.pictures.get(&path) else {
+            return;
+        };
+        let job = ImageJob::Encode {
+            key: key.clone(),
+            picture: pic.clone(),
+            picker: Box::new(self.output.picker_for(protocol)),
+        };
+        self.encoding = Some(key);
+        self.image_job(job, cx);
+    }
+}
+
+impl Pane for SamplesState {
+    fn handle(&mut self, action: Action, cx: &mut Ctx) -> Outcome {
+        match action {
+            Action::SamplePrev => self.move_sel(-1),
+            Action::SampleNext => self.move_sel(1),
+            Action::SampleBack10 => self.move_sel(-10),
+            Action::SampleFwd10 => self.move_sel(10),
+            Action::SampleFirst => self.move_sel(i64::MIN / 2),
+            Action::SampleLast => self.move_sel(i64::MAX / 2),
+            Action::TrajNoisier => self.scrub(-1),
+            Action::TrajCleaner => self.scrub(1),
+            Action::SampleNow => self.sample_now(cx),
+            Action::SampleClass => self.cycle_class(),
+            // Pages wrap modulo the count the pane has (`tile_window`); 720720 = lcm(1..=16)
+            // keeps "previous" exact for up to 16 pages.
+            Action::TilePagePrev => self.page = (self.page + 720_719) % 720_720,
+            Action::TilePageNext => self.page = (self.page + 1) % 720_720,
+            Action::GuidanceLess => self.change_guidance(-0.5),
+            Action::GuidanceMore => self.change_guidance(0.5),
+            Action::ImageProtocol => {
+                self.output.cycle();
+                cx.notices.push(self.output.describe());
+                self.encoded = None;
+                self.encoding = None;
+                *cx.clear_screen = true;
+            }
+            Action::FullScreen => match self.current_image() {
+                Some((p, _)) => return Outcome::Effect(Effect::FullScreen(p)),
+                None => cx
+                    .notices
+                    .push("no image to show: select a run with samples".into()),
+            },
+            _ => return Outcome::Pass,
+        }
+        Outcome::Done
+    }
+
+    fn on_msg(&mut self, m: WorkerMsg, cx: &mut Ctx) {
+        match m {
+            WorkerMsg::Image(ev) => self.on_image_event(ev, cx),
+            WorkerMsg::Sample(ev) => self.on_sample_event(ev, cx),
+            _ => {}
+        }
+    }
+
+    /// Keeps the view's data in step with the selection: lists the shown run's sample
+    /// folders when the run changed, decodes the image shown (and, with a worker, its
+    /// neighbours).
+    fn sync(&mut self, cx: &mut Ctx) {
+        let run = samples_run(cx.runs, *cx.selected).map(|r| r.path.clone());
+        if run != self.run {
+            self.reset(run.clone());
+            self.error = None;
+            if let Some(r) = run {
+                self.image_job(ImageJob::List(r), cx);
+            }
+            return; // the listing calls back here
+        }
+        let mut want: Vec<PathBuf> = self.current_image().map(|c| c.0).into_iter().collect();
+        if cx.workers.image.is_some() {
+            // prefetch: the neighbouring steps at the same trajectory position
+            let (sel, frame) = (self.sel, self.frame);
+            for i in [sel + 1, sel.wrapping_sub(1)] {
+                if let Some(s) = self.sets.get(i) {
+                    want.push(match frame.and_then(|f| s.meta.trajectory.get(f)) {
+                        Some(fr) => s.path.join(&fr.file),
+                        None => s.grid_path(),
+                    });
+                }
+            }
+        }
+        if self.pictures.len() > 64 {
+            let keep: Vec<PathBuf> = want.clone();
+            self.pictures.retain(|p, _| keep.contains(p));
+        }
+        for p in want {
+            if !self.pictures.contains_key(&p) && self.pending.insert(p.clone()) {
+                self.image_job(ImageJob::Decode(p), cx);
+            }
+        }
+    }
+
+    fn draw(&self, f: &mut Frame, area: Rect, app: &App) {
+        draw(f, app, area)
     }
 }
 
@@ -402,8 +610,7 @@ fn image_area(set: &SampleSet, inner: Rect) -> (Rect, u16) {
 
 /// The image's area in the view's body `area`, as [`draw`] lays it out (None: no image shown).
 /// Input and the encoder use it; drawing computes the same, nothing is stored.
-pub fn image_rect(app: &App, area: Rect) -> Option<Rect> {
-    let s = &app.samples;
+pub fn image_rect(s: &SamplesState, area: Rect) -> Option<Rect> {
     let set = s.current()?;
     s.current_image()?;
     let [_, _, pane, _] = main_layout(area);
