@@ -110,11 +110,10 @@ impl Pane for CompareState {
                 self.start_scaling(cx);
                 return Outcome::Done;
             }
-            Action::PageUp => -page,
-            Action::PageDown => page,
-            Action::First => -(i64::MAX / 4),
-            Action::Last => i64::MAX / 4,
-            _ => return Outcome::Pass,
+            a => match super::scroll_delta(a, page) {
+                Some(d) => d,
+                None => return Outcome::Pass,
+            },
         };
         self.scroll_by(d, cx);
         Outcome::Done

@@ -26,6 +26,19 @@ pub fn wheel(m: &crossterm::event::MouseEvent) -> i64 {
     }
 }
 
+/// How far PgUp/PgDn/Home/End scroll a pane with `page` lines to a page (None: another
+/// action). Home and End go far enough for any length; the pane clamps.
+pub fn scroll_delta(action: crate::tui::keymap::Action, page: i64) -> Option<i64> {
+    use crate::tui::keymap::Action;
+    match action {
+        Action::PageUp => Some(-page),
+        Action::PageDown => Some(page),
+        Action::First => Some(-(i64::MAX / 4)),
+        Action::Last => Some(i64::MAX / 4),
+        _ => None,
+    }
+}
+
 /// Below this the layout would break: a notice is drawn instead.
 pub const MIN_WIDTH: u16 = 60;
 pub const MIN_HEIGHT: u16 = 15;
