@@ -155,7 +155,7 @@ impl<T> Ptr<T> {
 /// blocks per thread, of whole 16-row (or 16-column) panels, cut along the longer side, on the
 /// rayon pool (inline for one block). Measured on the 2-core machine against `gemm`'s own
 /// parallel mode: DiffuSSM training 1.2× as fast (its 1568 × 128 × 128 products hand work
-/// between threads less), the BiGS step about 1.07×. One thread: one block.
+/// between threads less), the BiGS step about 1.08×. One thread: one block.
 fn split(
     m: usize,
     n: usize,
