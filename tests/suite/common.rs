@@ -57,6 +57,16 @@ pub fn max_abs(got: &Tensor, want: &Tensor) -> f64 {
 /// Central finite differences of the scalar `f` with respect to a few entries of each var,
 /// against the gradient from backprop. Returns the worst relative error (relative to the
 /// largest |analytic gradient| of that var, plus an absolute floor).
+/// The sum of squares of a tensor's elements (an f64 tensor).
+pub fn sq_norm(t: &Tensor) -> f64 {
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
 pub fn fd_check(vars: &[(&str, &Var)], f: impl Fn() -> Tensor, samples: usize, eps: f64) -> f64 {
     let loss = f();
     let grads = loss.backward().unwrap();

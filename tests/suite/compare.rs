@@ -81,14 +81,10 @@ fn attention_gradients_match_finite_differences() {
                 continue;
             }
             let g = g.unwrap_or_else(|| panic!("no grad for {n}"));
-            let norm = g
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
-            assert!(norm > 0.0, "pre_norm={pre_norm}: zero gradient for {n}");
+            assert!(
+                crate::common::sq_norm(g) > 0.0,
+                "pre_norm={pre_norm}: zero gradient for {n}"
+            );
         }
         let vars: Vec<(&str, &candle_core::Var)> = names
             .iter()

@@ -256,14 +256,10 @@ pub(crate) fn assert_gradients(
         let g = grads
             .get(data[*n].as_tensor())
             .unwrap_or_else(|| panic!("{label}: no gradient for {n}"));
-        let norm = g
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        assert!(norm > 0.0, "{label}: zero gradient for {n}");
+        assert!(
+            crate::common::sq_norm(g) > 0.0,
+            "{label}: zero gradient for {n}"
+        );
     }
     let vars: Vec<(&str, &candle_core::Var)> =
         names.iter().map(|n| (n.as_str(), &data[*n])).collect();

@@ -371,44 +371,33 @@ pub(crate) mod blas {
         c: *mut T,
     ) {
         let (m, n, k) = (m as c_int, n as c_int, k as c_int);
+        // the same call of cblas_sgemm or cblas_dgemm
+        macro_rules! call {
+            ($f:ident) => {
+                $f(
+                    ROW_MAJOR,
+                    l.a.0,
+                    l.b.0,
+                    m,
+                    n,
+                    k,
+                    1.0,
+                    a.cast(),
+                    l.a.1,
+                    b.cast(),
+                    l.b.1,
+                    if acc { 1.0 } else { 0.0 },
+                    c.cast(),
+                    l.ldc,
+                )
+            };
+        }
         // SAFETY: the caller's contract; the casts are identities for the checked type.
         unsafe {
             if TypeId::of::<T>() == TypeId::of::<f32>() {
-                let beta = if acc { 1.0 } else { 0.0 };
-                cblas_sgemm(
-                    ROW_MAJOR,
-                    l.a.0,
-                    l.b.0,
-                    m,
-                    n,
-                    k,
-                    1.0,
-                    a.cast(),
-                    l.a.1,
-                    b.cast(),
-                    l.b.1,
-                    beta,
-                    c.cast(),
-                    l.ldc,
-                );
+                call!(cblas_sgemm)
             } else {
-                let beta = if acc { 1.0 } else { 0.0 };
-                cblas_dgemm(
-                    ROW_MAJOR,
-                    l.a.0,
-                    l.b.0,
-                    m,
-                    n,
-                    k,
-                    1.0,
-                    a.cast(),
-                    l.a.1,
-                    b.cast(),
-                    l.b.1,
-                    beta,
-                    c.cast(),
-                    l.ldc,
-                );
+                call!(cblas_dgemm)
             }
         }
     }
