@@ -238,9 +238,8 @@ pub(crate) fn weight_grad<T: Elem>(dst: &mut [T], dy: &[T], x: &[T], out: usize,
 }
 
 /// The system BLAS behind `--features openblas`. On the 2-core AVX2 machine of the README's
-/// performance section, OpenBLAS 0.3 multiplies f32 at about twice the `gemm` crate's rate
-/// (2048³: ~145 against ~70 GFLOP/s; the BiGS shapes alike), which is the gap to MKL that the
-/// BiGS step showed. Three functions of the C interface are all ssmlab needs, so they are
+/// performance section, OpenBLAS 0.3 multiplies f32 1.2-1.3× as fast as the `gemm` crate
+/// (2048³ back to back: 154-160 against 120-133 GFLOP/s); the BiGS step gains up to ~10%. Three functions of the C interface are all ssmlab needs, so they are
 /// declared here and linked as `-lopenblas` (Debian: `libopenblas-dev`) rather than through
 /// a binding crate. `SSMLAB_BLAS=0` turns it off at run time (for A/B timing and tests).
 #[cfg(feature = "openblas")]
