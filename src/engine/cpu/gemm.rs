@@ -111,30 +111,52 @@ pub(crate) fn mm_rows<T: Elem>(
         // SAFETY: the asserts above keep every index of the whole product inside the slices,
         // a block's offsets stay inside it, and the blocks write disjoint parts of `dst`
         // (rows r0..r1 × columns c0..c1).
-        unsafe {
-            gemm::gemm(
-                bm,
-                bn,
-                k,
-                dst,
-                1,
-                dst_rs as isize,
-                acc,
-                a.d.as_ptr().wrapping_add(a_off),
-                a.cs as isize,
-                a.rs as isize,
-                b.d.as_ptr().wrapping_add(b_off),
-                b.cs as isize,
-                b.rs as isize,
-                T::one(),
-                T::one(),
-                false,
-                false,
-                false,
-                Parallelism::None,
-            )
-        }
+        unsafe { gemm_one(bm, bn, k, dst, dst_rs, acc, (a, a_off), (b, b_off)) }
     });
+}
+
+/// One single-threaded `gemm` call: `dst (m × n, rows `ldc` apart) = [dst +] a · b`, with the
+/// operands' views starting `a.1` and `b.1` elements in.
+///
+/// # Safety
+/// `dst` holds the m × n block at stride `ldc`, the views hold every index of the block from
+/// their offsets, and no other thread writes the block.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_one<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    ldc: usize,
+    acc: bool,
+    a: (Mat<T>, usize),
+    b: (Mat<T>, usize),
+) {
+    let ((a, a_off), (b, b_off)) = (a, b);
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            ldc as isize,
+            acc,
+            a.d.as_ptr().wrapping_add(a_off),
+            a.cs as isize,
+            a.rs as isize,
+            b.d.as_ptr().wrapping_add(b_off),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
 }
 
 /// The destination of a product, handed to the rayon workers: each writes its own block.
@@ -425,29 +447,7 @@ mod tests {
             for acc in [false, true] {
                 let mut want = c0.clone();
                 // SAFETY: the sizes are the ones the views were built for.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
-                        want.as_mut_ptr(),
-                        1,
-                        ldc as isize,
-                        acc,
-                        av.d.as_ptr(),
-                        av.cs as isize,
-                        av.rs as isize,
-                        bv.d.as_ptr(),
-                        bv.cs as isize,
-                        bv.rs as isize,
-                        T::one(),
-                        T::one(),
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    )
-                };
+                unsafe { gemm_one(m, n, k, want.as_mut_ptr(), ldc, acc, (av, 0), (bv, 0)) };
                 let mut got = c0.clone();
                 #[cfg(feature = "openblas")]
                 assert!(blas::layout(m, n, k, ldc, &av, &bv).is_some(), "BLAS taken");
