@@ -31,6 +31,7 @@ fn tune_threads() {
 fn main() -> ExitCode {
     tune_threads();
     tune_allocator();
+    ssmlab::engine::cpu::prof::init_from_env();
     match ssmlab::cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

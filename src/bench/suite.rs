@@ -267,7 +267,29 @@ pub fn run_case(case: &Case) -> Result<Value> {
     obj.insert("spec".into(), crate::engine::serial::json_value(case));
     obj.insert("peak_rss_mib".into(), json!(peak_rss_mib()));
     obj.insert("device".into(), json!(format!("{:?}", dev.location())));
+    if crate::engine::cpu::prof::on() {
+        obj.insert("stages".into(), stages_per_step());
+    }
     Ok(out)
+}
+
+/// The stage table of the timed steps (`SSMLAB_PROFILE=1`), per step, longest first: wall
+/// milliseconds, calls, and GFLOP/s of the products.
+fn stages_per_step() -> Value {
+    let table = crate::engine::cpu::prof::take();
+    let steps = table.get("step").map_or(1, |s| s.calls.max(1)) as f64;
+    let mut rows: Vec<_> = table.into_iter().collect();
+    rows.sort_by(|a, b| b.1.seconds.total_cmp(&a.1.seconds));
+    rows.into_iter()
+        .map(|(name, s)| {
+            let mut v = json!({"stage": name, "ms_per_step": 1e3 * s.seconds / steps,
+                               "calls_per_step": s.calls as f64 / steps});
+            if s.flops > 0.0 {
+                v["gflops"] = json!(s.flops / s.seconds / 1e9);
+            }
+            v
+        })
+        .collect()
 }
 
 fn bigs_train(

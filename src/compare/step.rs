@@ -37,8 +37,11 @@ fn median(mut ts: Vec<f64>) -> f64 {
 /// Run `f` once to warm up, then `reps` times; the median seconds.
 pub fn timed(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
+    // the stage table (`SSMLAB_PROFILE=1`) covers the timed steps only
+    crate::engine::cpu::prof::reset();
     let mut ts = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
+        let _time = crate::engine::cpu::prof::span("step");
         let t0 = Instant::now();
         f()?;
         ts.push(t0.elapsed().as_secs_f64());

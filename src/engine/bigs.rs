@@ -709,6 +709,7 @@ impl BigsForMaskedLm {
         self.check_ids(input_ids, self.config.vocab_size, "input_ids")?;
         let dev = input_ids.device();
         let pos = Tensor::arange(0u32, l as u32, dev)?;
+        let embed_time = super::cpu::prof::span("embeddings");
         let e = self.embeddings.word.forward(input_ids)?;
         let e = e.broadcast_add(&self.embeddings.position.forward(&pos)?)?;
         let e = match token_type_ids {
@@ -721,6 +722,7 @@ impl BigsForMaskedLm {
             }
         };
         let mut x = self.embeddings.ln.forward(&e)?;
+        drop(embed_time);
         if let Mode::Train(rng) = mode
             && self.config.hidden_dropout_prob > 0.0
         {

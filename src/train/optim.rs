@@ -59,6 +59,7 @@ impl AdamW {
 
     /// One update with gradients `grads[i]` of `params[i]` at learning rate `lr`.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+        let _time = crate::engine::cpu::prof::span("optimizer");
         self.t += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let c1 = 1.0 - b1.powi(self.t as i32);

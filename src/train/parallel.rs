@@ -70,12 +70,18 @@ where
     F: Fn(Range<usize>) -> Result<Tensor> + Sync,
 {
     let one = |range: Range<usize>| -> Result<(f64, Vec<Option<Tensor>>)> {
-        let loss = shard_loss(range)?;
+        let loss = {
+            let _time = crate::engine::cpu::prof::span("forward");
+            shard_loss(range)?
+        };
         let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         if !value.is_finite() {
             return Ok((value, vec![None; vars.len()]));
         }
-        let grads = loss.backward()?;
+        let grads = {
+            let _time = crate::engine::cpu::prof::span("backward");
+            loss.backward()?
+        };
         // A gradient that reaches a variable directly (no op in between) still records its
         // backward graph, which references this step's activations: detach.
         Ok((

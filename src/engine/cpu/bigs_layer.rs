@@ -376,24 +376,29 @@ fn forward<T: Elem>(sp: &LayerSpec, x: &[T], p: &[T], k: &[T]) -> (Vec<T>, Saved
     g.par_chunks_mut(8192)
         .zip(af.par_chunks(8192).zip(ab.par_chunks(8192)))
         .for_each(|(g, (a, b))| {
-            g.iter_mut()
-                .zip(a.iter().zip(b))
-                .for_each(|(g, (a, b))| *g = *a * *b)
+            vectorised(
+                #[inline(always)]
+                || (0..g.len()).for_each(|j| g[j] = a[j] * b[j]),
+            )
         });
     let z_pre = linear(&g, w(12), w(13), h);
     let mut zv = vec![T::zero(); z_pre.len()];
     let act = sp.act;
+    // Index loops: an iterator chain's `fold` was not always inlined into the AVX2 instance.
     zv.par_chunks_mut(8192)
         .zip(z_pre.par_chunks(8192).zip(v_pre.par_chunks(8192)))
         .for_each(|(o, (z, v))| {
-            vectorised(|| match act {
-                Gelu::Tanh => o.iter_mut().zip(z.iter().zip(v)).for_each(|(o, (z, v))| {
-                    *o = T::gelu(Gelu::Tanh, *z).0 * T::gelu(Gelu::Tanh, *v).0
-                }),
-                Gelu::Exact => o.iter_mut().zip(z.iter().zip(v)).for_each(|(o, (z, v))| {
-                    *o = T::gelu(Gelu::Exact, *z).0 * T::gelu(Gelu::Exact, *v).0
-                }),
-            })
+            vectorised(
+                #[inline(always)]
+                || match act {
+                    Gelu::Tanh => (0..o.len()).for_each(|j| {
+                        o[j] = T::gelu(Gelu::Tanh, z[j]).0 * T::gelu(Gelu::Tanh, v[j]).0
+                    }),
+                    Gelu::Exact => (0..o.len()).for_each(|j| {
+                        o[j] = T::gelu(Gelu::Exact, z[j]).0 * T::gelu(Gelu::Exact, v[j]).0
+                    }),
+                },
+            )
         });
     // y = x + zv Woᵀ + bo: start from x + bo, accumulate the product.
     let mut y = vec![T::zero(); x.len()];
@@ -510,10 +515,13 @@ fn backward<T: Elem>(sp: &LayerSpec, s: &Saved<T>, x: &[T], p: &[T], dy: &[T]) -
             &s.z_pre[r.start * i..r.end * i],
             &s.v_pre[r.start * i..r.end * i],
         );
-        vectorised(|| match act {
-            Gelu::Tanh => gated_gelu_bwd(dz, dv, zp, vp, i, acc, |x| T::gelu(Gelu::Tanh, x)),
-            Gelu::Exact => gated_gelu_bwd(dz, dv, zp, vp, i, acc, |x| T::gelu(Gelu::Exact, x)),
-        })
+        vectorised(
+            #[inline(always)]
+            || match act {
+                Gelu::Tanh => gated_gelu_bwd(dz, dv, zp, vp, i, acc, |x| T::gelu(Gelu::Tanh, x)),
+                Gelu::Exact => gated_gelu_bwd(dz, dv, zp, vp, i, acc, |x| T::gelu(Gelu::Exact, x)),
+            },
+        )
     });
     dp[pr[13].clone()].copy_from_slice(&sums[..i]);
     dp[pr[3].clone()].copy_from_slice(&sums[i..]);

@@ -302,11 +302,10 @@ fn forward<T: Elem>(
     o.par_chunks_mut(8192)
         .zip(p_pre.par_chunks(8192).zip(q_pre.par_chunks(8192)))
         .for_each(|(o, (pp, qp))| {
-            vectorised(|| {
-                o.iter_mut()
-                    .zip(pp.iter().zip(qp))
-                    .for_each(|(o, (pp, qp))| *o = f(*pp).0 * f(*qp).0)
-            })
+            vectorised(
+                #[inline(always)]
+                || (0..o.len()).for_each(|j| o[j] = f(pp[j]).0 * f(qp[j]).0),
+            )
         });
     let o2 = linear(&o, w(10), w(11), ff);
     let mut y = vec![T::zero(); x.len()];

@@ -13,9 +13,15 @@ use crate::engine::error::Result;
 const CHUNK: usize = 8192;
 fn par_map<T: Copy + Send + Sync + Default>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     let mut out = vec![T::default(); x.len()];
+    // Index loops: an iterator chain's `fold` was not always inlined into the AVX2 instance.
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| vectorised(|| o.iter_mut().zip(x).for_each(|(o, x)| *o = f(*x))));
+        .for_each(|(o, x)| {
+            vectorised(
+                #[inline(always)]
+                || (0..o.len()).for_each(|j| o[j] = f(x[j])),
+            )
+        });
     out
 }
 
@@ -28,11 +34,10 @@ fn par_map2<T: Copy + Send + Sync + Default>(
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
         .for_each(|(o, (x, g))| {
-            vectorised(|| {
-                o.iter_mut()
-                    .zip(x.iter().zip(g))
-                    .for_each(|(o, (x, g))| *o = f(*x, *g))
-            })
+            vectorised(
+                #[inline(always)]
+                || (0..o.len()).for_each(|j| o[j] = f(x[j], g[j])),
+            )
         });
     out
 }
@@ -45,6 +50,7 @@ impl CustomOp1 for GeluOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let out = match (s, self.0) {
             (CpuStorage::F32(v), Gelu::Tanh) => {
                 CpuStorage::F32(par_map(cpu_slice(v, l, "fused op")?, |x| {
@@ -92,6 +98,7 @@ impl CustomOp2 for GeluGradOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let k = self.0;
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => {
@@ -152,11 +159,14 @@ fn row_max_sum<T: Elem>(row: &[T]) -> (T, T) {
 fn ce_rows<T: Elem>(z: &[T], t: &[u32], v: usize) -> Vec<T> {
     let mut out = vec![T::zero(); t.len()];
     out.par_iter_mut().enumerate().for_each(|(r, o)| {
-        vectorised(|| {
-            let row = &z[r * v..(r + 1) * v];
-            let (m, s) = row_max_sum(row);
-            *o = m + s.ln() - row[t[r] as usize];
-        })
+        vectorised(
+            #[inline(always)]
+            || {
+                let row = &z[r * v..(r + 1) * v];
+                let (m, s) = row_max_sum(row);
+                *o = m + s.ln() - row[t[r] as usize];
+            },
+        )
     });
     out
 }
@@ -164,16 +174,19 @@ fn ce_rows<T: Elem>(z: &[T], t: &[u32], v: usize) -> Vec<T> {
 fn ce_grad<T: Elem>(z: &[T], t: &[u32], g: &[T], v: usize) -> Vec<T> {
     let mut out = vec![T::zero(); z.len()];
     out.par_chunks_mut(v).enumerate().for_each(|(r, o)| {
-        vectorised(|| {
-            let row = &z[r * v..(r + 1) * v];
-            let (m, s) = row_max_sum(row);
-            let scale = g[r] / s;
-            for (o, x) in o.iter_mut().zip(row) {
-                *o = (*x - m).exp_v() * scale;
-            }
-            let i = t[r] as usize;
-            o[i] -= g[r];
-        })
+        vectorised(
+            #[inline(always)]
+            || {
+                let row = &z[r * v..(r + 1) * v];
+                let (m, s) = row_max_sum(row);
+                let scale = g[r] / s;
+                for (o, x) in o.iter_mut().zip(row) {
+                    *o = (*x - m).exp_v() * scale;
+                }
+                let i = t[r] as usize;
+                o[i] -= g[r];
+            },
+        )
     });
     out
 }
@@ -197,6 +210,7 @@ impl CustomOp2 for CrossEntropyOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let (p, v) = l1.shape().dims2()?;
         let t = targets(s2, l2)?;
         if t.len() != p || t.iter().any(|&x| x as usize >= v) {
@@ -242,6 +256,7 @@ impl candle_core::CustomOp3 for CrossEntropyGradOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let (_, v) = l1.shape().dims2()?;
         let t = targets(s2, l2)?;
         let out = match (s1, s3) {

@@ -86,6 +86,10 @@ pub(crate) fn mm_rows<T: Elem>(
         Parallelism::Rayon(n) => n,
     };
     let c = Ptr(dst.as_mut_ptr());
+    // Only the parallel products are timed: the single-threaded ones run inside parallel
+    // stages, on several threads at once.
+    let timed = threads > 1 && super::prof::on();
+    let t0 = timed.then(std::time::Instant::now);
     split(m, n, threads, |(r0, r1), (c0, c1)| {
         // the block's operands and destination start at these offsets into the views
         let (a_off, b_off, c_off) = (r0 * a.rs, c0 * b.cs, r0 * dst_rs + c0);
@@ -113,6 +117,9 @@ pub(crate) fn mm_rows<T: Elem>(
         // (rows r0..r1 × columns c0..c1).
         unsafe { gemm_one(bm, bn, k, dst, dst_rs, acc, (a, a_off), (b, b_off)) }
     });
+    if let Some(t0) = t0 {
+        super::prof::record_product(m, n, k, t0.elapsed().as_secs_f64());
+    }
 }
 
 /// One single-threaded `gemm` call: `dst (m × n, rows `ldc` apart) = [dst +] a · b`, with the

@@ -46,6 +46,7 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let (rows, inp) = l1.shape().dims2()?;
         let (out, win) = l2.shape().dims2()?;
         if win != inp || l3.shape().dims() != [out] {
@@ -100,6 +101,7 @@ impl CustomOp3 for LinearGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let (_, inp) = l1.shape().dims2()?;
         let out = dispatch(
             "linear backward",

@@ -23,6 +23,7 @@ pub mod fused;
 pub(crate) mod gemm;
 pub mod linear;
 pub(crate) mod node;
+pub mod prof;
 pub mod rowops;
 pub mod rows;
 pub mod s4_kernel;

@@ -65,6 +65,7 @@ impl<K: FusedKernels> CustomOp3 for FusedNode<K> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         self.kernels.check(l1, l2, l3)?;
         let what = K::WHAT;
         let (out, saved): (CpuStorage, Box<dyn Any + Send>) = match (s1, s2, s3) {
@@ -140,6 +141,7 @@ impl<K: FusedKernels> CustomOp3 for FusedGrad<K> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let what = K::GRAD_OP;
         let saved = take(&self.saved)
             .ok_or_else(|| candle_core::Error::Msg(format!("{what}: no saved activations")))?;

@@ -80,13 +80,16 @@ fn bias_act_fwd<T: Elem>(y: &[T], b: &[T], f: impl Fn(T) -> (T, T) + Sync) -> Ve
     out.par_chunks_mut(bn)
         .zip(y.par_chunks(bn))
         .for_each(|(o, y)| {
-            vectorised(|| {
-                for (o, y) in o.chunks_mut(n).zip(y.chunks(n)) {
-                    o.iter_mut().zip(y.iter().zip(b)).for_each(|(o, (y, b))| {
-                        *o = f(*y + *b).0;
-                    });
-                }
-            })
+            vectorised(
+                #[inline(always)]
+                || {
+                    for (o, y) in o.chunks_mut(n).zip(y.chunks(n)) {
+                        for j in 0..n {
+                            o[j] = f(y[j] + b[j]).0;
+                        }
+                    }
+                },
+            )
         });
     out
 }
@@ -101,17 +104,20 @@ fn bias_act_bwd<T: Elem>(y: &[T], b: &[T], g: &[T], f: impl Fn(T) -> (T, T) + Sy
         .par_chunks_mut(bn)
         .zip(y.par_chunks(bn).zip(g.par_chunks(bn)))
         .map(|(d, (y, g))| {
-            vectorised(|| {
-                let mut acc = vec![T::zero(); n];
-                for (d, (y, g)) in d.chunks_mut(n).zip(y.chunks(n).zip(g.chunks(n))) {
-                    for j in 0..n {
-                        let v = g[j] * f(y[j] + b[j]).1;
-                        d[j] = v;
-                        acc[j] += v;
+            vectorised(
+                #[inline(always)]
+                || {
+                    let mut acc = vec![T::zero(); n];
+                    for (d, (y, g)) in d.chunks_mut(n).zip(y.chunks(n).zip(g.chunks(n))) {
+                        for j in 0..n {
+                            let v = g[j] * f(y[j] + b[j]).1;
+                            d[j] = v;
+                            acc[j] += v;
+                        }
                     }
-                }
-                acc
-            })
+                    acc
+                },
+            )
         })
         .collect();
     db.copy_from_slice(&sum_blocks(&parts, n));
@@ -130,6 +136,7 @@ impl CustomOp2 for BiasAct {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let act = self.0;
         let s = dispatch(
             "bias-act",
@@ -178,6 +185,7 @@ impl CustomOp3 for BiasActGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let k = self.0;
         let s = dispatch(
             "bias-act grad",
@@ -201,6 +209,7 @@ impl CustomOp1 for ColSum {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let n = last_dim(l);
         let out = dispatch(
             "col-sum",
@@ -226,13 +235,16 @@ fn bias_mul_fwd<T: Elem>(a: &[T], c: &[T], bb: &[T]) -> Vec<T> {
     out.par_chunks_mut(bn)
         .zip(a.par_chunks(bn).zip(c.par_chunks(bn)))
         .for_each(|(o, (a, c))| {
-            vectorised(|| {
-                for (o, (a, c)) in o.chunks_mut(n).zip(a.chunks(n).zip(c.chunks(n))) {
-                    for j in 0..n {
-                        o[j] = (a[j] + ba[j]) * (c[j] + bc[j]);
+            vectorised(
+                #[inline(always)]
+                || {
+                    for (o, (a, c)) in o.chunks_mut(n).zip(a.chunks(n).zip(c.chunks(n))) {
+                        for j in 0..n {
+                            o[j] = (a[j] + ba[j]) * (c[j] + bc[j]);
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     out
 }
@@ -251,24 +263,27 @@ fn bias_mul_bwd<T: Elem>(a: &[T], c: &[T], g: &[T], bb: &[T]) -> Vec<T> {
         .zip(dc.par_chunks_mut(bn))
         .zip(a.par_chunks(bn).zip(c.par_chunks(bn)).zip(g.par_chunks(bn)))
         .map(|((da, dc), ((a, c), g))| {
-            vectorised(|| {
-                let mut acc = vec![T::zero(); 2 * n];
-                let rows = da
-                    .chunks_mut(n)
-                    .zip(dc.chunks_mut(n))
-                    .zip(a.chunks(n).zip(c.chunks(n)).zip(g.chunks(n)));
-                for ((da, dc), ((a, c), g)) in rows {
-                    for j in 0..n {
-                        let x = g[j] * (c[j] + bc[j]);
-                        let y = g[j] * (a[j] + ba[j]);
-                        da[j] = x;
-                        dc[j] = y;
-                        acc[j] += x;
-                        acc[n + j] += y;
+            vectorised(
+                #[inline(always)]
+                || {
+                    let mut acc = vec![T::zero(); 2 * n];
+                    let rows = da
+                        .chunks_mut(n)
+                        .zip(dc.chunks_mut(n))
+                        .zip(a.chunks(n).zip(c.chunks(n)).zip(g.chunks(n)));
+                    for ((da, dc), ((a, c), g)) in rows {
+                        for j in 0..n {
+                            let x = g[j] * (c[j] + bc[j]);
+                            let y = g[j] * (a[j] + ba[j]);
+                            da[j] = x;
+                            dc[j] = y;
+                            acc[j] += x;
+                            acc[n + j] += y;
+                        }
                     }
-                }
-                acc
-            })
+                    acc
+                },
+            )
         })
         .collect();
     dbb.copy_from_slice(&sum_blocks(&parts, 2 * n));
@@ -289,6 +304,7 @@ impl CustomOp3 for BiasMul {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let s = dispatch(
             "bias-mul",
             &[(s1, l1), (s2, l2), (s3, l3)],
@@ -328,6 +344,7 @@ impl CustomOp3 for BiasMulGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let bb = &self.0;
         let s = dispatch(
             "bias-mul grad",
@@ -349,13 +366,16 @@ fn gelu_bias_mul_fwd<T: Elem>(z: &[T], b: &[T], v: &[T], f: impl Fn(T) -> (T, T)
     out.par_chunks_mut(bn)
         .zip(z.par_chunks(bn).zip(v.par_chunks(bn)))
         .for_each(|(o, (z, v))| {
-            vectorised(|| {
-                for (o, (z, v)) in o.chunks_mut(n).zip(z.chunks(n).zip(v.chunks(n))) {
-                    for j in 0..n {
-                        o[j] = f(z[j] + b[j]).0 * v[j];
+            vectorised(
+                #[inline(always)]
+                || {
+                    for (o, (z, v)) in o.chunks_mut(n).zip(z.chunks(n).zip(v.chunks(n))) {
+                        for j in 0..n {
+                            o[j] = f(z[j] + b[j]).0 * v[j];
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     out
 }
@@ -379,23 +399,26 @@ fn gelu_bias_mul_bwd<T: Elem>(
         .zip(dv.par_chunks_mut(bn))
         .zip(z.par_chunks(bn).zip(v.par_chunks(bn)).zip(g.par_chunks(bn)))
         .map(|((dz, dv), ((z, v), g))| {
-            vectorised(|| {
-                let mut acc = vec![T::zero(); n];
-                let rows = dz
-                    .chunks_mut(n)
-                    .zip(dv.chunks_mut(n))
-                    .zip(z.chunks(n).zip(v.chunks(n)).zip(g.chunks(n)));
-                for ((dz, dv), ((z, v), g)) in rows {
-                    for j in 0..n {
-                        let (gv, gd) = f(z[j] + b[j]);
-                        let x = g[j] * v[j] * gd;
-                        dz[j] = x;
-                        dv[j] = g[j] * gv;
-                        acc[j] += x;
+            vectorised(
+                #[inline(always)]
+                || {
+                    let mut acc = vec![T::zero(); n];
+                    let rows = dz
+                        .chunks_mut(n)
+                        .zip(dv.chunks_mut(n))
+                        .zip(z.chunks(n).zip(v.chunks(n)).zip(g.chunks(n)));
+                    for ((dz, dv), ((z, v), g)) in rows {
+                        for j in 0..n {
+                            let (gv, gd) = f(z[j] + b[j]);
+                            let x = g[j] * v[j] * gd;
+                            dz[j] = x;
+                            dv[j] = g[j] * gv;
+                            acc[j] += x;
+                        }
                     }
-                }
-                acc
-            })
+                    acc
+                },
+            )
         })
         .collect();
     db.copy_from_slice(&sum_blocks(&parts, n));
@@ -416,6 +439,7 @@ impl CustomOp3 for GeluBiasMul {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let k = self.0;
         let s = dispatch(
             "gelu-bias-mul",
@@ -457,6 +481,7 @@ impl CustomOp3 for GeluBiasMulGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let (k, b) = (self.0, &self.1);
         let s = dispatch(
             "gelu-bias-mul grad",
@@ -494,13 +519,16 @@ fn bias_residual_fwd<T: Elem>(y: &[T], b: &[T], x: &[T]) -> Vec<T> {
     out.par_chunks_mut(bn)
         .zip(y.par_chunks(bn).zip(x.par_chunks(bn)))
         .for_each(|(o, (y, x))| {
-            vectorised(|| {
-                for (o, (y, x)) in o.chunks_mut(n).zip(y.chunks(n).zip(x.chunks(n))) {
-                    for j in 0..n {
-                        o[j] = y[j] + b[j] + x[j];
+            vectorised(
+                #[inline(always)]
+                || {
+                    for (o, (y, x)) in o.chunks_mut(n).zip(y.chunks(n).zip(x.chunks(n))) {
+                        for j in 0..n {
+                            o[j] = y[j] + b[j] + x[j];
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     out
 }
@@ -519,6 +547,7 @@ impl CustomOp3 for BiasResidual {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let s = dispatch(
             "bias-residual",
             &[(s1, l1), (s2, l2), (s3, l3)],
@@ -568,14 +597,17 @@ pub(crate) fn layer_norm_fwd<T: Elem>(x: &[T], w: &[T], b: &[T], eps: f64) -> Ve
     out.par_chunks_mut(bn)
         .zip(x.par_chunks(bn))
         .for_each(|(o, x)| {
-            vectorised(|| {
-                for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
-                    let (mean, rstd) = row_stats(x, eps);
-                    for j in 0..n {
-                        o[j] = (x[j] - mean) * rstd * w[j] + b[j];
+            vectorised(
+                #[inline(always)]
+                || {
+                    for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
+                        let (mean, rstd) = row_stats(x, eps);
+                        for j in 0..n {
+                            o[j] = (x[j] - mean) * rstd * w[j] + b[j];
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     out
 }
@@ -599,27 +631,30 @@ pub(crate) fn layer_norm_bwd<T: Elem>(
         .par_chunks_mut(bn)
         .zip(x.par_chunks(bn).zip(g.par_chunks(bn)))
         .map(|(dx, (x, g))| {
-            vectorised(|| {
-                let mut acc = vec![T::zero(); 2 * n];
-                for (dx, (x, g)) in dx.chunks_mut(n).zip(x.chunks(n).zip(g.chunks(n))) {
-                    let (mean, rstd) = row_stats(x, eps);
-                    let (mut s1, mut s2) = (T::zero(), T::zero());
-                    for j in 0..n {
-                        let xh = (x[j] - mean) * rstd;
-                        let gw = g[j] * w[j];
-                        s1 += gw;
-                        s2 += gw * xh;
-                        acc[j] += g[j] * xh;
-                        acc[n + j] += g[j];
+            vectorised(
+                #[inline(always)]
+                || {
+                    let mut acc = vec![T::zero(); 2 * n];
+                    for (dx, (x, g)) in dx.chunks_mut(n).zip(x.chunks(n).zip(g.chunks(n))) {
+                        let (mean, rstd) = row_stats(x, eps);
+                        let (mut s1, mut s2) = (T::zero(), T::zero());
+                        for j in 0..n {
+                            let xh = (x[j] - mean) * rstd;
+                            let gw = g[j] * w[j];
+                            s1 += gw;
+                            s2 += gw * xh;
+                            acc[j] += g[j] * xh;
+                            acc[n + j] += g[j];
+                        }
+                        let (m1, m2) = (s1 / nf, s2 / nf);
+                        for j in 0..n {
+                            let xh = (x[j] - mean) * rstd;
+                            dx[j] = rstd * (g[j] * w[j] - m1 - xh * m2);
+                        }
                     }
-                    let (m1, m2) = (s1 / nf, s2 / nf);
-                    for j in 0..n {
-                        let xh = (x[j] - mean) * rstd;
-                        dx[j] = rstd * (g[j] * w[j] - m1 - xh * m2);
-                    }
-                }
-                acc
-            })
+                    acc
+                },
+            )
         })
         .collect();
     dwb.copy_from_slice(&sum_blocks(&parts, 2 * n));
@@ -645,6 +680,7 @@ impl CustomOp3 for LayerNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let eps = self.0;
         let s = dispatch(
             "layer-norm",
@@ -684,6 +720,7 @@ impl CustomOp2 for LayerNormGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let (eps, w) = (self.0, &self.1);
         let s = dispatch(
             "layer-norm grad",
@@ -798,19 +835,17 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
 /// GELU of every element.
 pub(crate) fn gelu_all<T: Elem>(x: &[T], k: Gelu) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
+    // Index loops: an iterator chain's `fold` was not always inlined into the AVX2 instance.
     y.par_chunks_mut(8192)
         .zip(x.par_chunks(8192))
         .for_each(|(y, x)| {
-            vectorised(|| match k {
-                Gelu::Tanh => y
-                    .iter_mut()
-                    .zip(x)
-                    .for_each(|(y, x)| *y = T::gelu(Gelu::Tanh, *x).0),
-                Gelu::Exact => y
-                    .iter_mut()
-                    .zip(x)
-                    .for_each(|(y, x)| *y = T::gelu(Gelu::Exact, *x).0),
-            })
+            vectorised(
+                #[inline(always)]
+                || match k {
+                    Gelu::Tanh => (0..y.len()).for_each(|j| y[j] = T::gelu(Gelu::Tanh, x[j]).0),
+                    Gelu::Exact => (0..y.len()).for_each(|j| y[j] = T::gelu(Gelu::Exact, x[j]).0),
+                },
+            )
         });
     y
 }
@@ -823,19 +858,22 @@ pub(crate) fn gelu_grad_inplace<T: Elem>(d: &mut [T], pre: &[T], n: usize, k: Ge
         // SAFETY: each block owns its rows.
         let d = unsafe { out.get(r.clone()) };
         let p = &pre[r.start * n..r.end * n];
-        vectorised(|| {
-            for (d, p) in d.chunks_mut(n).zip(p.chunks(n)) {
-                match k {
-                    Gelu::Tanh => (0..n).for_each(|j| {
-                        d[j] *= T::gelu(Gelu::Tanh, p[j]).1;
-                        acc[j] += d[j];
-                    }),
-                    Gelu::Exact => (0..n).for_each(|j| {
-                        d[j] *= T::gelu(Gelu::Exact, p[j]).1;
-                        acc[j] += d[j];
-                    }),
+        vectorised(
+            #[inline(always)]
+            || {
+                for (d, p) in d.chunks_mut(n).zip(p.chunks(n)) {
+                    match k {
+                        Gelu::Tanh => (0..n).for_each(|j| {
+                            d[j] *= T::gelu(Gelu::Tanh, p[j]).1;
+                            acc[j] += d[j];
+                        }),
+                        Gelu::Exact => (0..n).for_each(|j| {
+                            d[j] *= T::gelu(Gelu::Exact, p[j]).1;
+                            acc[j] += d[j];
+                        }),
+                    }
                 }
-            }
-        })
+            },
+        )
     })
 }

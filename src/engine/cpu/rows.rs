@@ -55,11 +55,14 @@ pub(crate) fn rows_sum<T: Elem>(
 /// Column sums of `g` (…, N).
 pub(crate) fn col_sums<T: Elem>(g: &[T], n: usize) -> Vec<T> {
     rows_sum(n, g.len() / n.max(1), n, |r, acc| {
-        vectorised(|| {
-            for g in g[r.start * n..r.end * n].chunks(n) {
-                acc.iter_mut().zip(g).for_each(|(a, g)| *a += *g);
-            }
-        })
+        vectorised(
+            #[inline(always)]
+            || {
+                for g in g[r.start * n..r.end * n].chunks(n) {
+                    acc.iter_mut().zip(g).for_each(|(a, g)| *a += *g);
+                }
+            },
+        )
     })
 }
 

@@ -191,6 +191,7 @@ impl CustomOp3 for S4KernelOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let (h, _) = check(l1, l2, l3)?;
         let l = self.len;
         let k = dispatch(
@@ -249,6 +250,7 @@ impl CustomOp3 for S4KernelGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _time = super::prof::span(self.name());
         let (two, h, m, _) = l2.shape().dims4()?;
         if two != 2 || l1.shape().dims() != [h] || l3.shape().dims2()?.0 != h {
             candle_core::bail!("fused s4 kernel backward: operands do not fit")
