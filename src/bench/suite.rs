@@ -44,6 +44,10 @@ pub enum Case {
         /// BiGS layers built from candle ops instead of the one-node fused layer.
         #[serde(default)]
         op_layers: bool,
+        /// The step through candle's autograd graph (with the fused nodes) instead of the
+        /// fused masked-LM step without a graph.
+        #[serde(default)]
+        graph_step: bool,
     },
     /// A DiffuSSM training step at `batch` with `shards` data-parallel shards.
     DiffussmTrain {
@@ -188,6 +192,7 @@ pub fn run_case(case: &Case) -> Result<Value> {
             shards,
             unfused_optim,
             op_layers,
+            graph_step,
             ..
         } => {
             let _layers = crate::engine::cpu::set_enabled(!*op_layers);
@@ -195,6 +200,7 @@ pub fn run_case(case: &Case) -> Result<Value> {
                 head: *head,
                 shards: *shards,
                 fused_optim: !*unfused_optim,
+                graph: *graph_step,
             };
             bigs_train(model, *batch, *seq_len, how, *reps, &dev)?
         }
@@ -339,6 +345,7 @@ pub fn cases() -> Vec<Case> {
             shards: 1,
             unfused_optim: false,
             op_layers: false,
+            graph_step: false,
         });
     }
     for l in [128, 512] {
@@ -357,6 +364,7 @@ pub fn cases() -> Vec<Case> {
                 shards: 1,
                 unfused_optim: false,
                 op_layers: false,
+                graph_step: false,
             });
         }
     }
@@ -370,6 +378,7 @@ pub fn cases() -> Vec<Case> {
         shards: 0,
         unfused_optim: false,
         op_layers: false,
+        graph_step: false,
     });
     v.push(Case::BigsTrain {
         name: "reference L=128 head=masked unfused AdamW".into(),
@@ -381,6 +390,19 @@ pub fn cases() -> Vec<Case> {
         shards: 1,
         unfused_optim: true,
         op_layers: false,
+        graph_step: false,
+    });
+    v.push(Case::BigsTrain {
+        name: "reference L=128 head=masked graph step".into(),
+        model: reference_bigs(512),
+        batch: 16,
+        seq_len: 128,
+        head: Head::Masked,
+        reps: 3,
+        shards: 1,
+        unfused_optim: false,
+        op_layers: false,
+        graph_step: true,
     });
     v.push(Case::BigsTrain {
         name: "reference L=128 head=masked op-built layers".into(),
@@ -392,6 +414,7 @@ pub fn cases() -> Vec<Case> {
         shards: 1,
         unfused_optim: false,
         op_layers: true,
+        graph_step: false,
     });
     for l in SCALING_LENGTHS {
         v.push(Case::BigsTrain {
@@ -404,6 +427,7 @@ pub fn cases() -> Vec<Case> {
             shards: 1,
             unfused_optim: false,
             op_layers: false,
+            graph_step: false,
         });
     }
     for shards in [1, 0] {
@@ -585,6 +609,13 @@ pub fn summaries(results: &[Value]) -> Vec<Value> {
         "BiGS layer as one fused node instead of candle ops, reference L=128",
         "reference L=128 head=masked",
         "reference L=128 head=masked op-built layers",
+        "tokens_per_s",
+    ));
+    v.extend(ratio(
+        results,
+        "masked-LM step without the autograd graph instead of through it, BiGS reference L=128",
+        "reference L=128 head=masked",
+        "reference L=128 head=masked graph step",
         "tokens_per_s",
     ));
     v.extend(ratio(

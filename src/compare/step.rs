@@ -56,6 +56,8 @@ pub struct StepHow {
     /// Data-parallel shards (0 = one per core).
     pub shards: usize,
     pub fused_optim: bool,
+    /// Through candle's autograd graph even where the fused masked-LM step applies.
+    pub graph: bool,
 }
 
 impl StepHow {
@@ -64,6 +66,7 @@ impl StepHow {
         head: Head::Masked,
         shards: 1,
         fused_optim: true,
+        graph: false,
     };
 }
 
@@ -86,6 +89,7 @@ pub fn bigs_step_seconds(
         head,
         shards,
         fused_optim,
+        graph,
     } = how;
     let dev = dev.clone();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -121,6 +125,20 @@ pub fn bigs_step_seconds(
     let vars: Vec<&Var> = owned.iter().collect();
     let drng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let mut step = || -> Result<()> {
+        // The trainer's way (one shard, the head at the masked rows): the fused CPU pass where
+        // it applies, as `train::mlm` runs it.
+        if shards == 1 && head == Head::Masked && !graph {
+            let g = model.mlm_loss_grads(&ids, &labels, Mode::Train(&mut drng.clone()))?;
+            let grads = vars
+                .iter()
+                .map(|v| match g.get(v.as_tensor()) {
+                    Some(g) => Ok(g.clone()),
+                    None => v.as_tensor().zeros_like(),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            opt.step(&grads, 1e-4)?;
+            return Ok(());
+        }
         // Each shard's loss is its mean over its rows times its share of the rows (every
         // sequence has the same number of masked positions).
         let (_, grads) = sharded_grads(&vars, batch, shards, |r| {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::attention::AttentionLayer;
 use super::conv::{ConvPath, causal_conv_blc, resolve_path, toeplitz};
 use super::cpu::bigs_layer::{BigsLayerOp, LayerSpec};
+use super::cpu::float::Elem;
 use super::cpu::rowops::{bias_act, bias_mul, bias_residual, gelu_bias_mul};
 use super::error::{EngineError, Result};
 use super::init::{AInit, a_init_full, dropout_mask, normal, tensor_f64, uniform};
@@ -801,14 +802,9 @@ impl BigsForMaskedLm {
         self.logits(&sel)
     }
 
-    /// Masked-LM loss: mean cross-entropy over positions whose label is not −100.
-    pub fn mlm_loss(
-        &self,
-        input_ids: &Tensor,
-        token_type_ids: Option<&Tensor>,
-        labels: &Tensor,
-        mode: Mode,
-    ) -> Result<MlmOutput> {
+    /// The flat positions whose label is not −100 and their targets, checked: labels shaped
+    /// like the ids, at least one position, targets inside the vocabulary.
+    fn masked_targets(&self, input_ids: &Tensor, labels: &Tensor) -> Result<(Vec<u32>, Vec<u32>)> {
         if labels.dims() != input_ids.dims() {
             return Err(EngineError::Input(format!(
                 "labels {:?} must have the shape of input_ids {:?}",
@@ -837,6 +833,18 @@ impl BigsForMaskedLm {
                 self.config.vocab_size
             )));
         }
+        Ok((pos, tgt))
+    }
+
+    /// Masked-LM loss: mean cross-entropy over positions whose label is not −100.
+    pub fn mlm_loss(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        labels: &Tensor,
+        mode: Mode,
+    ) -> Result<MlmOutput> {
+        let (pos, tgt) = self.masked_targets(input_ids, labels)?;
         let dev = input_ids.device();
         let positions = Tensor::new(pos.as_slice(), dev)?;
         let targets = Tensor::new(tgt.as_slice(), dev)?;
@@ -848,6 +856,223 @@ impl BigsForMaskedLm {
             logits,
             targets,
         })
+    }
+}
+
+/// The masked-LM loss and the gradient of every variable ([`BigsForMaskedLm::mlm_grads`]).
+pub struct MlmGrads {
+    /// Mean cross-entropy over the predicted positions.
+    pub loss: f64,
+    grads: candle_core::backprop::GradStore,
+}
+
+impl MlmGrads {
+    /// The gradient of a variable of the model.
+    pub fn get(&self, var: &Tensor) -> Option<&Tensor> {
+        self.grads.get(var)
+    }
+}
+
+impl BigsForMaskedLm {
+    /// The masked-LM loss and the gradient of every variable in one CPU pass without the
+    /// autograd graph ([`super::cpu::bigs_step`]): what `mlm_loss(…).loss.backward()` computes,
+    /// to rounding, with the same checks of ids and labels. `None` where that path does not
+    /// apply: fused kernels off, not the CPU, not f32/f64, an attention encoder, no layers, or
+    /// dropout while training; the caller then runs the graph.
+    pub fn mlm_grads(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        mode: &Mode,
+    ) -> Result<Option<MlmGrads>> {
+        let w = self.embeddings.word.embeddings();
+        let dropout = matches!(mode, Mode::Train(_)) && self.config.hidden_dropout_prob > 0.0;
+        if !super::cpu::enabled()
+            || !w.device().is_cpu()
+            || dropout
+            || !self.attention_layers.is_empty()
+            || self.layers.is_empty()
+        {
+            return Ok(None);
+        }
+        match w.dtype() {
+            DType::F32 => self.mlm_grads_as::<f32>(input_ids, labels).map(Some),
+            DType::F64 => self.mlm_grads_as::<f64>(input_ids, labels).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The masked-LM loss and every variable's gradient: the fused CPU pass where it applies
+    /// ([`Self::mlm_grads`]), `mlm_loss(…).loss.backward()` otherwise.
+    pub fn mlm_loss_grads(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        mode: Mode,
+    ) -> Result<MlmGrads> {
+        if let Some(g) = self.mlm_grads(input_ids, labels, &mode)? {
+            return Ok(g);
+        }
+        let out = self.mlm_loss(input_ids, None, labels, mode)?;
+        let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let grads = out.loss.backward()?;
+        Ok(MlmGrads { loss, grads })
+    }
+
+    fn mlm_grads_as<T: Elem + candle_core::WithDType>(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+    ) -> Result<MlmGrads> {
+        use super::cpu::bigs_step::{Layer, Model, Norm, mlm_step};
+        let _time = super::cpu::prof::span("fused mlm step");
+        let (batch, l) = input_ids.dims2().map_err(|_| {
+            EngineError::Input(format!(
+                "input_ids must be (batch, length), got shape {:?}",
+                input_ids.dims()
+            ))
+        })?;
+        let max = self.config.max_position_embeddings;
+        if l > max {
+            return Err(EngineError::SequenceTooLong { len: l, max });
+        }
+        self.check_ids(input_ids, self.config.vocab_size, "input_ids")?;
+        let (positions, targets) = self.masked_targets(input_ids, labels)?;
+        let ids: Vec<u32> = input_ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
+        let v = |t: &Tensor| -> Result<Vec<T>> { Ok(t.flatten_all()?.to_vec1::<T>()?) };
+        let h = self.config.hidden_size;
+        // The word embeddings (also the decoder) are read in place: a copy a step is 4·V·H bytes.
+        let word_t = self.embeddings.word.embeddings().contiguous()?;
+        let (word_s, word_l) = word_t.storage_and_layout();
+        let word = match &*word_s {
+            candle_core::Storage::Cpu(c) => T::slice(c, word_l, "word embeddings")?,
+            _ => {
+                return Err(EngineError::Input(
+                    "word embeddings are not on the CPU".into(),
+                ));
+            }
+        };
+        let (position, token_type) = (
+            v(self.embeddings.position.embeddings())?,
+            v(self.embeddings.token_type.embeddings())?,
+        );
+        let (emb_lw, emb_lb) = (v(&self.embeddings.ln.weight)?, v(&self.embeddings.ln.bias)?);
+        let head_b = self.head.dense.bias()?;
+        let (dense_w, dense_b) = (v(&self.head.dense.weight)?, v(head_b)?);
+        let (head_lw, head_lb) = (v(&self.head.ln.weight)?, v(&self.head.ln.bias)?);
+        let decoder_b = v(&self.head.bias)?;
+        // Each layer's parameters in `bigs_layer::PARAMS` order, and its kernels with their
+        // graph back to the SSM parameters.
+        let mut params: Vec<Vec<Tensor>> = Vec::with_capacity(self.layers.len());
+        let mut kernels = Vec::with_capacity(self.layers.len());
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let mut ps = vec![layer.ln.weight.clone(), layer.ln.bias.clone()];
+            for m in [
+                &layer.dv,
+                &layer.du_forward,
+                &layer.du_backward,
+                &layer.duc_forward,
+                &layer.duc_backward,
+                &layer.dol,
+                &layer.do_,
+            ] {
+                ps.extend([m.weight.clone(), m.bias()?.clone()]);
+            }
+            let mut p = Vec::new();
+            for t in &ps {
+                p.extend(v(t)?);
+            }
+            let k = Tensor::stack(&[layer.fs4.skip_kernel(l)?, layer.bs4.skip_kernel(l)?], 0)?;
+            let spec = LayerSpec {
+                batch,
+                hidden: h,
+                intermediate: layer.dv.weight.dim(0)?,
+                eps: layer.ln.eps,
+                act: layer.act,
+                pre_norm: layer.pre_norm,
+                dense: resolve_path(layer.fs4.conv, &word_t, 1, l) == ConvPath::Dense,
+            };
+            layers.push(Layer { spec, p, k: v(&k)? });
+            kernels.push(k);
+            params.push(ps);
+        }
+        let model = Model {
+            hidden: h,
+            seq_len: l,
+            word,
+            position: &position,
+            token_type0: &token_type[..h],
+            emb_ln: Norm {
+                w: &emb_lw,
+                b: &emb_lb,
+                eps: self.embeddings.ln.eps,
+            },
+            layers,
+            dense_w: &dense_w,
+            dense_b: &dense_b,
+            head_ln: Norm {
+                w: &head_lw,
+                b: &head_lb,
+                eps: self.head.ln.eps,
+            },
+            decoder_b: &decoder_b,
+        };
+        let (loss, g) = mlm_step(&model, &ids, &positions, &targets);
+        drop(model);
+        let dev = word_t.device().clone();
+        let like = |grad: Vec<T>, var: &Tensor| -> Result<Tensor> {
+            Ok(Tensor::from_vec(grad, var.shape(), &dev)?)
+        };
+        // The kernels' gradients reach the SSM parameters through the kernels' small graph.
+        let mut surrogate: Option<Tensor> = None;
+        for (k, (_, dk)) in kernels.iter().zip(&g.layers) {
+            let term = (k * like(dk.clone(), k)?)?.sum_all()?;
+            surrogate = Some(match surrogate {
+                None => term,
+                Some(s) => (s + term)?,
+            });
+        }
+        let mut grads = match surrogate {
+            Some(s) => s.backward()?,
+            None => return Err(EngineError::Input("a BiGS model without layers".into())),
+        };
+        for k in &kernels {
+            grads.remove(k);
+        }
+        let mut token_type0 = g.token_type0;
+        token_type0.resize(token_type.len(), T::zero());
+        let e = &self.embeddings;
+        grads.insert(&word_t, like(g.word, &word_t)?);
+        grads.insert(
+            e.position.embeddings(),
+            like(g.position, e.position.embeddings())?,
+        );
+        grads.insert(
+            e.token_type.embeddings(),
+            like(token_type0, e.token_type.embeddings())?,
+        );
+        let [lw, lb] = g.emb_ln;
+        grads.insert(&e.ln.weight, like(lw, &e.ln.weight)?);
+        grads.insert(&e.ln.bias, like(lb, &e.ln.bias)?);
+        grads.insert(
+            &self.head.dense.weight,
+            like(g.dense_w, &self.head.dense.weight)?,
+        );
+        grads.insert(head_b, like(g.dense_b, head_b)?);
+        let [lw, lb] = g.head_ln;
+        grads.insert(&self.head.ln.weight, like(lw, &self.head.ln.weight)?);
+        grads.insert(&self.head.ln.bias, like(lb, &self.head.ln.bias)?);
+        grads.insert(&self.head.bias, like(g.decoder_b, &self.head.bias)?);
+        for (ps, (dp, _)) in params.iter().zip(g.layers) {
+            let mut at = 0;
+            for t in ps {
+                let n = t.elem_count();
+                grads.insert(t, like(dp[at..at + n].to_vec(), t)?);
+                at += n;
+            }
+        }
+        Ok(MlmGrads { loss, grads })
     }
 }
 

@@ -320,10 +320,10 @@ impl Task for MlmTask {
             let ids = Tensor::from_vec(ids, (b, l), &self.dev)?;
             let labels = Tensor::from_vec(labels, (b, l), &self.dev)?;
             let mut drng = step_rng(self.cfg.run.seed, RNG_DROPOUT, stream);
-            let out = self
+            let grads = self
                 .model
-                .mlm_loss(&ids, None, &labels, Mode::Train(&mut drng))?;
-            let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                .mlm_loss_grads(&ids, &labels, Mode::Train(&mut drng))?;
+            let loss = grads.loss;
             loss_total += loss;
             if !loss.is_finite() {
                 return Ok(Stepped {
@@ -332,7 +332,6 @@ impl Task for MlmTask {
                     lr: 0.0,
                 });
             }
-            let grads = out.loss.backward()?;
             let g: Vec<Tensor> = self
                 .opt
                 .params

@@ -91,9 +91,11 @@ fn each_kind_of_case_runs_and_reports() {
             seq_len: 16,
             head,
             reps: 1,
-            shards: 2,
+            // one shard takes the fused masked-LM step (no graph); two, the graph
+            shards: if head == Head::Masked { 1 } else { 2 },
             unfused_optim: head == Head::All,
             op_layers: head == Head::None,
+            graph_step: false,
         })
         .unwrap();
         assert!(r["step_s"].as_f64().unwrap() > 0.0, "{r}");
@@ -101,6 +103,20 @@ fn each_kind_of_case_runs_and_reports() {
         flops.push(r["flops_per_step"].as_f64().unwrap());
     }
     assert!(flops[1] > flops[0] && flops[0] > flops[2], "{flops:?}");
+    let graph = run_case(&Case::BigsTrain {
+        name: "t".into(),
+        model: model.clone(),
+        batch: 2,
+        seq_len: 16,
+        head: Head::Masked,
+        reps: 1,
+        shards: 1,
+        unfused_optim: false,
+        op_layers: false,
+        graph_step: true,
+    })
+    .unwrap();
+    assert_eq!(graph["flops_per_step"].as_f64().unwrap(), flops[0]);
     for case in [
         Case::Matmul { n: 64, reps: 2 },
         Case::Conv {

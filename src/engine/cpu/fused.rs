@@ -156,7 +156,7 @@ fn row_max_sum<T: Elem>(row: &[T]) -> (T, T) {
     (m, acc.iter().fold(tail, |a, x| a + *x))
 }
 
-fn ce_rows<T: Elem>(z: &[T], t: &[u32], v: usize) -> Vec<T> {
+pub(crate) fn ce_rows<T: Elem>(z: &[T], t: &[u32], v: usize) -> Vec<T> {
     let mut out = vec![T::zero(); t.len()];
     out.par_iter_mut().enumerate().for_each(|(r, o)| {
         vectorised(
@@ -171,7 +171,7 @@ fn ce_rows<T: Elem>(z: &[T], t: &[u32], v: usize) -> Vec<T> {
     out
 }
 
-fn ce_grad<T: Elem>(z: &[T], t: &[u32], g: &[T], v: usize) -> Vec<T> {
+pub(crate) fn ce_grad<T: Elem>(z: &[T], t: &[u32], g: &[T], v: usize) -> Vec<T> {
     let mut out = vec![T::zero(); z.len()];
     out.par_chunks_mut(v).enumerate().for_each(|(r, o)| {
         vectorised(

@@ -16,6 +16,7 @@
 
 pub mod act;
 pub mod bigs_layer;
+pub(crate) mod bigs_step;
 pub mod diffussm_block;
 pub mod fft;
 pub(crate) mod float;
