@@ -368,54 +368,27 @@ pub fn cases() -> Vec<Case> {
             });
         }
     }
-    v.push(Case::BigsTrain {
-        name: "reference L=128 head=masked sharded".into(),
-        model: reference_bigs(512),
-        batch: 16,
-        seq_len: 128,
-        head: Head::Masked,
-        reps: 3,
-        shards: 0,
-        unfused_optim: false,
-        op_layers: false,
-        graph_step: false,
-    });
-    v.push(Case::BigsTrain {
-        name: "reference L=128 head=masked unfused AdamW".into(),
-        model: reference_bigs(512),
-        batch: 16,
-        seq_len: 128,
-        head: Head::Masked,
-        reps: 3,
-        shards: 1,
-        unfused_optim: true,
-        op_layers: false,
-        graph_step: false,
-    });
-    v.push(Case::BigsTrain {
-        name: "reference L=128 head=masked graph step".into(),
-        model: reference_bigs(512),
-        batch: 16,
-        seq_len: 128,
-        head: Head::Masked,
-        reps: 3,
-        shards: 1,
-        unfused_optim: false,
-        op_layers: false,
-        graph_step: true,
-    });
-    v.push(Case::BigsTrain {
-        name: "reference L=128 head=masked op-built layers".into(),
-        model: reference_bigs(512),
-        batch: 16,
-        seq_len: 128,
-        head: Head::Masked,
-        reps: 3,
-        shards: 1,
-        unfused_optim: false,
-        op_layers: true,
-        graph_step: false,
-    });
+    // The reference step with one optimisation undone each: (name suffix, shards, unfused
+    // AdamW, op-built layers, through the graph).
+    for (what, shards, unfused_optim, op_layers, graph_step) in [
+        ("sharded", 0, false, false, false),
+        ("unfused AdamW", 1, true, false, false),
+        ("graph step", 1, false, false, true),
+        ("op-built layers", 1, false, true, false),
+    ] {
+        v.push(Case::BigsTrain {
+            name: format!("reference L=128 head=masked {what}"),
+            model: reference_bigs(512),
+            batch: 16,
+            seq_len: 128,
+            head: Head::Masked,
+            reps: 3,
+            shards,
+            unfused_optim,
+            op_layers,
+            graph_step,
+        });
+    }
     for l in SCALING_LENGTHS {
         v.push(Case::BigsTrain {
             name: format!("scaling L={l}"),

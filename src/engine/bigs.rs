@@ -697,17 +697,7 @@ impl BigsForMaskedLm {
         token_type_ids: Option<&Tensor>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let (_, l) = input_ids.dims2().map_err(|_| {
-            EngineError::Input(format!(
-                "input_ids must be (batch, length), got shape {:?}",
-                input_ids.dims()
-            ))
-        })?;
-        let max = self.config.max_position_embeddings;
-        if l > max {
-            return Err(EngineError::SequenceTooLong { len: l, max });
-        }
-        self.check_ids(input_ids, self.config.vocab_size, "input_ids")?;
+        let (_, l) = self.checked_ids(input_ids)?;
         let dev = input_ids.device();
         let pos = Tensor::arange(0u32, l as u32, dev)?;
         let embed_time = super::cpu::prof::span("embeddings");
@@ -748,6 +738,23 @@ impl BigsForMaskedLm {
             x = layer.forward(&x)?;
         }
         Ok(x)
+    }
+
+    /// (batch, length) of input ids, checked: two axes, no longer than the positions, inside
+    /// the vocabulary.
+    fn checked_ids(&self, input_ids: &Tensor) -> Result<(usize, usize)> {
+        let (batch, l) = input_ids.dims2().map_err(|_| {
+            EngineError::Input(format!(
+                "input_ids must be (batch, length), got shape {:?}",
+                input_ids.dims()
+            ))
+        })?;
+        let max = self.config.max_position_embeddings;
+        if l > max {
+            return Err(EngineError::SequenceTooLong { len: l, max });
+        }
+        self.check_ids(input_ids, self.config.vocab_size, "input_ids")?;
+        Ok((batch, l))
     }
 
     fn check_ids(&self, ids: &Tensor, bound: usize, what: &str) -> Result<()> {
@@ -926,17 +933,7 @@ impl BigsForMaskedLm {
     ) -> Result<MlmGrads> {
         use super::cpu::bigs_step::{Layer, Model, Norm, mlm_step};
         let _time = super::cpu::prof::span("fused mlm step");
-        let (batch, l) = input_ids.dims2().map_err(|_| {
-            EngineError::Input(format!(
-                "input_ids must be (batch, length), got shape {:?}",
-                input_ids.dims()
-            ))
-        })?;
-        let max = self.config.max_position_embeddings;
-        if l > max {
-            return Err(EngineError::SequenceTooLong { len: l, max });
-        }
-        self.check_ids(input_ids, self.config.vocab_size, "input_ids")?;
+        let (batch, l) = self.checked_ids(input_ids)?;
         let (positions, targets) = self.masked_targets(input_ids, labels)?;
         let ids: Vec<u32> = input_ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
         let v = |t: &Tensor| -> Result<Vec<T>> { Ok(t.flatten_all()?.to_vec1::<T>()?) };

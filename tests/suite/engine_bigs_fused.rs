@@ -21,25 +21,19 @@ fn wave(n: usize, a: f64, dt: DType) -> Tensor {
         .unwrap()
 }
 
-/// Worst relative errors (output, gradients) of the fused layer against the op-built one.
-fn compare(pre_norm: bool, conv: ConvPath, dt: DType, batch: usize, l: usize) -> (f64, f64) {
-    let mut cfg = BigsConfig::from_json_file(&fixture("bigs_tiny/config.json")).unwrap();
-    cfg.pre_norm = pre_norm;
-    cfg.conv = conv;
-    cfg.max_position_embeddings = cfg.max_position_embeddings.max(l);
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let (model, varmap) = build_bigs(&cfg, dt, &Device::Cpu, &mut rng).unwrap();
+/// The variables whose names start with `prefix`, by name, with non-trivial values (a fresh
+/// init has zero biases and unit LayerNorms); the SSM's A and Δt keep theirs.
+fn noised_vars(varmap: &candle_nn::VarMap, prefix: &str, dt: DType) -> Vec<(String, Var)> {
     let vars: Vec<(String, Var)> = {
         let d = varmap.data().lock().unwrap();
         let mut v: Vec<_> = d
             .iter()
-            .filter(|(n, _)| n.starts_with("bigs.encoder.layer.0."))
+            .filter(|(n, _)| n.starts_with(prefix))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };
-    // Non-trivial values everywhere (a fresh init has zero biases and unit LayerNorms).
     for (i, (name, v)) in vars.iter().enumerate() {
         if !name.contains("kernel.A_") && !name.contains("log_step") {
             let noise = (wave(v.elem_count(), 0.7 + i as f64, dt) * 0.3)
@@ -49,6 +43,18 @@ fn compare(pre_norm: bool, conv: ConvPath, dt: DType, batch: usize, l: usize) ->
             v.set(&(v.as_tensor() + noise).unwrap()).unwrap();
         }
     }
+    vars
+}
+
+/// Worst relative errors (output, gradients) of the fused layer against the op-built one.
+fn compare(pre_norm: bool, conv: ConvPath, dt: DType, batch: usize, l: usize) -> (f64, f64) {
+    let mut cfg = BigsConfig::from_json_file(&fixture("bigs_tiny/config.json")).unwrap();
+    cfg.pre_norm = pre_norm;
+    cfg.conv = conv;
+    cfg.max_position_embeddings = cfg.max_position_embeddings.max(l);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (model, varmap) = build_bigs(&cfg, dt, &Device::Cpu, &mut rng).unwrap();
+    let vars = noised_vars(&varmap, "bigs.encoder.layer.0.", dt);
     let h = cfg.hidden_size;
     let x = Var::from_tensor(
         &wave(batch * l * h, 0.13, dt)
@@ -134,21 +140,7 @@ fn compare_step(pre_norm: bool, conv: ConvPath, dt: DType, ops: bool) -> (f64, f
     let (batch, l) = (3, 24);
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let (model, varmap) = build_bigs(&cfg, dt, &Device::Cpu, &mut rng).unwrap();
-    let vars: Vec<(String, Var)> = {
-        let d = varmap.data().lock().unwrap();
-        let mut v: Vec<_> = d.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    for (i, (name, v)) in vars.iter().enumerate() {
-        if !name.contains("kernel.A_") && !name.contains("log_step") {
-            let noise = (wave(v.elem_count(), 0.7 + i as f64, dt) * 0.3)
-                .unwrap()
-                .reshape(v.shape())
-                .unwrap();
-            v.set(&(v.as_tensor() + noise).unwrap()).unwrap();
-        }
-    }
+    let vars = noised_vars(&varmap, "", dt);
     // Ids with repeats (the word-embedding rows collect several gradients), a quarter of the
     // positions predicted.
     let ids: Vec<u32> = (0..batch * l)
