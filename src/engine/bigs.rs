@@ -520,19 +520,9 @@ impl BigsLayer {
         self.forward_ops(x, batch)
     }
 
-    /// The layer as one fused op with a hand-written backward ([`super::cpu::bigs_layer`]).
-    pub fn forward_fused(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
-        let (rows, h) = x.dims2()?;
-        if batch == 0 || rows % batch != 0 {
-            return Err(EngineError::Input(format!(
-                "{rows} rows do not split into {batch} sequences"
-            )));
-        }
-        let l = rows / batch;
-        let lin = |m: &Linear| -> Result<[Tensor; 2]> {
-            Ok([m.weight.flatten_all()?, m.bias()?.clone()])
-        };
-        let mut parts = vec![self.ln.weight.clone(), self.ln.bias.clone()];
+    /// The layer's parameters in `bigs_layer::PARAMS` order (the fused layer's packing).
+    fn params(&self) -> Result<Vec<Tensor>> {
+        let mut ps = vec![self.ln.weight.clone(), self.ln.bias.clone()];
         for m in [
             &self.dv,
             &self.du_forward,
@@ -542,19 +532,43 @@ impl BigsLayer {
             &self.dol,
             &self.do_,
         ] {
-            parts.extend(lin(m)?);
+            ps.extend([m.weight.clone(), m.bias()?.clone()]);
         }
-        let p = Tensor::cat(&parts, 0)?;
+        Ok(ps)
+    }
+
+    /// The fused layer's kernels (2, L), with their graph back to the SSM parameters, and its
+    /// spec for `batch` sequences of length `l` of rows like `x`.
+    fn fused_parts(&self, x: &Tensor, batch: usize, l: usize) -> Result<(Tensor, LayerSpec)> {
         let k = Tensor::stack(&[self.fs4.skip_kernel(l)?, self.bs4.skip_kernel(l)?], 0)?;
         let spec = LayerSpec {
             batch,
-            hidden: h,
+            hidden: x.dim(1)?,
             intermediate: self.dv.weight.dim(0)?,
             eps: self.ln.eps,
             act: self.act,
             pre_norm: self.pre_norm,
             dense: resolve_path(self.fs4.conv, x, 1, l) == ConvPath::Dense,
         };
+        Ok((k, spec))
+    }
+
+    /// The layer as one fused op with a hand-written backward ([`super::cpu::bigs_layer`]).
+    pub fn forward_fused(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
+        let (rows, _) = x.dims2()?;
+        if batch == 0 || rows % batch != 0 {
+            return Err(EngineError::Input(format!(
+                "{rows} rows do not split into {batch} sequences"
+            )));
+        }
+        let l = rows / batch;
+        let parts = self
+            .params()?
+            .iter()
+            .map(Tensor::flatten_all)
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let p = Tensor::cat(&parts, 0)?;
+        let (k, spec) = self.fused_parts(x, batch, l)?;
         Ok(x.contiguous()?.apply_op3(&p, &k, BigsLayerOp::new(spec))?)
     }
 
@@ -964,32 +978,12 @@ impl BigsForMaskedLm {
         let mut kernels = Vec::with_capacity(self.layers.len());
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            let mut ps = vec![layer.ln.weight.clone(), layer.ln.bias.clone()];
-            for m in [
-                &layer.dv,
-                &layer.du_forward,
-                &layer.du_backward,
-                &layer.duc_forward,
-                &layer.duc_backward,
-                &layer.dol,
-                &layer.do_,
-            ] {
-                ps.extend([m.weight.clone(), m.bias()?.clone()]);
-            }
+            let ps = layer.params()?;
             let mut p = Vec::new();
             for t in &ps {
                 p.extend(v(t)?);
             }
-            let k = Tensor::stack(&[layer.fs4.skip_kernel(l)?, layer.bs4.skip_kernel(l)?], 0)?;
-            let spec = LayerSpec {
-                batch,
-                hidden: h,
-                intermediate: layer.dv.weight.dim(0)?,
-                eps: layer.ln.eps,
-                act: layer.act,
-                pre_norm: layer.pre_norm,
-                dense: resolve_path(layer.fs4.conv, &word_t, 1, l) == ConvPath::Dense,
-            };
+            let (k, spec) = layer.fused_parts(&word_t, batch, l)?;
             layers.push(Layer { spec, p, k: v(&k)? });
             kernels.push(k);
             params.push(ps);
