@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::{CpuStorage, DType, Layout, Tensor, Var};
 use rayon::prelude::*;
 
+use crate::engine::cpu::simd::vectorised;
 use crate::engine::{EngineError, Result};
 
 /// One parameter and how it is optimised.
@@ -202,10 +203,17 @@ impl candle_core::InplaceOp2 for MomentOp {
                     .par_chunks_mut(CHUNK)
                     .zip($g.par_chunks(CHUNK))
                     .for_each(|(m, g)| {
-                        for (m, &g) in m.iter_mut().zip(g) {
-                            let x = if sq { g * g } else { g };
-                            *m = b * *m + (1.0 - b) * x;
-                        }
+                        vectorised(
+                            #[inline(always)]
+                            || {
+                                // same lengths: no bounds check in the loop
+                                let g = &g[..m.len()];
+                                for j in 0..m.len() {
+                                    let x = if sq { g[j] * g[j] } else { g[j] };
+                                    m[j] = b * m[j] + (1.0 - b) * x;
+                                }
+                            },
+                        )
                     });
             }};
         }
@@ -268,9 +276,17 @@ impl candle_core::InplaceOp3 for UpdateOp {
                     .zip($m.par_chunks(CHUNK))
                     .zip($v.par_chunks(CHUNK))
                     .for_each(|((p, m), v)| {
-                        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-                            *p = keep * *p - lr * ((m / c1) / ((v / c2).sqrt() + eps));
-                        }
+                        // 8 wide on AVX2: the divisions and square roots are most of its time
+                        vectorised(
+                            #[inline(always)]
+                            || {
+                                let (m, v) = (&m[..p.len()], &v[..p.len()]);
+                                for j in 0..p.len() {
+                                    p[j] = keep * p[j]
+                                        - lr * ((m[j] / c1) / ((v[j] / c2).sqrt() + eps));
+                                }
+                            },
+                        )
                     });
             }};
         }

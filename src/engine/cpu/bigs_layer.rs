@@ -378,25 +378,38 @@ fn forward<T: Elem>(sp: &LayerSpec, x: &[T], p: &[T], k: &[T]) -> (Vec<T>, Saved
         .for_each(|(g, (a, b))| {
             vectorised(
                 #[inline(always)]
-                || (0..g.len()).for_each(|j| g[j] = a[j] * b[j]),
+                || {
+                    let (a, b) = (&a[..g.len()], &b[..g.len()]);
+                    for j in 0..g.len() {
+                        g[j] = a[j] * b[j];
+                    }
+                },
             )
         });
     let z_pre = linear(&g, w(12), w(13), h);
     let mut zv = vec![T::zero(); z_pre.len()];
     let act = sp.act;
-    // Index loops: an iterator chain's `fold` was not always inlined into the AVX2 instance.
+    // `for` loops: an iterator's `fold` (behind `for_each`) was not always inlined into the
+    // AVX2 instance.
     zv.par_chunks_mut(8192)
         .zip(z_pre.par_chunks(8192).zip(v_pre.par_chunks(8192)))
         .for_each(|(o, (z, v))| {
             vectorised(
                 #[inline(always)]
-                || match act {
-                    Gelu::Tanh => (0..o.len()).for_each(|j| {
-                        o[j] = T::gelu(Gelu::Tanh, z[j]).0 * T::gelu(Gelu::Tanh, v[j]).0
-                    }),
-                    Gelu::Exact => (0..o.len()).for_each(|j| {
-                        o[j] = T::gelu(Gelu::Exact, z[j]).0 * T::gelu(Gelu::Exact, v[j]).0
-                    }),
+                || {
+                    let (z, v) = (&z[..o.len()], &v[..o.len()]);
+                    match act {
+                        Gelu::Tanh => {
+                            for j in 0..o.len() {
+                                o[j] = T::gelu(Gelu::Tanh, z[j]).0 * T::gelu(Gelu::Tanh, v[j]).0;
+                            }
+                        }
+                        Gelu::Exact => {
+                            for j in 0..o.len() {
+                                o[j] = T::gelu(Gelu::Exact, z[j]).0 * T::gelu(Gelu::Exact, v[j]).0;
+                            }
+                        }
+                    }
                 },
             )
         });
@@ -406,11 +419,17 @@ fn forward<T: Elem>(sp: &LayerSpec, x: &[T], p: &[T], k: &[T]) -> (Vec<T>, Saved
     y.par_chunks_mut(block(h))
         .zip(x.par_chunks(block(h)))
         .for_each(|(y, x)| {
-            for (y, x) in y.chunks_mut(h).zip(x.chunks(h)) {
-                for j in 0..h {
-                    y[j] = x[j] + bo[j];
-                }
-            }
+            vectorised(
+                #[inline(always)]
+                || {
+                    let bo = &bo[..h];
+                    for (y, x) in y.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
+                        for j in 0..h {
+                            y[j] = x[j] + bo[j];
+                        }
+                    }
+                },
+            )
         });
     let rows = x.len() / h;
     mm(
@@ -460,11 +479,13 @@ pub(crate) fn gated_gelu_bwd<T: Elem>(
     acc: &mut [T],
     f: impl Fn(T) -> (T, T),
 ) {
+    // whole rows of n (exact chunks, accumulators cut to n): no bounds check in the loop
     let (acc_z, acc_v) = acc.split_at_mut(n);
+    let acc_v = &mut acc_v[..n];
     for ((dz, dv), (zp, vp)) in dz
-        .chunks_mut(n)
-        .zip(dv.chunks_mut(n))
-        .zip(zp.chunks(n).zip(vp.chunks(n)))
+        .chunks_exact_mut(n)
+        .zip(dv.chunks_exact_mut(n))
+        .zip(zp.chunks_exact(n).zip(vp.chunks_exact(n)))
     {
         for j in 0..n {
             let (zg, zd) = f(zp[j]);
@@ -538,19 +559,25 @@ fn backward<T: Elem>(sp: &LayerSpec, s: &Saved<T>, x: &[T], p: &[T], dy: &[T]) -
         let span = r.start * h..r.end * h;
         let (g, af, ab) = (&dg[span.clone()], &s.af[span.clone()], &s.ab[span]);
         let (acc_f, acc_b) = acc.split_at_mut(h);
-        for (((df, db), g), (af, ab)) in df
-            .chunks_mut(h)
-            .zip(db.chunks_mut(h))
-            .zip(g.chunks(h))
-            .zip(af.chunks(h).zip(ab.chunks(h)))
-        {
-            for j in 0..h {
-                df[j] = g[j] * ab[j];
-                db[j] = g[j] * af[j];
-                acc_f[j] += df[j];
-                acc_b[j] += db[j];
-            }
-        }
+        let acc_b = &mut acc_b[..h];
+        vectorised(
+            #[inline(always)]
+            || {
+                for (((df, db), g), (af, ab)) in df
+                    .chunks_exact_mut(h)
+                    .zip(db.chunks_exact_mut(h))
+                    .zip(g.chunks_exact(h))
+                    .zip(af.chunks_exact(h).zip(ab.chunks_exact(h)))
+                {
+                    for j in 0..h {
+                        df[j] = g[j] * ab[j];
+                        db[j] = g[j] * af[j];
+                        acc_f[j] += df[j];
+                        acc_b[j] += db[j];
+                    }
+                }
+            },
+        )
     });
     dp[pr[9].clone()].copy_from_slice(&sums[..h]);
     dp[pr[11].clone()].copy_from_slice(&sums[h..]);

@@ -304,7 +304,12 @@ fn forward<T: Elem>(
         .for_each(|(o, (pp, qp))| {
             vectorised(
                 #[inline(always)]
-                || (0..o.len()).for_each(|j| o[j] = f(pp[j]).0 * f(qp[j]).0),
+                || {
+                    let (pp, qp) = (&pp[..o.len()], &qp[..o.len()]);
+                    for j in 0..o.len() {
+                        o[j] = f(pp[j]).0 * f(qp[j]).0;
+                    }
+                },
             )
         });
     let o2 = linear(&o, w(10), w(11), ff);

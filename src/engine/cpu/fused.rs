@@ -13,13 +13,19 @@ use crate::engine::error::Result;
 const CHUNK: usize = 8192;
 fn par_map<T: Copy + Send + Sync + Default>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     let mut out = vec![T::default(); x.len()];
-    // Index loops: an iterator chain's `fold` was not always inlined into the AVX2 instance.
+    // `for` loops: an iterator's `fold` (behind `for_each`) was not always inlined into the
+    // AVX2 instance.
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(o, x)| {
             vectorised(
                 #[inline(always)]
-                || (0..o.len()).for_each(|j| o[j] = f(x[j])),
+                || {
+                    let x = &x[..o.len()];
+                    for j in 0..o.len() {
+                        o[j] = f(x[j]);
+                    }
+                },
             )
         });
     out
@@ -36,7 +42,12 @@ fn par_map2<T: Copy + Send + Sync + Default>(
         .for_each(|(o, (x, g))| {
             vectorised(
                 #[inline(always)]
-                || (0..o.len()).for_each(|j| o[j] = f(x[j], g[j])),
+                || {
+                    let (x, g) = (&x[..o.len()], &g[..o.len()]);
+                    for j in 0..o.len() {
+                        o[j] = f(x[j], g[j]);
+                    }
+                },
             )
         });
     out

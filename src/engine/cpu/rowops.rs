@@ -600,7 +600,8 @@ pub(crate) fn layer_norm_fwd<T: Elem>(x: &[T], w: &[T], b: &[T], eps: f64) -> Ve
             vectorised(
                 #[inline(always)]
                 || {
-                    for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
+                    let b = &b[..n];
+                    for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
                         let (mean, rstd) = row_stats(x, eps);
                         for j in 0..n {
                             o[j] = (x[j] - mean) * rstd * w[j] + b[j];
@@ -835,15 +836,27 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
 /// GELU of every element.
 pub(crate) fn gelu_all<T: Elem>(x: &[T], k: Gelu) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
-    // Index loops: an iterator chain's `fold` was not always inlined into the AVX2 instance.
+    // `for` loops: an iterator's `fold` (behind `for_each`) was not always inlined into the
+    // AVX2 instance.
     y.par_chunks_mut(8192)
         .zip(x.par_chunks(8192))
         .for_each(|(y, x)| {
             vectorised(
                 #[inline(always)]
-                || match k {
-                    Gelu::Tanh => (0..y.len()).for_each(|j| y[j] = T::gelu(Gelu::Tanh, x[j]).0),
-                    Gelu::Exact => (0..y.len()).for_each(|j| y[j] = T::gelu(Gelu::Exact, x[j]).0),
+                || {
+                    let x = &x[..y.len()];
+                    match k {
+                        Gelu::Tanh => {
+                            for j in 0..y.len() {
+                                y[j] = T::gelu(Gelu::Tanh, x[j]).0;
+                            }
+                        }
+                        Gelu::Exact => {
+                            for j in 0..y.len() {
+                                y[j] = T::gelu(Gelu::Exact, x[j]).0;
+                            }
+                        }
+                    }
                 },
             )
         });
@@ -861,16 +874,21 @@ pub(crate) fn gelu_grad_inplace<T: Elem>(d: &mut [T], pre: &[T], n: usize, k: Ge
         vectorised(
             #[inline(always)]
             || {
-                for (d, p) in d.chunks_mut(n).zip(p.chunks(n)) {
+                let acc = &mut acc[..n];
+                for (d, p) in d.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
                     match k {
-                        Gelu::Tanh => (0..n).for_each(|j| {
-                            d[j] *= T::gelu(Gelu::Tanh, p[j]).1;
-                            acc[j] += d[j];
-                        }),
-                        Gelu::Exact => (0..n).for_each(|j| {
-                            d[j] *= T::gelu(Gelu::Exact, p[j]).1;
-                            acc[j] += d[j];
-                        }),
+                        Gelu::Tanh => {
+                            for j in 0..n {
+                                d[j] *= T::gelu(Gelu::Tanh, p[j]).1;
+                                acc[j] += d[j];
+                            }
+                        }
+                        Gelu::Exact => {
+                            for j in 0..n {
+                                d[j] *= T::gelu(Gelu::Exact, p[j]).1;
+                                acc[j] += d[j];
+                            }
+                        }
                     }
                 }
             },

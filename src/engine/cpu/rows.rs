@@ -58,8 +58,11 @@ pub(crate) fn col_sums<T: Elem>(g: &[T], n: usize) -> Vec<T> {
         vectorised(
             #[inline(always)]
             || {
-                for g in g[r.start * n..r.end * n].chunks(n) {
-                    acc.iter_mut().zip(g).for_each(|(a, g)| *a += *g);
+                let acc = &mut acc[..n];
+                for g in g[r.start * n..r.end * n].chunks_exact(n) {
+                    for j in 0..n {
+                        acc[j] += g[j];
+                    }
                 }
             },
         )
