@@ -54,9 +54,10 @@ pub(crate) fn has_avx2_fma() -> bool {
 
 /// Runs `f` compiled for AVX2+FMA when the CPU has them: `f` is inlined into a function with
 /// those features enabled, so its loops vectorise 8 floats wide instead of 4. Mark the closure
-/// `#[inline(always)]` and write its loops over indices: without the attribute the closure
-/// stayed a function of its own, compiled for SSE (every fused element loop of a BiGS step ran
-/// 4 wide, seen in the profile), and an iterator chain's `fold` could stay outlined too.
+/// `#[inline(always)]` and write plain `for` loops over slices cut to one length: without the
+/// attribute the closure stayed a function of its own, compiled for SSE (every fused element
+/// loop of a BiGS step ran 4 wide, seen in the profile); a `for_each` (an iterator's `fold`)
+/// could stay outlined too, and slices of unknown length keep a bounds check in the loop.
 #[inline(always)]
 pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
